@@ -1,0 +1,297 @@
+"""``explain()``: one guarded pass over a model that feeds every requested CAM method."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from difflib import get_close_matches
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from lightning_cam.capture import capture_activations, preserved_state
+from lightning_cam.layers import TargetLayer, resolve_target_layers
+from lightning_cam.methods import REGISTRY, LayerInputs, Method
+
+__all__ = ["METHODS", "OutputKey", "Targets", "explain", "finite_rows", "normalize_maps", "select_logits"]
+
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+"""Every method name :func:`explain` accepts."""
+
+Targets = int | Sequence[int] | Tensor | None
+OutputKey = int | str | Callable[[Any], Tensor] | None
+
+
+def resolve_methods(methods: str | Sequence[str]) -> list[Method]:
+    """Look up method names; an unknown name raises with the closest valid names first."""
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise ValueError(f"methods is empty; choose one or more of {', '.join(REGISTRY)}.")
+    resolved = []
+    for name in names:
+        if name not in REGISTRY:
+            close = get_close_matches(str(name), list(REGISTRY), n=3, cutoff=0.4)
+            others = [valid for valid in REGISTRY if valid not in close]
+            raise ValueError(
+                f"unknown CAM method {name!r}. Valid methods (closest first): {', '.join(close + others)}."
+            )
+        if REGISTRY[name] not in resolved:
+            resolved.append(REGISTRY[name])
+    return resolved
+
+
+def check_images(images: object) -> Tensor:
+    """Images must be a floating tensor ``[B, C, H, W]`` with at least one image."""
+    if not isinstance(images, Tensor):
+        raise ValueError(f"images must be a float tensor [B, C, H, W]; got {type(images).__name__}.")
+    if images.dim() != 4:
+        hint = " Add a batch dimension with images.unsqueeze(0)." if images.dim() == 3 else ""
+        raise ValueError(
+            f"images must be a 4-D float tensor [B, C, H, W]; got shape {list(images.shape)}.{hint}"
+        )
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be a floating-point tensor [B, C, H, W]; got dtype {images.dtype}. "
+            f"Convert with images.float() (and scale uint8 images to [0, 1])."
+        )
+    if images.shape[0] == 0:
+        raise ValueError("images is an empty batch; pass at least one image.")
+    return images
+
+
+def select_logits(output: Any, output_key: OutputKey = None) -> Tensor:
+    """Pick the logits ``[B, num_classes]`` out of a model's output.
+
+    ``output_key=None`` takes a tensor as it is, the first element of a tuple or list, and the
+    ``"logits"`` entry of a dict; an int or a string indexes the output; a callable maps it.
+    """
+    if callable(output_key):
+        logits = output_key(output)
+    elif output_key is not None:
+        logits = output[output_key]
+    elif isinstance(output, Tensor):
+        logits = output
+    elif isinstance(output, (tuple, list)) and output:
+        logits = output[0]
+    elif isinstance(output, dict) and "logits" in output:
+        logits = output["logits"]
+    else:
+        raise ValueError(
+            f"the model returned {type(output).__name__}; pass output_key (an index, a dict key or a "
+            f"function) to say where its logits [B, num_classes] are."
+        )
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f"the model's output must be logits [B, num_classes]; got {shape}. For a model with "
+            f"several outputs pass output_key to pick the logits."
+        )
+    return logits
+
+
+def resolve_targets(targets: Targets, logits: Tensor) -> Tensor:
+    """``None`` -> predicted class; ``int`` -> that class for all; sequence/tensor ``[B]`` -> per sample."""
+    batch, num_classes = logits.shape
+    if targets is None:
+        return logits.detach().argmax(dim=1)
+    if isinstance(targets, bool):
+        raise ValueError(f"targets must be None, a class index or one class index per image; got {targets!r}.")
+    if isinstance(targets, int):
+        resolved = torch.full((batch,), targets, dtype=torch.long, device=logits.device)
+    else:
+        resolved = torch.as_tensor(targets, device=logits.device)
+        if resolved.is_floating_point() or resolved.dim() != 1 or resolved.shape[0] != batch:
+            raise ValueError(
+                f"targets must hold one integer class index per image ({batch}); got "
+                f"{resolved.dtype} of shape {list(resolved.shape)}."
+            )
+        resolved = resolved.long()
+    if resolved.numel() and (int(resolved.min()) < 0 or int(resolved.max()) >= num_classes):
+        raise ValueError(
+            f"targets must be class indices in [0, {num_classes - 1}] (the model has {num_classes} "
+            f"classes); got {resolved.tolist()}."
+        )
+    return resolved
+
+
+def find_classifier_weight(model: nn.Module, channels: int) -> Tensor:
+    """The weight ``[num_classes, K]`` of the model's last ``nn.Linear`` taking ``K`` features."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    matching = [m for _, m in linears if m.in_features == channels]
+    if not matching:
+        found = ", ".join(f"{name} ({m.in_features}->{m.out_features})" for name, m in linears) or "none"
+        raise ValueError(
+            f"'cam' needs a linear classifier after global average pooling that takes the target "
+            f"layer's {channels} channels; the model's linear layers are: {found}. Use 'gradcam' "
+            f"(equal to CAM on such models) or pick a target layer that feeds the classifier."
+        )
+    return matching[-1].weight.detach().float()
+
+
+def finite_rows(maps: Tensor) -> Tensor:
+    """``[B]`` bool: which images' maps hold only finite values."""
+    return torch.isfinite(maps.reshape(maps.shape[0], -1)).all(dim=1)
+
+
+def normalize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """ReLU, bilinear upsampling to ``size`` (``align_corners=False``), min-max to ``[0, 1]`` per image.
+
+    A flat map becomes all zeros; a map with a non-finite value becomes all zeros too (the caller
+    warns), never NaN.
+    """
+    valid = finite_rows(maps)
+    maps = torch.where(valid.view(-1, 1, 1), maps, torch.zeros_like(maps)).clamp(min=0)
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    flat = maps.reshape(maps.shape[0], -1)
+    low = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - low
+    scaled = torch.where(span > 0, (flat - low) / torch.where(span > 0, span, 1.0), torch.zeros_like(flat))
+    return scaled.reshape(maps.shape)
+
+
+def _model_device_dtype(model: nn.Module, images: Tensor) -> tuple[torch.device, torch.dtype]:
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return images.device, images.dtype
+
+
+def explain(
+    model: nn.Module,
+    images: Tensor,
+    methods: str | Sequence[str] = "gradcam",
+    target_layer: TargetLayer = "auto",
+    targets: Targets = None,
+    *,
+    output_key: OutputKey = None,
+) -> dict[str, Tensor]:
+    """Class-activation maps of ``images`` for every requested method, from one guarded pass.
+
+    All requested methods share **one** forward pass and at most **one** ``torch.autograd.grad``
+    call (taken only with respect to the target layers, so the backward stops there). The model is
+    left exactly as it was: each module's ``training`` flag, parameter ``.grad`` tensors,
+    ``requires_grad`` flags, BatchNorm statistics and the global RNG states (see the state guard in
+    ``lightning_cam.capture``). It works inside ``torch.inference_mode()``, on frozen models, with
+    in-place ReLUs and ``channels_last`` inputs; maps are computed in float32 outside autocast.
+
+    Args:
+        model: any ``nn.Module`` returning logits ``[B, num_classes]`` (see ``output_key``).
+        images: float tensor ``[B, C, H, W]``.
+        methods: a name or a sequence of names from :data:`METHODS`.
+        target_layer: ``"auto"`` (the last layer with a 4-D output of spatial size above 1), a dotted
+            module name such as ``"layer4"``, the module itself, or a list of these (the maps of the
+            layers are normalised, averaged, and normalised again).
+        targets: ``None`` for the predicted class, an ``int`` for one class for all images, or one
+            class index per image (sequence or tensor ``[B]``). The score is that class's logit.
+        output_key: where the logits are in the model's output when it is not a tensor: an index,
+            a dict key or a function of the output.
+
+    Returns:
+        ``{method name: float32 tensor [B, H, W] in [0, 1]}`` on the images' device.
+
+    Example::
+
+        >>> import torch, torchvision
+        >>> import lightning_cam as lc
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> maps = lc.explain(model, torch.rand(2, 3, 64, 64), methods=("gradcam", "layercam"))
+        >>> maps["gradcam"].shape
+        torch.Size([2, 64, 64])
+    """
+    requested = resolve_methods(methods)
+    images = check_images(images)
+    device, dtype = _model_device_dtype(model, images)
+    size = (images.shape[-2], images.shape[-1])
+    with preserved_state(model, device.type):
+        inputs = images.to(device=device, dtype=dtype).clone()  # a normal tensor, even from inference mode
+        layers = resolve_target_layers(model, target_layer, inputs)
+        needs_gradients = any(method.needs_gradients for method in requested)
+        with capture_activations([module for _, module in layers], differentiable=needs_gradients) as capture:
+            output = model(inputs)
+        logits = select_logits(output, output_key)
+        if logits.shape[0] != inputs.shape[0]:
+            raise ValueError(
+                f"the model's logits have batch size {logits.shape[0]} for {inputs.shape[0]} images; "
+                f"expected logits [B, num_classes]."
+            )
+        class_targets = resolve_targets(targets, logits)
+        activations = _checked_activations(layers, capture.activations)
+        gradients: Sequence[Tensor | None] = [None] * len(layers)
+        if needs_gradients:
+            score = logits.gather(1, class_targets.unsqueeze(1)).sum()
+            gradients = _gradients_of(score, activations, layers)
+        maps = _compute_maps(model, requested, activations, gradients, class_targets, size)
+    return {name: value.to(images.device) for name, value in maps.items()}
+
+
+def _checked_activations(layers: Sequence[tuple[str, nn.Module]], captured: Sequence[Tensor | None]) -> list[Tensor]:
+    activations = []
+    for (name, _), activation in zip(layers, captured, strict=True):
+        if activation is None:
+            raise ValueError(
+                f"target layer {name!r} did not run during the forward pass, or did not return a tensor; "
+                f"pick a layer that the model calls and that outputs [B, K, h, w]."
+            )
+        if activation.dim() != 4:
+            raise ValueError(
+                f"target layer {name!r} outputs shape {list(activation.shape)}; CAM methods need a 4-D "
+                f"output [B, K, h, w]. Pick a convolutional layer before global pooling."
+            )
+        activations.append(activation)
+    return activations
+
+
+def _gradients_of(score: Tensor, activations: list[Tensor], layers: Sequence[tuple[str, nn.Module]]) -> list[Tensor]:
+    if not score.requires_grad:
+        raise ValueError(
+            "the model's logits do not depend on the target layer (or the model turns gradients off "
+            "inside its forward); pick a layer that feeds the output."
+        )
+    gradients = torch.autograd.grad(score, activations, allow_unused=True)
+    unused = [name for (name, _), grad in zip(layers, gradients, strict=True) if grad is None]
+    if unused:
+        raise ValueError(f"the logits do not depend on target layer(s) {unused}; pick layers that feed the output.")
+    return [grad for grad in gradients if grad is not None]
+
+
+def _compute_maps(
+    model: nn.Module,
+    requested: Sequence[Method],
+    activations: Sequence[Tensor],
+    gradients: Sequence[Tensor | None],
+    targets: Tensor,
+    size: tuple[int, int],
+) -> dict[str, Tensor]:
+    per_method: dict[str, list[Tensor]] = {method.name: [] for method in requested}
+    for activation, gradient in zip(activations, gradients, strict=True):
+        activation = activation.detach().float()
+        inputs = LayerInputs(
+            activations=activation,
+            gradients=None if gradient is None else gradient.float(),
+            targets=targets,
+            classifier_weight=(
+                find_classifier_weight(model, activation.shape[1])
+                if any(method.needs_classifier for method in requested)
+                else None
+            ),
+        )
+        bad_images = ~finite_rows(activation)
+        for method in requested:
+            raw = method.compute(inputs)
+            invalid = bad_images | ~finite_rows(raw)
+            if bool(invalid.any()):
+                warnings.warn(
+                    f"{method.name}: non-finite activations or gradients for image(s) "
+                    f"{invalid.nonzero().flatten().tolist()}; their maps are all zeros.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                raw = torch.where(invalid.view(-1, 1, 1), torch.full_like(raw, float("nan")), raw)
+            per_method[method.name].append(normalize_maps(raw, size))
+    return {
+        name: layer_maps[0] if len(layer_maps) == 1 else normalize_maps(torch.stack(layer_maps).mean(0), size)
+        for name, layer_maps in per_method.items()
+    }
