@@ -97,7 +97,9 @@ def resolve_targets(targets: Targets, logits: Tensor) -> Tensor:
     if targets is None:
         return logits.detach().argmax(dim=1)
     if isinstance(targets, bool):
-        raise ValueError(f"targets must be None, a class index or one class index per image; got {targets!r}.")
+        raise ValueError(
+            f"targets must be None, a class index or one class index per image; got {targets!r}."
+        )
     if isinstance(targets, int):
         resolved = torch.full((batch,), targets, dtype=torch.long, device=logits.device)
     else:
@@ -227,7 +229,9 @@ def explain(
     return {name: value.to(images.device) for name, value in maps.items()}
 
 
-def _checked_activations(layers: Sequence[tuple[str, nn.Module]], captured: Sequence[Tensor | None]) -> list[Tensor]:
+def _checked_activations(
+    layers: Sequence[tuple[str, nn.Module]], captured: Sequence[Tensor | None]
+) -> list[Tensor]:
     activations = []
     for (name, _), activation in zip(layers, captured, strict=True):
         if activation is None:
@@ -244,7 +248,9 @@ def _checked_activations(layers: Sequence[tuple[str, nn.Module]], captured: Sequ
     return activations
 
 
-def _gradients_of(score: Tensor, activations: list[Tensor], layers: Sequence[tuple[str, nn.Module]]) -> list[Tensor]:
+def _gradients_of(
+    score: Tensor, activations: list[Tensor], layers: Sequence[tuple[str, nn.Module]]
+) -> list[Tensor]:
     if not score.requires_grad:
         raise ValueError(
             "the model's logits do not depend on the target layer (or the model turns gradients off "
@@ -253,7 +259,9 @@ def _gradients_of(score: Tensor, activations: list[Tensor], layers: Sequence[tup
     gradients = torch.autograd.grad(score, activations, allow_unused=True)
     unused = [name for (name, _), grad in zip(layers, gradients, strict=True) if grad is None]
     if unused:
-        raise ValueError(f"the logits do not depend on target layer(s) {unused}; pick layers that feed the output.")
+        raise ValueError(
+            f"the logits do not depend on target layer(s) {unused}; pick layers that feed the output."
+        )
     return [grad for grad in gradients if grad is not None]
 
 

@@ -89,7 +89,9 @@ def find_auto_layer(model: nn.Module, sample: Tensor) -> str:
     return candidates[-1]
 
 
-def resolve_target_layers(model: nn.Module, target_layer: TargetLayer, sample: Tensor) -> list[tuple[str, nn.Module]]:
+def resolve_target_layers(
+    model: nn.Module, target_layer: TargetLayer, sample: Tensor
+) -> list[tuple[str, nn.Module]]:
     """Turn ``target_layer`` into a list of ``(name, module)`` pairs of ``model``."""
     if isinstance(target_layer, (str, nn.Module)):
         requested: Sequence[str | nn.Module] = [target_layer]

@@ -86,7 +86,9 @@ def test_low_resolution_map_is_relu_then_bilinear_upsampling_then_min_max() -> N
     images[0, :, ::2, ::2] = torch.tensor([A0, A1])
     maps = lc.explain(model, images, "cam", target_layer="features", targets=0)
     low = torch.tensor([[0.0, 2.0], [4.0, 0.0]])  # relu(A0 - A1)
-    up = torch.nn.functional.interpolate(low[None, None], size=(4, 4), mode="bilinear", align_corners=False)[0, 0]
+    up = torch.nn.functional.interpolate(low[None, None], size=(4, 4), mode="bilinear", align_corners=False)[
+        0, 0
+    ]
     torch.testing.assert_close(maps["cam"][0], (up - up.min()) / (up.max() - up.min()))
     assert maps["cam"][0, 3, 0] == 1.0 and maps["cam"][0, 0, 3] == 0.5  # not flipped: peak stays bottom-left
 
@@ -207,7 +209,9 @@ def test_channels_last_and_float64_models() -> None:
     model = SmallCNN()
     images = torch.rand(2, 3, 16, 16)
     reference = lc.explain(model, images, lc.METHODS)
-    last = lc.explain(model.to(memory_format=torch.channels_last), images.to(memory_format=torch.channels_last), lc.METHODS)
+    last = lc.explain(
+        model.to(memory_format=torch.channels_last), images.to(memory_format=torch.channels_last), lc.METHODS
+    )
     for name in lc.METHODS:
         torch.testing.assert_close(last[name], reference[name], atol=1e-5, rtol=0)
     double = lc.explain(model.double(), images, lc.METHODS)
@@ -229,7 +233,9 @@ def test_models_returning_tuples_and_dicts() -> None:
     model = DictModel()
     images = torch.rand(2, 3, 16, 16)
     reference = lc.explain(model.net, images, "gradcam")["gradcam"]
-    torch.testing.assert_close(lc.explain(model, images, "gradcam", output_key="scores")["gradcam"], reference)
+    torch.testing.assert_close(
+        lc.explain(model, images, "gradcam", output_key="scores")["gradcam"], reference
+    )
     picked = lc.explain(model, images, "gradcam", output_key=lambda out: out["scores"])["gradcam"]
     torch.testing.assert_close(picked, reference)
     with pytest.raises(ValueError, match="output_key"):

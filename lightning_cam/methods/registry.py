@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["LayerInputs", "Method", "REGISTRY", "register"]
+__all__ = ["REGISTRY", "LayerInputs", "Method", "register"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,31 @@
+"""Timing helpers shared by the benchmarks: warm-up, several runs, median."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def median_seconds(run: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
+    """Median wall time of ``run()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pearson_per_image(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Pearson correlation of each image's map in ``a`` with the same image's map in ``b``."""
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))

@@ -1,0 +1,133 @@
+"""explain(): every bad input raises ValueError saying what is wrong and what would be right."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import SmallCNN
+from torch import nn
+
+import lightning_cam as lc
+
+
+class NoClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3))
+
+
+class SpatialOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+IMAGES = torch.rand(2, 3, 16, 16)
+
+CASES = [
+    (
+        "unknown method",
+        {"methods": "gradcampp"},
+        SmallCNN,
+        IMAGES,
+        r"unknown CAM method 'gradcampp'.*closest first\): gradcam, xgradcam, gradcam\+\+",
+    ),
+    ("empty methods", {"methods": []}, SmallCNN, IMAGES, r"methods is empty; choose one or more of gradcam"),
+    (
+        "unknown layer",
+        {"target_layer": "feature.4"},
+        SmallCNN,
+        IMAGES,
+        r"'feature.4' is not a module.*Closest names: features.4.*last convolution layers are: features.0, features.4",
+    ),
+    (
+        "layer of another model",
+        {"target_layer": nn.Conv2d(1, 1, 1)},
+        SmallCNN,
+        IMAGES,
+        r"not part of SmallCNN",
+    ),
+    (
+        "layer not 4-D",
+        {"target_layer": "fc"},
+        SmallCNN,
+        IMAGES,
+        r"'fc' outputs shape \[2, 4\]; CAM methods need a 4-D output",
+    ),
+    ("not a tensor", {}, SmallCNN, [[0.0]], r"images must be a float tensor \[B, C, H, W\]; got list"),
+    (
+        "3-D images",
+        {},
+        SmallCNN,
+        torch.rand(3, 16, 16),
+        r"4-D float tensor \[B, C, H, W\]; got shape \[3, 16, 16\].*unsqueeze\(0\)",
+    ),
+    (
+        "integer images",
+        {},
+        SmallCNN,
+        torch.zeros(1, 3, 16, 16, dtype=torch.uint8),
+        r"floating-point.*torch.uint8.*images.float\(\)",
+    ),
+    (
+        "targets wrong length",
+        {"targets": [0, 1, 2]},
+        SmallCNN,
+        IMAGES,
+        r"one integer class index per image \(2\)",
+    ),
+    (
+        "targets out of range",
+        {"targets": 4},
+        SmallCNN,
+        IMAGES,
+        r"class indices in \[0, 3\] \(the model has 4 classes\)",
+    ),
+    ("negative target", {"targets": [0, -1]}, SmallCNN, IMAGES, r"class indices in \[0, 3\]"),
+    (
+        "float targets",
+        {"targets": torch.tensor([0.5, 1.0])},
+        SmallCNN,
+        IMAGES,
+        r"one integer class index per image",
+    ),
+    (
+        "output not logits",
+        {"target_layer": "conv"},
+        SpatialOutput,
+        IMAGES,
+        r"logits \[B, num_classes\]; got \[2, 4, 14, 14\]",
+    ),
+    (
+        "cam without classifier",
+        {"methods": "cam", "target_layer": "conv"},
+        NoClassifier,
+        IMAGES,
+        r"'cam' needs a linear classifier.*linear layers are: none.*'gradcam'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "options", "model_class", "images", "message"), CASES, ids=[c[0] for c in CASES]
+)
+def test_bad_input_raises_value_error_with_guidance(
+    case: str, options: dict, model_class: type[nn.Module], images: object, message: str
+) -> None:
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=message):
+        lc.explain(model_class(), images, **({"methods": "gradcam"} | options))
+
+
+def test_auto_layer_without_spatial_output_says_to_name_the_layer() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    with pytest.raises(ValueError, match=re.escape("target_layer='auto' found no layer")):
+        lc.explain(model, torch.rand(1, 3, 4, 4))
