@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Any
 
@@ -15,7 +16,17 @@ from lightning_cam.capture import capture_activations, preserved_state
 from lightning_cam.layers import TargetLayer, resolve_target_layers
 from lightning_cam.methods import REGISTRY, LayerInputs, Method
 
-__all__ = ["METHODS", "OutputKey", "Targets", "explain", "finite_rows", "normalize_maps", "select_logits"]
+__all__ = [
+    "METHODS",
+    "Explanation",
+    "OutputKey",
+    "Targets",
+    "explain",
+    "explain_batch",
+    "finite_rows",
+    "normalize_maps",
+    "select_logits",
+]
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 """Every method name :func:`explain` accepts."""
@@ -161,6 +172,15 @@ def _model_device_dtype(model: nn.Module, images: Tensor) -> tuple[torch.device,
     return images.device, images.dtype
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """The maps of one pass, with the logits and target classes they were computed for."""
+
+    maps: dict[str, Tensor]
+    logits: Tensor
+    targets: Tensor
+
+
 def explain(
     model: nn.Module,
     images: Tensor,
@@ -203,6 +223,19 @@ def explain(
         >>> maps["gradcam"].shape
         torch.Size([2, 64, 64])
     """
+    return explain_batch(model, images, methods, target_layer, targets, output_key=output_key).maps
+
+
+def explain_batch(
+    model: nn.Module,
+    images: Tensor,
+    methods: str | Sequence[str] = "gradcam",
+    target_layer: TargetLayer = "auto",
+    targets: Targets = None,
+    *,
+    output_key: OutputKey = None,
+) -> Explanation:
+    """:func:`explain`, also returning the logits (detached, float32) and the target classes."""
     requested = resolve_methods(methods)
     images = check_images(images)
     device, dtype = _model_device_dtype(model, images)
@@ -226,7 +259,11 @@ def explain(
             score = logits.gather(1, class_targets.unsqueeze(1)).sum()
             gradients = _gradients_of(score, activations, layers)
         maps = _compute_maps(model, requested, activations, gradients, class_targets, size)
-    return {name: value.to(images.device) for name, value in maps.items()}
+    return Explanation(
+        maps={name: value.to(images.device) for name, value in maps.items()},
+        logits=logits.detach().float().to(images.device),
+        targets=class_targets.to(images.device),
+    )
 
 
 def _checked_activations(

@@ -1,0 +1,458 @@
+"""CAMMonitor: explain a fixed set of validation images during ``trainer.fit`` and log the grids."""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+
+from lightning_cam.batch import FixedBatch, SampleBuffer, Unpacked, unpack_batch
+from lightning_cam.engine import Explanation, OutputKey, explain_batch, resolve_methods
+from lightning_cam.layers import TargetLayer, resolve_target_layers
+from lightning_cam.render import COLORMAPS, display_images, render_grid
+from lightning_cam.writers import PNGWriter, Writer, writer_for
+
+__all__ = ["CAMMonitor"]
+
+TargetChoice = str | int
+
+
+def _import_object(path: str) -> Any:
+    module_name, _, attribute = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"{path!r} is not a dotted import path such as 'my_package.data.unpack_batch'.")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot import {path!r}: {error}") from error
+
+
+def _check_targets(targets: TargetChoice | Sequence[TargetChoice]) -> list[TargetChoice]:
+    choices = [targets] if isinstance(targets, (str, int)) else list(targets)
+    if not choices:
+        raise ValueError("targets is empty; use 'predicted', 'label', a class index, or a list of these.")
+    for choice in choices:
+        if isinstance(choice, bool) or not (
+            choice in ("predicted", "label") or (isinstance(choice, int) and choice >= 0)
+        ):
+            raise ValueError(
+                f"invalid target {choice!r}: use 'predicted', 'label', a class index >= 0, or a list of these."
+            )
+    return choices
+
+
+class CAMMonitor(Callback):
+    r"""Explain a fixed set of validation images while the model trains, and log the maps.
+
+    At every check, the callback runs the chosen class-activation-map methods on the same
+    ``num_samples`` images, on the training device and in one guarded pass per target choice
+    (the model's mode, gradients, BatchNorm statistics and RNG states are left as they were),
+    and logs a grid per target choice: a row per sample (true label, prediction and confidence
+    written on it), the input then one overlay per method. Grids go to every attached logger
+    through a writer chosen by its type (TensorBoard, W&B, MLflow; PNG files under the log
+    directory for any other logger or none); the time a check took goes through
+    ``log_metrics``. Only global rank 0 computes and writes.
+
+    The images are captured from the batches the validation loop already loads (no extra pass
+    over the data, no random numbers drawn, nothing in the sanity check), balanced over classes
+    where labels are known, and saved in the checkpoint, so a resumed run explains the same images.
+
+    Args:
+        methods: method names from ``lightning_cam.METHODS``.
+        target_layer: ``"auto"``, a dotted module name (``"layer4"``), or a list of names.
+        num_samples: how many images to explain.
+        targets: ``"predicted"``, ``"label"``, a class index, or a list of these; each gets its own grid.
+        every_n_epochs: check at the end of every n-th validation epoch (default 1 unless
+            ``every_n_train_steps`` is set).
+        every_n_train_steps: check every n optimizer steps instead. With validation disabled the
+            images are captured from the first training batches.
+        class_names: names of the classes, in index order, for the labels on the grid.
+        image_mean: per-channel mean of the input normalisation, undone for display.
+        image_std: per-channel std of the input normalisation, undone for display.
+        colormap: one of ``lightning_cam.render.COLORMAPS`` (``jet``, ``turbo``, ``viridis``, ``inferno``, ``gray``).
+        alpha: weight of the heatmap in the overlay, in ``[0, 1]``.
+        unpack: a function (or its dotted import path) from a batch to ``(images, labels, masks)``,
+            for batches that are not ``(x, y[, masks])`` tuples or dicts.
+        image_key: the images' key in dict batches.
+        label_key: the labels' key in dict batches.
+        mask_key: the masks' key in dict batches (``"masks"`` is also read).
+        dataloader_idx: which validation dataloader to take the images from.
+        model_attr: the attribute of the LightningModule holding the network to explain (for
+            example ``"net"``); ``None`` calls the LightningModule itself.
+        output_key: where the logits are when the model returns a tuple or a dict (an index or a key).
+        strict: raise on any failure instead of reporting it and carrying on (for tests).
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_cam import CAMMonitor
+        >>> monitor = CAMMonitor(methods=["gradcam", "layercam"], num_samples=8, every_n_epochs=2)
+        >>> trainer = Trainer(callbacks=[monitor], max_epochs=10)  # doctest: +SKIP
+
+    In a LightningCLI YAML::
+
+        trainer:
+          callbacks:
+            - class_path: lightning_cam.CAMMonitor
+              init_args:
+                methods: [gradcam, gradcam++]
+                num_samples: 16
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[str] = ("gradcam", "gradcam++"),
+        target_layer: str | Sequence[str] = "auto",
+        num_samples: int = 16,
+        targets: TargetChoice | Sequence[TargetChoice] = "predicted",
+        every_n_epochs: int | None = None,
+        every_n_train_steps: int | None = None,
+        class_names: Sequence[str] | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        colormap: str = "jet",
+        alpha: float = 0.5,
+        unpack: str | Callable[[Any], Unpacked] | None = None,
+        image_key: str = "image",
+        label_key: str = "label",
+        mask_key: str = "mask",
+        dataloader_idx: int = 0,
+        model_attr: str | None = None,
+        output_key: int | str | None = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        self.methods = [method.name for method in resolve_methods(methods)]
+        self.target_layer: TargetLayer = target_layer if isinstance(target_layer, str) else list(target_layer)
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}.")
+        self.num_samples = num_samples
+        self.targets = _check_targets(targets)
+        if every_n_epochs is not None and every_n_train_steps is not None:
+            raise MisconfigurationException(
+                "CAMMonitor: set every_n_epochs or every_n_train_steps, not both "
+                f"(got every_n_epochs={every_n_epochs}, every_n_train_steps={every_n_train_steps})."
+            )
+        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise MisconfigurationException(
+                    f"CAMMonitor: {name} must be a positive integer or None; got {value!r}."
+                )
+        self.every_n_train_steps = every_n_train_steps
+        self.every_n_epochs = every_n_epochs if every_n_epochs is not None or every_n_train_steps else 1
+        self.class_names = list(class_names) if class_names is not None else None
+        if image_mean is not None and image_std is not None and len(image_mean) != len(image_std):
+            raise ValueError(
+                f"image_mean and image_std must have one value per channel each; got {len(image_mean)} and "
+                f"{len(image_std)}."
+            )
+        self.image_mean = list(image_mean) if image_mean is not None else None
+        self.image_std = list(image_std) if image_std is not None else None
+        if colormap not in COLORMAPS:
+            raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}.")
+        self.colormap = colormap
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(
+                f"alpha is the heatmap's weight in the overlay and must be in [0, 1]; got {alpha}."
+            )
+        self.alpha = alpha
+        self.unpack = _import_object(unpack) if isinstance(unpack, str) else unpack
+        if self.unpack is not None and not callable(self.unpack):
+            raise ValueError(f"unpack must be a function batch -> (images, labels, masks); got {unpack!r}.")
+        self.image_key, self.label_key, self.mask_key = image_key, label_key, mask_key
+        self.dataloader_idx = dataloader_idx
+        self.model_attr = model_attr
+        self.output_key: OutputKey = output_key
+        self.strict = strict
+
+        self.fixed: FixedBatch | None = None
+        self.checks = 0
+        self.last_check_step = -1
+        self._buffer = SampleBuffer(num_samples)
+        self._writers: list[Writer] | None = None
+        self._failed: set[str] = set()
+        self._warned: set[str] = set()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            methods=self.methods, targets=self.targets, num_samples=self.num_samples
+        )
+
+    # ----------------------------------------------------------------- Lightning hooks
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        network = self._network(pl_module)
+        names = [self.target_layer] if isinstance(self.target_layer, str) else self.target_layer
+        named = [name for name in names if name != "auto"]
+        if named:  # a misspelt layer name fails here, before training starts, not at the first check
+            resolve_target_layers(network, named, sample=torch.empty(0))
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._capturing(trainer) and dataloader_idx == self.dataloader_idx:
+            self._capture(batch)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self._finish_capture(trainer)
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._check(trainer, pl_module)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.every_n_train_steps or not trainer.is_global_zero:
+            return
+        if self.fixed is None and not trainer.enable_validation:
+            self._capture(batch)
+            if self._buffer.is_complete(self._num_classes()):
+                self._finish_capture(trainer)
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_train_steps == 0 and step != self.last_check_step:
+            if self.fixed is None and self._buffer.size > 0:
+                self._finish_capture(trainer)
+            self._check(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fixed": None if self.fixed is None else self.fixed.state_dict(),
+            "checks": self.checks,
+            "last_check_step": self.last_check_step,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        fixed = state_dict.get("fixed")
+        self.fixed = None if fixed is None else FixedBatch(**fixed)
+        self.checks = state_dict.get("checks", 0)
+        self.last_check_step = state_dict.get("last_check_step", -1)
+
+    # ----------------------------------------------------------------- capture
+
+    def _capturing(self, trainer: pl.Trainer) -> bool:
+        return self.fixed is None and trainer.is_global_zero and not trainer.sanity_checking
+
+    def _num_classes(self) -> int | None:
+        return len(self.class_names) if self.class_names is not None else None
+
+    def _capture(self, batch: Any) -> None:
+        if self._buffer.is_complete(self._num_classes()):
+            return
+        try:
+            images, labels, masks = unpack_batch(
+                batch, self.unpack, self.image_key, self.label_key, self.mask_key
+            )
+        except ValueError as error:
+            self._fail("batch", error)
+            return
+        self._buffer.add(images, labels, masks)
+
+    def _finish_capture(self, trainer: pl.Trainer) -> None:
+        if self.fixed is not None or self._buffer.size == 0:
+            return
+        self.fixed = self._buffer.select()
+        self._buffer = SampleBuffer(self.num_samples)
+        if len(self.fixed.images) < self.num_samples:
+            self._warn_once(
+                "few",
+                f"CAMMonitor: only {len(self.fixed.images)} images were available for num_samples="
+                f"{self.num_samples}; explaining those.",
+            )
+
+    # ----------------------------------------------------------------- check
+
+    def _network(self, pl_module: pl.LightningModule) -> nn.Module:
+        if self.model_attr is None:
+            return pl_module
+        network = getattr(pl_module, self.model_attr, None)
+        if not isinstance(network, nn.Module):
+            children = ", ".join(name for name, _ in pl_module.named_children()) or "none"
+            raise MisconfigurationException(
+                f"CAMMonitor(model_attr={self.model_attr!r}): {type(pl_module).__name__} has no such submodule; "
+                f"its submodules are: {children}."
+            )
+        return getattr(network, "_orig_mod", network)  # explain a torch.compile'd network eagerly
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.fixed is None:
+            self._warn_once("nothing", "CAMMonitor: no images have been captured yet; this check is skipped.")
+            return
+        self.last_check_step = trainer.global_step
+        self.checks += 1
+        start = time.perf_counter()
+        try:
+            self._log_check(trainer, pl_module)
+        except Exception as error:
+            if self.strict:
+                raise
+            self._fail("check", error)
+        self._log_metrics(trainer, {"cam/check_seconds": time.perf_counter() - start})
+
+    def _log_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.fixed is not None
+        fixed = self.fixed.to(pl_module.device)
+        self.fixed = fixed
+        network = self._network(pl_module)
+        shown = display_images(fixed.images, self.image_mean, self.image_std)
+        for choice in self.targets:
+            explanation = self._explain(network, fixed, choice)
+            if explanation is None:
+                continue
+            grid = render_grid(
+                shown,
+                explanation.maps,
+                self._captions(fixed, explanation),
+                colormap=self.colormap,
+                alpha=self.alpha,
+            )
+            tag = f"cam/{self._target_name(choice)}/grid"
+            for writer in self._get_writers(trainer):
+                self._write(writer, partial(writer.log_grid, tag, grid, trainer.global_step))
+
+    def _explain(self, network: nn.Module, fixed: FixedBatch, choice: TargetChoice) -> Explanation | None:
+        if choice == "label" and fixed.labels is None:
+            self._warn_once(
+                "label", "CAMMonitor: targets='label' needs labels in the batch; that grid is skipped."
+            )
+            return None
+        targets = None if choice == "predicted" else fixed.labels if choice == "label" else choice
+        methods = [name for name in self.methods if name not in self._failed]
+        if not methods:
+            return None
+        try:
+            return explain_batch(
+                network, fixed.images, methods, self.target_layer, targets, output_key=self.output_key
+            )
+        except Exception as error:
+            if self.strict:
+                raise
+            if len(methods) == 1:
+                self._fail(methods[0], error)
+                return None
+        # Find the failing methods one by one; report each once and leave it out from now on.
+        results = []
+        for name in methods:
+            try:
+                results.append(
+                    explain_batch(
+                        network, fixed.images, name, self.target_layer, targets, output_key=self.output_key
+                    )
+                )
+            except Exception as error:
+                self._fail(name, error)
+        if not results:
+            return None
+        maps = {name: value for result in results for name, value in result.maps.items()}
+        return Explanation(maps=maps, logits=results[0].logits, targets=results[0].targets)
+
+    def _target_name(self, choice: TargetChoice) -> str:
+        if isinstance(choice, str):
+            return choice
+        if self.class_names is not None and choice < len(self.class_names):
+            return f"class_{self.class_names[choice]}"
+        return f"class_{choice}"
+
+    def _class_name(self, index: int) -> str:
+        if self.class_names is not None and index < len(self.class_names):
+            return self.class_names[index]
+        return str(index)
+
+    def _captions(self, fixed: FixedBatch, explanation: Explanation) -> list[str]:
+        if self.class_names is not None and len(self.class_names) != explanation.logits.shape[1]:
+            self._warn_once(
+                "class_names",
+                f"CAMMonitor: class_names has {len(self.class_names)} names but the model has "
+                f"{explanation.logits.shape[1]} classes; pass one name per class. Showing class indices "
+                f"where a name is missing.",
+            )
+        probabilities = explanation.logits.softmax(dim=1)
+        confidence, predicted = probabilities.max(dim=1)
+        labels = fixed.labels.tolist() if fixed.labels is not None else [None] * len(predicted)
+        return [
+            (f"true: {self._class_name(label)}\n" if label is not None else "")
+            + f"pred: {self._class_name(pred)} {conf:.0%}"
+            for label, pred, conf in zip(labels, predicted.tolist(), confidence.tolist(), strict=True)
+        ]
+
+    # ----------------------------------------------------------------- writers and faults
+
+    def _get_writers(self, trainer: pl.Trainer) -> list[Writer]:
+        if self._writers is not None:
+            return self._writers
+        writers: list[Writer] = []
+        for logger in trainer.loggers:
+            writer = writer_for(logger)
+            if writer is None:
+                rank_zero_warn(
+                    f"CAMMonitor: no image writer for {type(logger).__name__}; its grids are saved as PNG files "
+                    f"and its scalars still go through its log_metrics. Register one with "
+                    f"lightning_cam.writers.register_writer."
+                )
+                writers.append(PNGWriter(self._log_dir(trainer, logger), logger))
+            else:
+                writers.append(writer)
+        if not trainer.loggers:
+            root = self._log_dir(trainer, None)
+            rank_zero_info(
+                f"CAMMonitor: no logger is attached; grids are saved as PNG files under {root}/cam."
+            )
+            writers.append(PNGWriter(root))
+        self._writers = writers
+        return writers
+
+    @staticmethod
+    def _log_dir(trainer: pl.Trainer, logger: Any) -> str:
+        directory = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        return str(Path(directory or trainer.default_root_dir))
+
+    def _log_metrics(self, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+        for writer in self._get_writers(trainer):
+            self._write(writer, partial(writer.log_metrics, metrics, trainer.global_step))
+
+    def _write(self, writer: Writer, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as error:
+            if self.strict:
+                raise
+            self._fail(f"writer {type(writer).__name__}", error)
+
+    def _fail(self, what: str, error: BaseException) -> None:
+        if self.strict:
+            raise error
+        if what in self.methods:
+            self._failed.add(what)
+            action = "it is left out from now on; training goes on."
+        else:
+            action = "training goes on."
+        self._warn_once(
+            f"fail:{what}",
+            f"CAMMonitor: {what} failed ({type(error).__name__}: {error}); {action}\n"
+            + "".join(traceback.format_exception(error)),
+        )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)

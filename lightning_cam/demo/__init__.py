@@ -1,0 +1,17 @@
+"""The procedural shortcut dataset and the ``lightning-cam demo`` command."""
+
+from lightning_cam.demo.data import CLASS_NAMES, ShapesConfig, ShapesDataset, make_shapes
+from lightning_cam.demo.model import ShapesClassifier, ShapesDataModule, SmallCNN
+from lightning_cam.demo.run import DemoResult, run_demo
+
+__all__ = [
+    "CLASS_NAMES",
+    "DemoResult",
+    "ShapesClassifier",
+    "ShapesConfig",
+    "ShapesDataModule",
+    "ShapesDataset",
+    "SmallCNN",
+    "make_shapes",
+    "run_demo",
+]

@@ -1,0 +1,234 @@
+"""Colormaps, overlays and labelled grids.
+
+Everything up to the final image is a torch operation on the maps' device; the grid is turned
+into ``uint8`` there and moved to the host once, where PIL writes the header and the row labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+from torchvision.utils import make_grid
+
+__all__ = ["COLORMAPS", "Grid", "apply_colormap", "display_images", "overlay", "render_grid"]
+
+# Polynomial fits of matplotlib's viridis and inferno (Matt Zucker, CC0) and of Google's turbo
+# (Anton Mikhailov, Apache-2.0): coefficients of x^0 .. x^n for red, green and blue.
+_POLYNOMIALS: dict[str, tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]] = {
+    "viridis": (
+        (0.2777273272, 0.1050930431, -0.3308618287, -4.6342304990, 6.2282699363, 4.7763849977, -5.4354558559),
+        (
+            0.0054073445,
+            1.4046135299,
+            0.2148475595,
+            -5.7991009734,
+            14.1799333668,
+            -13.7451453777,
+            4.6458526122,
+        ),
+        (
+            0.3340998053,
+            1.3845901626,
+            0.0950951630,
+            -19.3324409563,
+            56.6905526007,
+            -65.3530326334,
+            26.3124352496,
+        ),
+    ),
+    "inferno": (
+        (
+            0.0002189404,
+            0.1065134195,
+            11.6024930825,
+            -41.7039961314,
+            77.1629356994,
+            -71.3194282450,
+            25.1311262248,
+        ),
+        (
+            0.0016510046,
+            0.5639564368,
+            -3.9728539657,
+            17.4363988821,
+            -33.4023589421,
+            32.6260642640,
+            -12.2426689524,
+        ),
+        (
+            -0.0194808984,
+            3.9327123889,
+            -15.9423941063,
+            44.3541451987,
+            -81.8073092574,
+            73.2095198580,
+            -23.0703250029,
+        ),
+    ),
+    "turbo": (
+        (0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943),
+        (0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604),
+        (0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973),
+    ),
+}
+COLORMAPS: tuple[str, ...] = ("jet", "turbo", "viridis", "inferno", "gray")
+"""Colormap names accepted by :func:`apply_colormap` and ``CAMMonitor(colormap=...)``."""
+
+
+@cache
+def _lookup_table(name: str) -> Tensor:
+    """A ``[256, 3]`` float table in ``[0, 1]`` for the colormap ``name`` (on the CPU)."""
+    x = torch.linspace(0, 1, 256, dtype=torch.float64)
+    if name == "jet":
+        table = torch.stack([1.5 - (4 * x - shift).abs() for shift in (3.0, 2.0, 1.0)], dim=1)
+    elif name == "gray":
+        table = x[:, None].repeat(1, 3)
+    elif name in _POLYNOMIALS:
+        powers = torch.stack([x**n for n in range(7)], dim=1)
+        table = torch.stack(
+            [
+                powers[:, : len(coeffs)] @ torch.tensor(coeffs, dtype=torch.float64)
+                for coeffs in _POLYNOMIALS[name]
+            ],
+            dim=1,
+        )
+    else:
+        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}.")
+    return table.clamp(0, 1).float()
+
+
+def apply_colormap(maps: Tensor, name: str = "jet") -> Tensor:
+    """Colour maps ``[..., H, W]`` in ``[0, 1]`` into RGB ``[..., 3, H, W]`` in ``[0, 1]``."""
+    table = _lookup_table(name).to(maps.device)
+    index = (maps.clamp(0, 1) * 255).round().long()
+    return table[index].movedim(-1, -3)
+
+
+def display_images(
+    images: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> Tensor:
+    """Images ``[B, C, H, W]`` as RGB in ``[0, 1]`` for display: undo ``(x - mean) / std``
+    normalisation, repeat a single channel to three, keep the first three of more channels."""
+    images = images.detach().float()
+    channels = images.shape[1]
+    if std is not None:
+        images = images * torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    if mean is not None:
+        images = images + torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    if channels == 1:
+        images = images.repeat(1, 3, 1, 1)
+    elif channels != 3:
+        images = images[:, :3] if channels > 3 else torch.cat([images, images[:, -1:]], dim=1)
+    return images.clamp(0, 1)
+
+
+def overlay(images: Tensor, maps: Tensor, colormap: str = "jet", alpha: float = 0.5) -> Tensor:
+    """Blend coloured maps ``[B, H, W]`` over display images ``[B, 3, H, W]``: ``alpha`` heat."""
+    return (1 - alpha) * images + alpha * apply_colormap(maps, colormap)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A rendered grid: ``image`` ``[H, W, 3]`` ``uint8``: a header, then per sample a caption and a row of tiles.
+
+    Attributes:
+        image: the whole grid, header included.
+        columns: the column names (``"input"`` then one per method).
+        captions: one caption per row (true label, prediction and confidence).
+        tile: ``(height, width)`` of a tile, padding excluded.
+        padding: pixels between tiles and around the grid.
+        header: height of the header strip above the tiles.
+        left: width of the caption strip left of the tiles.
+    """
+
+    image: np.ndarray
+    columns: tuple[str, ...]
+    captions: tuple[str, ...]
+    tile: tuple[int, int]
+    padding: int
+    header: int
+    left: int
+
+    def cell(self, row: int, column: int) -> np.ndarray:
+        """The tile of sample ``row`` in ``column`` as ``[h, w, 3]`` ``uint8``."""
+        height, width = self.tile
+        top = self.header + self.padding + row * (height + self.padding)
+        left = self.left + self.padding + column * (width + self.padding)
+        return self.image[top : top + height, left : left + width]
+
+
+@cache
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the bitmap font
+        return ImageFont.load_default()
+
+
+def _tile_scale(height: int, width: int, min_tile: int) -> int:
+    return max(1, -(-min_tile // min(height, width)))
+
+
+def render_grid(
+    images: Tensor,
+    maps: dict[str, Tensor],
+    captions: Sequence[str],
+    *,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    min_tile: int = 112,
+    padding: int = 2,
+) -> Grid:
+    """A labelled grid: a row per sample, the input then one overlay per method.
+
+    Args:
+        images: display images ``[B, 3, H, W]`` in ``[0, 1]`` (see :func:`display_images`).
+        maps: ``{method: [B, H, W]}`` in ``[0, 1]``, on the images' device.
+        captions: one caption per row, written left of the row (one line per ``\\n``).
+        colormap: one of :data:`COLORMAPS`.
+        alpha: the heat's weight in the overlay.
+        min_tile: small images are enlarged (nearest neighbour, integer factor) to at least this size.
+        padding: pixels between tiles.
+    """
+    batch, _, height, width = images.shape
+    scale = _tile_scale(height, width, min_tile)
+    columns = [images] + [overlay(images, value, colormap, alpha) for value in maps.values()]
+    tiles = torch.stack(columns, dim=1).reshape(batch * len(columns), 3, height, width)
+    if scale > 1:
+        tiles = F.interpolate(tiles, scale_factor=scale, mode="nearest")
+    body = make_grid(tiles, nrow=len(columns), padding=padding, pad_value=1.0)
+    pixels = (body * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # the one transfer
+
+    font_size = max(10, min(16, height * scale // 9))
+    font = _font(font_size)
+    header = font_size + 8
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = max((int(measure.multiline_textbbox((0, 0), c, font=font)[2]) for c in captions), default=0)
+    label_width = label_width + 8 if label_width else 0
+    canvas = Image.new("RGB", (label_width + pixels.shape[1], pixels.shape[0] + header), "white")
+    canvas.paste(Image.fromarray(pixels), (label_width, header))
+    draw = ImageDraw.Draw(canvas)
+    tile_h, tile_w = height * scale, width * scale
+    names = ("input", *maps)
+    for index, name in enumerate(names):
+        left = label_width + padding + index * (tile_w + padding)
+        draw.text((left + tile_w / 2, header / 2), name, fill="black", font=font, anchor="mm")
+    for row, caption in enumerate(captions):
+        top = header + padding + row * (tile_h + padding)
+        draw.multiline_text((4, top + 2), caption, fill="black", font=font, spacing=2)
+    return Grid(
+        image=np.asarray(canvas),
+        columns=names,
+        captions=tuple(captions),
+        tile=(tile_h, tile_w),
+        padding=padding,
+        header=header,
+        left=label_width,
+    )

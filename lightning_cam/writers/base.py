@@ -1,0 +1,75 @@
+"""The writer interface, the PNG writer and the registry that picks a writer per logger type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from lightning.pytorch.loggers import Logger
+from PIL import Image
+
+from lightning_cam.render import Grid
+
+__all__ = ["PNGWriter", "Writer", "WriterFactory", "register_writer", "writer_for"]
+
+
+class Writer:
+    """Sends what a check produced to one destination. Subclasses implement :meth:`log_grid`.
+
+    ``log_metrics`` goes through the Lightning logger's own ``log_metrics`` when there is one.
+    """
+
+    def __init__(self, logger: Logger | None = None) -> None:
+        self.logger = logger
+
+    def log_grid(self, tag: str, grid: Grid, step: int) -> None:
+        raise NotImplementedError
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics(dict(metrics), step=step)
+
+
+class PNGWriter(Writer):
+    """Writes each grid as ``<root>/<tag>/step_<step>.png`` (a trailing ``/grid`` in the tag is dropped,
+    so grids land in ``<root>/cam/<target>/step_<step>.png``)."""
+
+    def __init__(self, root: str | Path, logger: Logger | None = None) -> None:
+        super().__init__(logger)
+        self.root = Path(root)
+
+    def path_for(self, tag: str, step: int) -> Path:
+        return self.root / tag.removesuffix("/grid") / f"step_{step}.png"
+
+    def log_grid(self, tag: str, grid: Grid, step: int) -> None:
+        path = self.path_for(tag, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid.image).save(path)
+
+
+WriterFactory = Callable[[Logger], Writer]
+_REGISTRY: list[tuple[type[Logger], WriterFactory]] = []
+
+
+def register_writer(logger_type: type[Logger], factory: WriterFactory) -> None:
+    """Use ``factory(logger)`` for loggers of ``logger_type`` (and its subclasses).
+
+    The most recent registration wins, so a user can replace a built-in adapter.
+
+    Example::
+
+        class MyWriter(Writer):
+            def log_grid(self, tag, grid, step):
+                self.logger.experiment.upload(tag, grid.image, step)
+
+        register_writer(MyLogger, MyWriter)
+    """
+    _REGISTRY.insert(0, (logger_type, factory))
+
+
+def writer_for(logger: Logger) -> Writer | None:
+    """The registered writer for ``logger``'s type, or ``None`` when no adapter fits."""
+    for logger_type, factory in _REGISTRY:
+        if isinstance(logger, logger_type):
+            return factory(logger)
+    return None

@@ -1,0 +1,22 @@
+"""MLflow: grids as image artifacts of the run (``MlflowClient.log_image``)."""
+
+from __future__ import annotations
+
+from lightning.pytorch.loggers import MLFlowLogger
+
+from lightning_cam.render import Grid
+from lightning_cam.writers.base import Writer
+
+__all__ = ["MLflowWriter"]
+
+
+class MLflowWriter(Writer):
+    """Writes grids into an :class:`~lightning.pytorch.loggers.MLFlowLogger`'s run as
+    ``<tag>/step_<step>.png`` artifacts."""
+
+    logger: MLFlowLogger
+
+    def log_grid(self, tag: str, grid: Grid, step: int) -> None:
+        self.logger.experiment.log_image(
+            self.logger.run_id, grid.image, artifact_file=f"{tag}/step_{step}.png"
+        )

@@ -1,0 +1,31 @@
+"""Weights & Biases: each grid as a ``wandb.Image`` with a caption, and a ``wandb.Table`` with one row
+per sample and one image column per method, so runs can be compared sample by sample."""
+
+from __future__ import annotations
+
+from lightning.pytorch.loggers import WandbLogger
+
+from lightning_cam.render import Grid
+from lightning_cam.writers.base import Writer
+
+__all__ = ["WandbWriter"]
+
+
+class WandbWriter(Writer):
+    """Writes grids and per-sample tables to a :class:`~lightning.pytorch.loggers.WandbLogger`'s run."""
+
+    logger: WandbLogger
+
+    def log_grid(self, tag: str, grid: Grid, step: int) -> None:
+        import wandb
+
+        caption = f"{', '.join(grid.columns)} (step {step})"
+        self.logger.log_image(key=tag, images=[grid.image], step=step, caption=[caption])
+        columns = ["sample", "caption", *grid.columns]
+        rows = [
+            [row, caption, *(wandb.Image(grid.cell(row, column)) for column in range(len(grid.columns)))]
+            for row, caption in enumerate(grid.captions)
+        ]
+        self.logger.log_table(
+            key=f"{tag.removesuffix('/grid')}/samples", columns=columns, data=rows, step=step
+        )
