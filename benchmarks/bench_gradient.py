@@ -61,12 +61,16 @@ def main() -> None:
         return maps
 
     peer = median_seconds(peer_all, max(3, args.repeats // 2), warmup=1)
-    print(f"pytorch-grad-cam, one after another {peer * 1e3:8.1f} ms  = {peer / ours:.1f}x slower than lightning-cam")
+    print(
+        f"pytorch-grad-cam, one after another {peer * 1e3:8.1f} ms  = {peer / ours:.1f}x slower than lightning-cam"
+    )
     ours_maps = lc.explain(model, images, FIVE, "layer4", targets)
     peer_maps = peer_all()
     for name in FIVE:
         r = pearson_per_image(ours_maps[name], peer_maps[name])
-        print(f"  {name:10s} Pearson per image vs pytorch-grad-cam: min {r.min():.4f}  median {sorted(r)[len(r) // 2]:.4f}")
+        print(
+            f"  {name:10s} Pearson per image vs pytorch-grad-cam: min {r.min():.4f}  median {sorted(r)[len(r) // 2]:.4f}"
+        )
 
 
 if __name__ == "__main__":

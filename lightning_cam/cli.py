@@ -27,8 +27,10 @@ def _demo(args: argparse.Namespace) -> None:
         result.accuracy.get("decorrelated", float("nan")),
     )
     print(f"\nTrained for {args.epochs} epochs in {result.seconds:.0f} s.")
-    print(f"  validation accuracy, cue agrees with the label ({args.cue_strength:.0%}): {cued:.1%}")
-    print(f"  validation accuracy, cue random (decorrelated):            {decorrelated:.1%}")
+    print(
+        f"  validation accuracy, cue agrees with the label ({args.cue_strength:.0%} of images): {cued:6.1%}"
+    )
+    print(f"  validation accuracy, cue drawn at random (decorrelated):      {decorrelated:6.1%}")
     if cued - decorrelated > 0.1:
         print("  -> the model relies on the corner cue: the grids show attention on the tag.")
     print(f"\nLogs and grids: {result.log_dir}")
