@@ -99,6 +99,7 @@ class ActivationCapture:
 
     activations: list[Tensor | None] = field(default_factory=list)
     record_from_first_layer: bool = False
+    detach_first_layer: bool = True
 
     def hook_for(self, index: int) -> ForwardHook:
         def hook(_module: nn.Module, _inputs: tuple[object, ...], output: object) -> object:
@@ -107,7 +108,7 @@ class ActivationCapture:
             is_first = all(captured is None for captured in self.activations)
             if is_first and self.record_from_first_layer:
                 torch.set_grad_enabled(True)
-            if is_first or not output.requires_grad:
+            if (is_first and self.detach_first_layer) or not output.requires_grad:
                 output = output.detach().requires_grad_(True)
             self.activations[index] = output
             return output.clone()
@@ -116,12 +117,20 @@ class ActivationCapture:
 
 
 @contextmanager
-def capture_activations(layers: Sequence[nn.Module], *, differentiable: bool) -> Iterator[ActivationCapture]:
-    """Run the body under ``torch.no_grad()`` and capture the outputs of ``layers``.
+def capture_activations(
+    layers: Sequence[nn.Module], *, differentiable: bool, full_graph: bool = False
+) -> Iterator[ActivationCapture]:
+    """Capture the outputs of ``layers`` during the forward pass run inside the block.
 
-    With ``differentiable``, everything from the first target layer on is recorded by autograd
-    (see :class:`ActivationCapture`); grad mode is restored on exit, also when the body raises.
+    By default the body runs under ``torch.no_grad()`` and, with ``differentiable``, everything
+    from the first target layer on is recorded by autograd (see :class:`ActivationCapture`); grad
+    mode is restored on exit, also when the body raises. With ``full_graph`` (input gradients are
+    needed too) the whole forward is recorded and the activations stay attached to it.
     """
-    capture = ActivationCapture(activations=[None] * len(layers), record_from_first_layer=differentiable)
-    with torch.no_grad(), forward_hooks(layers, capture.hook_for):
+    capture = ActivationCapture(
+        activations=[None] * len(layers),
+        record_from_first_layer=differentiable and not full_graph,
+        detach_first_layer=not full_graph,
+    )
+    with torch.set_grad_enabled(full_graph), forward_hooks(layers, capture.hook_for):
         yield capture

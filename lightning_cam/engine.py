@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from difflib import get_close_matches
 from typing import Any
 
@@ -14,7 +14,9 @@ from torch import Tensor, nn
 
 from lightning_cam.capture import capture_activations, preserved_state
 from lightning_cam.layers import TargetLayer, resolve_target_layers
-from lightning_cam.methods import REGISTRY, LayerInputs, Method
+from lightning_cam.logits import OutputKey, select_logits
+from lightning_cam.methods import REGISTRY, InputInputs, LayerInputs, Method, guided_relus
+from lightning_cam.methods.registry import at_least_float32
 
 __all__ = [
     "METHODS",
@@ -25,6 +27,7 @@ __all__ = [
     "explain_batch",
     "finite_rows",
     "normalize_maps",
+    "resolve_options",
     "select_logits",
 ]
 
@@ -32,7 +35,6 @@ METHODS: tuple[str, ...] = tuple(REGISTRY)
 """Every method name :func:`explain` accepts."""
 
 Targets = int | Sequence[int] | Tensor | None
-OutputKey = int | str | Callable[[Any], Tensor] | None
 
 
 def resolve_methods(methods: str | Sequence[str]) -> list[Method]:
@@ -70,36 +72,6 @@ def check_images(images: object) -> Tensor:
     if images.shape[0] == 0:
         raise ValueError("images is an empty batch; pass at least one image.")
     return images
-
-
-def select_logits(output: Any, output_key: OutputKey = None) -> Tensor:
-    """Pick the logits ``[B, num_classes]`` out of a model's output.
-
-    ``output_key=None`` takes a tensor as it is, the first element of a tuple or list, and the
-    ``"logits"`` entry of a dict; an int or a string indexes the output; a callable maps it.
-    """
-    if callable(output_key):
-        logits = output_key(output)
-    elif output_key is not None:
-        logits = output[output_key]
-    elif isinstance(output, Tensor):
-        logits = output
-    elif isinstance(output, (tuple, list)) and output:
-        logits = output[0]
-    elif isinstance(output, dict) and "logits" in output:
-        logits = output["logits"]
-    else:
-        raise ValueError(
-            f"the model returned {type(output).__name__}; pass output_key (an index, a dict key or a "
-            f"function) to say where its logits [B, num_classes] are."
-        )
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(
-            f"the model's output must be logits [B, num_classes]; got {shape}. For a model with "
-            f"several outputs pass output_key to pick the logits."
-        )
-    return logits
 
 
 def resolve_targets(targets: Targets, logits: Tensor) -> Tensor:
@@ -151,8 +123,9 @@ def finite_rows(maps: Tensor) -> Tensor:
 def normalize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     """ReLU, bilinear upsampling to ``size`` (``align_corners=False``), min-max to ``[0, 1]`` per image.
 
-    A flat map becomes all zeros; a map with a non-finite value becomes all zeros too (the caller
-    warns), never NaN.
+    A flat map becomes all zeros (also one whose spread is only rounding noise, below ``1e-5`` of
+    its largest value, as upsampling a constant gives); a map with a non-finite value becomes all
+    zeros too (the caller warns), never NaN.
     """
     valid = finite_rows(maps)
     maps = torch.where(valid.view(-1, 1, 1), maps, torch.zeros_like(maps)).clamp(min=0)
@@ -160,9 +133,56 @@ def normalize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
         maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
     flat = maps.reshape(maps.shape[0], -1)
     low = flat.min(dim=1, keepdim=True).values
-    span = flat.max(dim=1, keepdim=True).values - low
-    scaled = torch.where(span > 0, (flat - low) / torch.where(span > 0, span, 1.0), torch.zeros_like(flat))
+    high = flat.max(dim=1, keepdim=True).values
+    span = high - low
+    spread = span > 1e-5 * high
+    scaled = torch.where(spread, (flat - low) / torch.where(spread, span, 1.0), torch.zeros_like(flat))
     return scaled.reshape(maps.shape)
+
+
+def with_requirements(requested: Sequence[Method]) -> list[Method]:
+    """The requested methods and the ones they combine (``requires``), each once."""
+    needed: list[Method] = []
+    for method in requested:
+        for name in (*method.requires, method.name):
+            if REGISTRY[name] not in needed:
+                needed.append(REGISTRY[name])
+    return needed
+
+
+def resolve_options(
+    methods: Sequence[Method],
+    options: Mapping[str, Any] | None = None,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Each method's keyword options: the shared ``options`` it accepts, then its own ``method_options``.
+
+    An option that no requested method accepts raises ``ValueError`` listing the valid ones.
+    """
+    options, method_options = dict(options or {}), dict(method_options or {})
+    accepted = {name for method in methods for name in method.options}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        valid = ", ".join(f"{m.name}: {', '.join(m.options)}" for m in methods if m.options) or "none"
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for methods {[m.name for m in methods]}; valid: {valid}."
+        )
+    resolved = {}
+    for method in methods:
+        own = dict(method_options.pop(method.name, {}))
+        bad = sorted(set(own) - set(method.options))
+        if bad:
+            raise ValueError(
+                f"{method.name} has no option(s) {', '.join(bad)}; its options are: "
+                f"{', '.join(method.options) or 'none'}."
+            )
+        resolved[method.name] = {k: v for k, v in options.items() if k in method.options} | own
+    if method_options:
+        raise ValueError(
+            f"method_options names method(s) {sorted(method_options)} that are not requested "
+            f"({[m.name for m in methods]})."
+        )
+    return resolved
 
 
 def _model_device_dtype(model: nn.Module, images: Tensor) -> tuple[torch.device, torch.dtype]:
@@ -189,15 +209,19 @@ def explain(
     targets: Targets = None,
     *,
     output_key: OutputKey = None,
+    **options: Any,
 ) -> dict[str, Tensor]:
     """Class-activation maps of ``images`` for every requested method, from one guarded pass.
 
-    All requested methods share **one** forward pass and at most **one** ``torch.autograd.grad``
-    call (taken only with respect to the target layers, so the backward stops there). The model is
-    left exactly as it was: each module's ``training`` flag, parameter ``.grad`` tensors,
-    ``requires_grad`` flags, BatchNorm statistics and the global RNG states (see the state guard in
-    ``lightning_cam.capture``). It works inside ``torch.inference_mode()``, on frozen models, with
-    in-place ReLUs and ``channels_last`` inputs; maps are computed in float32 outside autocast.
+    All requested methods share **one** forward pass. The gradient family (and saliency) costs at
+    most **one** ``torch.autograd.grad`` call, taken with respect to the target layers only (so
+    the layers below them run without autograd recording) unless an input-level method needs
+    the full graph; guided backprop adds one more over the same graph. Score-CAM and Ablation-CAM
+    add their own batched forwards. The model is left exactly as it was: each module's
+    ``training`` flag, parameter ``.grad`` tensors, ``requires_grad`` flags, BatchNorm statistics
+    and the global RNG states (see ``lightning_cam.capture``). It works inside
+    ``torch.inference_mode()``, on frozen models, with in-place ReLUs and ``channels_last``
+    inputs; maps are computed in float32 outside autocast.
 
     Args:
         model: any ``nn.Module`` returning logits ``[B, num_classes]`` (see ``output_key``).
@@ -210,6 +234,10 @@ def explain(
             class index per image (sequence or tensor ``[B]``). The score is that class's logit.
         output_key: where the logits are in the model's output when it is not a tensor: an index,
             a dict key or a function of the output.
+        **options: method options, given to every requested method that accepts them:
+            ``chunk_size`` (scorecam, ablationcam: rows per batched forward), ``topk`` (scorecam:
+            only the k channels of largest variance), ``autocast_dtype`` (scorecam, ablationcam:
+            run their forwards under autocast with this dtype).
 
     Returns:
         ``{method name: float32 tensor [B, H, W] in [0, 1]}`` on the images' device.
@@ -223,7 +251,9 @@ def explain(
         >>> maps["gradcam"].shape
         torch.Size([2, 64, 64])
     """
-    return explain_batch(model, images, methods, target_layer, targets, output_key=output_key).maps
+    return explain_batch(
+        model, images, methods, target_layer, targets, output_key=output_key, options=options
+    ).maps
 
 
 def explain_batch(
@@ -234,17 +264,38 @@ def explain_batch(
     targets: Targets = None,
     *,
     output_key: OutputKey = None,
+    options: Mapping[str, Any] | None = None,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Explanation:
-    """:func:`explain`, also returning the logits (detached, float32) and the target classes."""
+    """:func:`explain`, also returning the logits (detached, float32) and the target classes.
+
+    ``options`` are shared by every method that accepts them; ``method_options`` maps a method
+    name to its own options (``{"scorecam": {"topk": 64}}``).
+    """
     requested = resolve_methods(methods)
+    needed = with_requirements(requested)
+    method_kwargs = resolve_options(needed, options, method_options)
     images = check_images(images)
     device, dtype = _model_device_dtype(model, images)
     size = (images.shape[-2], images.shape[-1])
+    layer_methods = [m for m in needed if m.kind == "layer"]
+    needs_layer_gradients = any(m.needs_gradients for m in layer_methods)
+    needs_input_gradients = any(m.needs_input_gradients for m in needed)
+    needs_guided = any(m.needs_guided_gradients for m in needed)
     with preserved_state(model, device.type):
         inputs = images.to(device=device, dtype=dtype).clone()  # a normal tensor, even from inference mode
-        layers = resolve_target_layers(model, target_layer, inputs)
-        needs_gradients = any(method.needs_gradients for method in requested)
-        with capture_activations([module for _, module in layers], differentiable=needs_gradients) as capture:
+        layers = resolve_target_layers(model, target_layer, inputs) if layer_methods else []
+        full_graph = needs_input_gradients or needs_guided
+        if full_graph:
+            inputs.requires_grad_(True)
+        with (
+            capture_activations(
+                [module for _, module in layers],
+                differentiable=needs_layer_gradients,
+                full_graph=full_graph,
+            ) as capture,
+            guided_relus(enabled=needs_guided) as switch,
+        ):
             output = model(inputs)
         logits = select_logits(output, output_key)
         if logits.shape[0] != inputs.shape[0]:
@@ -254,13 +305,48 @@ def explain_batch(
             )
         class_targets = resolve_targets(targets, logits)
         activations = _checked_activations(layers, capture.activations)
-        gradients: Sequence[Tensor | None] = [None] * len(layers)
-        if needs_gradients:
-            score = logits.gather(1, class_targets.unsqueeze(1)).sum()
-            gradients = _gradients_of(score, activations, layers)
-        maps = _compute_maps(model, requested, activations, gradients, class_targets, size)
+        score = logits.gather(1, class_targets.unsqueeze(1)).sum()
+        sources = (activations if needs_layer_gradients else []) + ([inputs] if needs_input_gradients else [])
+        gradients = _gradients_of(score, sources, [name for name, _ in layers], retain_graph=needs_guided)
+        layer_gradients = (
+            gradients[: len(activations)] if needs_layer_gradients else [None] * len(activations)
+        )
+        input_gradient = gradients[-1] if needs_input_gradients else None
+        guided_gradient = None
+        if needs_guided:
+            switch.guided = True
+            (guided_gradient,) = _gradients_of(score, [inputs], [], retain_graph=False)
+            if switch.other_activations:
+                warnings.warn(
+                    f"guided backprop is defined for ReLU networks; this model also uses "
+                    f"{', '.join(sorted(switch.other_activations))}, whose gradients pass unchanged.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        context = LayerInputs(
+            activations=torch.empty(0),
+            gradients=None,
+            targets=class_targets,
+            model=model,
+            images=inputs.detach(),
+            logits=at_least_float32(logits.detach()),
+            output_key=output_key,
+        )
+        maps = _layer_maps(
+            model, layer_methods, layers, activations, layer_gradients, context, method_kwargs, size
+        )
+        input_maps = InputInputs(
+            gradients=None if input_gradient is None else at_least_float32(input_gradient),
+            guided_gradients=None if guided_gradient is None else at_least_float32(guided_gradient),
+        )
+        bad_images = ~finite_rows(inputs.detach()) | ~finite_rows(logits.detach())
+        for method in needed:
+            if method.kind == "input":
+                maps[method.name] = _normalized(method, method.compute(input_maps), size, bad_images)
+            elif method.kind == "combined":
+                maps[method.name] = _normalized(method, method.compute(maps), size, bad_images)
     return Explanation(
-        maps={name: value.to(images.device) for name, value in maps.items()},
+        maps={m.name: maps[m.name].to(device=images.device, dtype=torch.float32) for m in requested},
         logits=logits.detach().float().to(images.device),
         targets=class_targets.to(images.device),
     )
@@ -286,56 +372,69 @@ def _checked_activations(
 
 
 def _gradients_of(
-    score: Tensor, activations: list[Tensor], layers: Sequence[tuple[str, nn.Module]]
+    score: Tensor, sources: list[Tensor], layer_names: list[str], retain_graph: bool
 ) -> list[Tensor]:
+    if not sources:
+        return []
     if not score.requires_grad:
         raise ValueError(
             "the model's logits do not depend on the target layer (or the model turns gradients off "
             "inside its forward); pick a layer that feeds the output."
         )
-    gradients = torch.autograd.grad(score, activations, allow_unused=True)
-    unused = [name for (name, _), grad in zip(layers, gradients, strict=True) if grad is None]
-    if unused:
+    gradients = torch.autograd.grad(score, sources, allow_unused=True, retain_graph=retain_graph)
+    unused = [name for name, grad in zip(layer_names, gradients, strict=False) if grad is None]
+    if unused or any(grad is None for grad in gradients):
         raise ValueError(
             f"the logits do not depend on target layer(s) {unused}; pick layers that feed the output."
         )
     return [grad for grad in gradients if grad is not None]
 
 
-def _compute_maps(
+def _normalized(
+    method: Method, raw: Tensor, size: tuple[int, int], bad_images: Tensor | None = None
+) -> Tensor:
+    """:func:`normalize_maps`, with a warning naming the images whose map is not finite."""
+    invalid = ~finite_rows(raw) if bad_images is None else bad_images | ~finite_rows(raw)
+    if bool(invalid.any()):
+        warnings.warn(
+            f"{method.name}: non-finite activations or gradients for image(s) "
+            f"{invalid.nonzero().flatten().tolist()}; their maps are all zeros.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        raw = torch.where(invalid.view(-1, 1, 1), torch.full_like(raw, float("nan")), raw)
+    return normalize_maps(raw, size)
+
+
+def _layer_maps(
     model: nn.Module,
-    requested: Sequence[Method],
+    methods: Sequence[Method],
+    layers: Sequence[tuple[str, nn.Module]],
     activations: Sequence[Tensor],
     gradients: Sequence[Tensor | None],
-    targets: Tensor,
+    context: LayerInputs,
+    method_kwargs: Mapping[str, Mapping[str, Any]],
     size: tuple[int, int],
 ) -> dict[str, Tensor]:
-    per_method: dict[str, list[Tensor]] = {method.name: [] for method in requested}
-    for activation, gradient in zip(activations, gradients, strict=True):
-        activation = activation.detach().float()
-        inputs = LayerInputs(
+    per_method: dict[str, list[Tensor]] = {method.name: [] for method in methods}
+    for (name, layer), activation, gradient in zip(layers, activations, gradients, strict=True):
+        activation = at_least_float32(activation.detach())
+        inputs = replace(
+            context,
             activations=activation,
-            gradients=None if gradient is None else gradient.float(),
-            targets=targets,
+            gradients=None if gradient is None else at_least_float32(gradient),
             classifier_weight=(
                 find_classifier_weight(model, activation.shape[1])
-                if any(method.needs_classifier for method in requested)
+                if any(method.needs_classifier for method in methods)
                 else None
             ),
+            layer=layer,
+            layer_name=name,
         )
         bad_images = ~finite_rows(activation)
-        for method in requested:
-            raw = method.compute(inputs)
-            invalid = bad_images | ~finite_rows(raw)
-            if bool(invalid.any()):
-                warnings.warn(
-                    f"{method.name}: non-finite activations or gradients for image(s) "
-                    f"{invalid.nonzero().flatten().tolist()}; their maps are all zeros.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                raw = torch.where(invalid.view(-1, 1, 1), torch.full_like(raw, float("nan")), raw)
-            per_method[method.name].append(normalize_maps(raw, size))
+        for method in methods:
+            raw = method.compute(inputs, **method_kwargs[method.name])
+            per_method[method.name].append(_normalized(method, raw, size, bad_images))
     return {
         name: layer_maps[0] if len(layer_maps) == 1 else normalize_maps(torch.stack(layer_maps).mean(0), size)
         for name, layer_maps in per_method.items()

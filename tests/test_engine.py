@@ -33,6 +33,9 @@ EXPECTED = {
 }
 
 
+ONE_PASS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "saliency")
+
+
 def hand_model_inputs() -> tuple[TwoByTwoNet, torch.Tensor]:
     model = TwoByTwoNet(weight=[[1.0, -1.0], [0.5, 0.5]])
     images = torch.tensor([[A0, A1]])
@@ -136,8 +139,13 @@ def test_one_forward_and_one_gradient_call_for_all_methods(monkeypatch: pytest.M
 
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     try:
-        lc.explain(model, images, lc.METHODS, target_layer="features.5")
+        lc.explain(model, images, ONE_PASS, target_layer="features.5")
         assert (len(forwards), len(grad_calls)) == (1, 1)
+        forwards.clear()
+        grad_calls.clear()
+        # Guided backprop differentiates the same graph a second time, with guided ReLUs.
+        lc.explain(model, images, (*ONE_PASS, "guided_backprop", "guided_gradcam"), target_layer="features.5")
+        assert (len(forwards), len(grad_calls)) == (1, 2)
         forwards.clear()
         grad_calls.clear()
         lc.explain(model, images, ("cam", "eigencam"), target_layer="features.5")
@@ -145,7 +153,7 @@ def test_one_forward_and_one_gradient_call_for_all_methods(monkeypatch: pytest.M
         # "auto" probes one image the first time, then remembers the layer for this model.
         lc.explain(model, images, "gradcam")
         forwards.clear()
-        lc.explain(model, images, lc.METHODS)
+        lc.explain(model, images, ONE_PASS)
         assert len(forwards) == 1
     finally:
         handle.remove()
@@ -186,6 +194,14 @@ def test_target_layer_as_module_and_list_fuses_normalised_maps() -> None:
     flat = mean.reshape(2, -1)
     low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
     torch.testing.assert_close(fused, ((flat - low) / (high - low)).reshape_as(mean), atol=1e-6, rtol=0)
+
+
+def test_a_one_pixel_map_upsampled_is_flat_not_rounding_noise() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5)
+    maps = lc.explain(model, torch.rand(2, 3, 32, 32), ("gradcam", "cam"), "layer4")  # layer4 is 1x1 here
+    for value in maps.values():
+        assert torch.equal(value, torch.zeros(2, 32, 32))
 
 
 def test_flat_and_non_finite_maps_are_zero_never_nan() -> None:

@@ -15,7 +15,7 @@ def cam(inputs: LayerInputs) -> Tensor:
     """CAM (Zhou et al., 2016): ``sum_k W[c, k] A_k`` with ``W`` the weights of the linear
     classifier that follows global average pooling and ``c`` the target class."""
     assert inputs.classifier_weight is not None, "the engine finds the classifier for methods that need it"
-    weights = inputs.classifier_weight[inputs.targets]
+    weights = inputs.classifier_weight[inputs.targets].to(inputs.activations)
     return torch.einsum("bk,bkhw->bhw", weights, inputs.activations)
 
 

@@ -1,19 +1,33 @@
 """The method registry: every CAM method is a small pure function registered by name.
 
-A method receives a :class:`LayerInputs` (what the engine's single guarded pass captured for one
-target layer) and returns a low-resolution map ``[B, h, w]`` before ReLU. The engine asks for
-gradients only when a requested method needs them, and does the rest (ReLU, upsampling,
-normalisation) once for all methods.
+There are three kinds of method, by what they are a function of:
+
+- ``layer`` methods receive a :class:`LayerInputs` (what the engine's single guarded pass
+  captured at one target layer) and return a map ``[B, h, w]`` before ReLU; with several target
+  layers the engine fuses their normalised maps.
+- ``input`` methods receive an :class:`InputInputs` (gradients with respect to the input pixels)
+  and return a map ``[B, H, W]`` at input resolution.
+- ``combined`` methods are a function of other methods' normalised maps (``requires``).
+
+The engine asks for gradients, the classifier or guided ReLUs only when a requested method
+needs them, and does the rest (ReLU, upsampling, normalisation) once for all methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-__all__ = ["REGISTRY", "LayerInputs", "Method", "register"]
+__all__ = ["REGISTRY", "InputInputs", "LayerInputs", "Method", "at_least_float32", "register"]
+
+
+def at_least_float32(tensor: Tensor) -> Tensor:
+    """Half and bfloat16 tensors as float32; float32 and float64 as they are."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 @dataclass(frozen=True)
@@ -21,18 +35,44 @@ class LayerInputs:
     """What one forward (and at most one gradient) pass captured at one target layer.
 
     Attributes:
-        activations: ``A``, the layer's output ``[B, K, h, w]`` in float32.
-        gradients: ``G = d y^c / d A`` ``[B, K, h, w]`` in float32, or ``None`` when no requested
+        activations: ``A``, the layer's output ``[B, K, h, w]`` in float32 (float64 for a float64 model).
+        gradients: ``G = d y^c / d A`` ``[B, K, h, w]``, same dtype, or ``None`` when no requested
             method needs it.
         targets: the target class of each image ``[B]`` (int64).
         classifier_weight: ``W`` ``[num_classes, K]`` of the linear classifier after global
             pooling, or ``None`` when no requested method needs it.
+        model: the model, for methods that run further forward passes (in eval mode, inside the
+            state guard, with no hook of the engine attached).
+        images: the model's input ``[B, C, H, W]`` (the model's dtype, no autograd history).
+        layer: the target layer module.
+        layer_name: its dotted name.
+        logits: the logits of the pass ``[B, num_classes]`` (at least float32, detached).
+        output_key: how to find the logits in the model's output (see ``select_logits``).
     """
 
     activations: Tensor
     gradients: Tensor | None
     targets: Tensor
-    classifier_weight: Tensor | None
+    classifier_weight: Tensor | None = None
+    model: nn.Module | None = None
+    images: Tensor | None = None
+    layer: nn.Module | None = None
+    layer_name: str = ""
+    logits: Tensor | None = None
+    output_key: Any = None
+
+
+@dataclass(frozen=True)
+class InputInputs:
+    """Gradients of the target scores with respect to the input pixels ``[B, C, H, W]`` (float32).
+
+    Attributes:
+        gradients: plain gradients, or ``None`` when no requested method needs them.
+        guided_gradients: gradients with every ReLU passing only positive gradients, or ``None``.
+    """
+
+    gradients: Tensor | None
+    guided_gradients: Tensor | None
 
 
 @dataclass(frozen=True)
@@ -41,29 +81,37 @@ class Method:
 
     Attributes:
         name: the name users pass to ``explain(methods=...)``.
-        compute: ``LayerInputs -> [B, h, w]`` map before ReLU.
-        needs_gradients: whether the pass must compute ``G``.
+        compute: the method's function (see the module docstring for each ``kind``).
+        kind: ``"layer"``, ``"input"`` or ``"combined"``.
+        needs_gradients: whether the pass must compute ``G`` at the target layer.
         needs_classifier: whether the pass must find the classifier's weights.
+        needs_input_gradients: whether the pass must compute plain input gradients.
+        needs_guided_gradients: whether the pass must compute guided input gradients.
+        requires: for ``combined`` methods, the methods whose maps it combines.
+        options: the keyword options ``compute`` accepts, with their defaults.
     """
 
     name: str
-    compute: Callable[[LayerInputs], Tensor]
+    compute: Callable[..., Tensor]
+    kind: Literal["layer", "input", "combined"] = "layer"
     needs_gradients: bool = False
     needs_classifier: bool = False
+    needs_input_gradients: bool = False
+    needs_guided_gradients: bool = False
+    requires: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(
-    name: str, *, needs_gradients: bool = False, needs_classifier: bool = False
-) -> Callable[[Callable[[LayerInputs], Tensor]], Callable[[LayerInputs], Tensor]]:
-    """Register ``compute`` under ``name`` (a decorator)."""
+def register(name: str, **properties: Any) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register ``compute`` under ``name`` (a decorator); ``properties`` are :class:`Method` fields."""
 
-    def decorate(compute: Callable[[LayerInputs], Tensor]) -> Callable[[LayerInputs], Tensor]:
+    def decorate(compute: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in REGISTRY:
             raise ValueError(f"a CAM method named {name!r} is already registered")
-        REGISTRY[name] = Method(name, compute, needs_gradients, needs_classifier)
+        REGISTRY[name] = Method(name, compute, **properties)
         return compute
 
     return decorate

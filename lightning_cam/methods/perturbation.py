@@ -1,0 +1,202 @@
+"""Gradient-free methods that score channels with extra forward passes: Score-CAM and Ablation-CAM.
+
+Both run their ``K x B`` forwards batched across channels **and** images, in chunks. The
+default chunk size fits a memory budget; on a CUDA out-of-memory error the chunk is halved and
+the chunk retried (said once). The forwards run under ``torch.inference_mode()``, optionally
+under autocast (``autocast_dtype``), inside the engine's state guard (eval mode, RNGs kept).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from lightning_cam.capture import forward_hooks
+from lightning_cam.logits import select_logits
+from lightning_cam.methods.registry import LayerInputs, at_least_float32, register
+
+__all__ = ["ablationcam", "default_chunk_size", "run_in_chunks", "scorecam"]
+
+MEMORY_BUDGET_BYTES = 512 * 2**20
+_PERTURBATION_OPTIONS = {"chunk_size": None, "autocast_dtype": None}
+
+
+def default_chunk_size(sample: Tensor, rows: int, budget_bytes: int = MEMORY_BUDGET_BYTES) -> int:
+    """Rows per chunk for a memory budget: a row is counted as 16 times the bytes of ``sample``
+    (one input plus the activations a forward keeps alive), at most ``rows``."""
+    per_row = max(1, sample.numel() * 4 * 16)
+    return max(1, min(rows, budget_bytes // per_row))
+
+
+def run_in_chunks(rows: int, chunk_size: int, run: Callable[[int, int], Tensor], what: str) -> Tensor:
+    """``torch.cat([run(start, stop) for each chunk])``; on CUDA out-of-memory, halve the chunk and retry."""
+    results, start = [], 0
+    while start < rows:
+        stop = min(rows, start + chunk_size)
+        try:
+            results.append(run(start, stop))
+        except torch.cuda.OutOfMemoryError:
+            if chunk_size == 1:
+                raise
+            chunk_size = max(1, chunk_size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            warnings.warn(
+                f"{what}: out of memory; retrying with chunk_size={chunk_size} (pass chunk_size to set it).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        start = stop
+    return torch.cat(results) if results else torch.empty(0)
+
+
+def _forward_context(device: torch.device, autocast_dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    if autocast_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=autocast_dtype)
+
+
+def _require_model(inputs: LayerInputs) -> tuple[nn.Module, Tensor]:
+    assert inputs.model is not None and inputs.images is not None, "the engine passes the model and images"
+    return inputs.model, inputs.images
+
+
+def _weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
+    return torch.einsum("bk,bkhw->bhw", weights.to(activations), activations)
+
+
+@register("scorecam", options={**_PERTURBATION_OPTIONS, "topk": None})
+def scorecam(
+    inputs: LayerInputs,
+    chunk_size: int | None = None,
+    topk: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Score-CAM (Wang et al., 2020), as its authors' code computes it.
+
+    Each channel ``A_k`` is upsampled bilinearly to the input size and min-maxed to ``[0, 1]``
+    (a flat channel is skipped, weight 0); the input is masked with it, and the weight ``w_k`` is
+    the **softmax probability** of the target class on the masked input. The map is
+    ``sum_k w_k upsample(A_k)`` at input resolution (computed as ``upsample(sum_k w_k A_k)``:
+    upsampling is linear), so the engine's ReLU applies after upsampling, as in the authors' code.
+
+    Options:
+        chunk_size: masked images per forward (default: fits a 512 MiB budget).
+        topk: use only the ``topk`` channels of largest activation variance per image (Faster
+            Score-CAM); ``None`` is exact.
+        autocast_dtype: run the masked forwards under autocast with this dtype.
+    """
+    model, images = _require_model(inputs)
+    activations = inputs.activations
+    batch, channels = activations.shape[:2]
+    size = images.shape[-2:]
+    used = activations.amax(dim=(2, 3)) > activations.amin(dim=(2, 3))  # flat channels are skipped
+    if topk is not None and topk < channels:
+        top = activations.flatten(2).var(dim=2).topk(max(1, topk), dim=1).indices
+        used &= torch.zeros_like(used).scatter_(1, top, True)
+    image_index, channel_index = used.nonzero(as_tuple=True)
+
+    def probabilities(start: int, stop: int) -> Tensor:
+        rows, chans = image_index[start:stop], channel_index[start:stop]
+        upsampled = F.interpolate(
+            activations[rows, chans][:, None], size=size, mode="bilinear", align_corners=False
+        )
+        low = upsampled.amin(dim=(2, 3), keepdim=True)
+        masks = (upsampled - low) / (upsampled.amax(dim=(2, 3), keepdim=True) - low)
+        with torch.inference_mode(), _forward_context(images.device, autocast_dtype):
+            logits = select_logits(model(images[rows] * masks.to(images.dtype)), inputs.output_key)
+        return at_least_float32(logits).softmax(dim=1).gather(1, inputs.targets[rows, None]).squeeze(1)
+
+    rows = len(image_index)
+    chunk = chunk_size or default_chunk_size(images[0], rows)
+    scores = run_in_chunks(rows, chunk, probabilities, "scorecam")
+    weights = torch.zeros(batch, channels, device=activations.device, dtype=activations.dtype)
+    weights[image_index, channel_index] = scores.to(weights)
+    low = _weighted_sum(weights, activations)
+    return F.interpolate(low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+@contextmanager
+def _replaced_output(layer: nn.Module, replacement: Tensor) -> Iterator[None]:
+    """Within the block, ``layer``'s output is ``replacement`` (cast to the output's dtype)."""
+
+    def hook_for(_index: int) -> Callable[..., Tensor]:
+        def replace(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor:
+            return replacement.to(dtype=output.dtype, memory_format=torch.preserve_format)
+
+        return replace
+
+    with forward_hooks([layer], hook_for):
+        yield
+
+
+@register("ablationcam", options=dict(_PERTURBATION_OPTIONS))
+def ablationcam(
+    inputs: LayerInputs, chunk_size: int | None = None, autocast_dtype: torch.dtype | None = None
+) -> Tensor:
+    """Ablation-CAM (Desai & Ramaswamy, 2020): ``w_k = (y^c - y^c_k) / y^c``, with ``y^c_k`` the
+    target logit when channel ``k`` of ``A`` is set to zero.
+
+    The layers before the target layer run once per image and chunk (on that one image); the
+    layers after it run on a batch of ablated copies of the layer's output, one channel zeroed per
+    copy. A first, unablated copy per image checks that this reproduces the model's logits.
+
+    Options:
+        chunk_size: ablated copies per forward (default: fits a 512 MiB budget).
+        autocast_dtype: run the ablated forwards under autocast with this dtype.
+    """
+    model, images = _require_model(inputs)
+    assert inputs.layer is not None and inputs.logits is not None
+    activations = inputs.activations
+    batch, channels = activations.shape[:2]
+    scores = inputs.logits.gather(1, inputs.targets[:, None]).squeeze(1)
+    # Row 0 of each image is the unablated control; row k + 1 has channel k zeroed.
+    keep = torch.ones(channels + 1, channels, 1, 1, device=activations.device)
+    keep[1:] -= torch.eye(channels, device=activations.device)[:, :, None, None]
+    chunk = chunk_size or default_chunk_size(activations[0], channels + 1)
+    ablated_scores = []
+    for image in range(batch):
+
+        def ablated_logits(start: int, stop: int, image: int = image) -> Tensor:
+            copies = activations[image] * keep[start:stop]
+            try:
+                with (
+                    _replaced_output(inputs.layer, copies),
+                    torch.inference_mode(),
+                    _forward_context(images.device, autocast_dtype),
+                ):
+                    logits = select_logits(model(images[image : image + 1]), inputs.output_key)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"ablationcam runs the layers after {inputs.layer_name!r} on a batch of {stop - start} "
+                    f"ablated copies of its output while the model's input holds one image, and this model "
+                    f"cannot ({error}). It may reshape with a fixed batch size or combine the layer's output "
+                    f"with tensors computed before it. Pick another target layer, or use scorecam."
+                ) from error
+            if logits.shape[0] != stop - start:
+                raise ValueError(
+                    f"ablationcam: the layers after {inputs.layer_name!r} returned {logits.shape[0]} rows for "
+                    f"{stop - start} ablated copies; they must keep the batch dimension. Use scorecam."
+                )
+            return at_least_float32(logits)[:, inputs.targets[image]]
+
+        ablated_scores.append(run_in_chunks(channels + 1, chunk, ablated_logits, "ablationcam"))
+    ablated = torch.stack(ablated_scores)  # [B, K + 1]
+    tolerance = 1e-2 if autocast_dtype is not None else 1e-3
+    if not torch.allclose(ablated[:, 0], scores, rtol=tolerance, atol=tolerance, equal_nan=True):
+        raise ValueError(
+            f"ablationcam: running only the layers after {inputs.layer_name!r} on its unablated output gives "
+            f"logits {ablated[:, 0].tolist()} instead of the model's {scores.tolist()}: the model uses tensors "
+            f"computed before {inputs.layer_name!r} after it (a skip connection across it). Pick a target layer "
+            f"at the end of a stage (e.g. 'layer4'), or use scorecam."
+        )
+    safe_scores = torch.where(scores == 0, 1.0, scores)[:, None]
+    weights = torch.where(scores[:, None] == 0, 0.0, (scores[:, None] - ablated[:, 1:]) / safe_scores)
+    return _weighted_sum(weights, activations)
