@@ -15,12 +15,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch import nn
+from torch import Tensor, nn
 
+from lightning_cam import metrics
 from lightning_cam.batch import FixedBatch, SampleBuffer, Unpacked, unpack_batch
-from lightning_cam.engine import Explanation, OutputKey, explain_batch, resolve_methods
+from lightning_cam.engine import Explanation, OutputKey, explain_batch, resolve_methods, resolve_options
+from lightning_cam.history import AttentionHistory
 from lightning_cam.layers import TargetLayer, resolve_target_layers
-from lightning_cam.render import COLORMAPS, display_images, render_grid
+from lightning_cam.render import COLORMAPS, Grid, apply_colormap, display_images, render_grid, render_table
 from lightning_cam.writers import PNGWriter, Writer, writer_for
 
 __all__ = ["CAMMonitor"]
@@ -91,6 +93,16 @@ class CAMMonitor(Callback):
         model_attr: the attribute of the LightningModule holding the network to explain (for
             example ``"net"``); ``None`` calls the LightningModule itself.
         output_key: where the logits are when the model returns a tuple or a dict (an index or a key).
+        method_options: options per method, e.g. ``{"scorecam": {"topk": 64, "chunk_size": 256}}``
+            (see ``lightning_cam.explain``).
+        perturbation_autocast: run Score-CAM's and Ablation-CAM's forwards under the trainer's
+            mixed precision (``bf16-mixed`` or ``16-mixed``) for speed; maps stay float32.
+        confidence_metrics: log average drop and increase in confidence (one extra batched
+            forward of the masked images per check, all methods together).
+        timeline_length: how many checks the timeline image shows per sample (0: no timeline).
+        class_means: log the per-class mean map of each method (needs labels).
+        bias_report: at the end of ``fit``, print and log mass and enrichment per method and mask
+            at the first and last check (needs masks in the batch).
         strict: raise on any failure instead of reporting it and carrying on (for tests).
 
     Example::
@@ -130,6 +142,12 @@ class CAMMonitor(Callback):
         dataloader_idx: int = 0,
         model_attr: str | None = None,
         output_key: int | str | None = None,
+        method_options: dict[str, dict[str, Any]] | None = None,
+        perturbation_autocast: bool = False,
+        confidence_metrics: bool = True,
+        timeline_length: int = 8,
+        class_means: bool = True,
+        bias_report: bool = True,
         strict: bool = False,
     ) -> None:
         super().__init__()
@@ -174,7 +192,21 @@ class CAMMonitor(Callback):
         self.dataloader_idx = dataloader_idx
         self.model_attr = model_attr
         self.output_key: OutputKey = output_key
+        self.method_options = {name: dict(options) for name, options in (method_options or {}).items()}
+        resolve_options(
+            resolve_methods(self.methods), method_options=self.method_options
+        )  # fail now, not later
+        self.perturbation_autocast = perturbation_autocast
+        self.confidence_metrics = confidence_metrics
+        if not isinstance(timeline_length, int) or timeline_length < 0:
+            raise ValueError(
+                f"timeline_length must be an integer >= 0 (0 turns the timeline off); got {timeline_length!r}."
+            )
+        self.timeline_length = timeline_length
+        self.class_means = class_means
+        self.bias_report = bias_report
         self.strict = strict
+        self.history = AttentionHistory(timeline_length)
 
         self.fixed: FixedBatch | None = None
         self.checks = 0
@@ -240,6 +272,7 @@ class CAMMonitor(Callback):
             "fixed": None if self.fixed is None else self.fixed.state_dict(),
             "checks": self.checks,
             "last_check_step": self.last_check_step,
+            "history": self.history.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -247,6 +280,7 @@ class CAMMonitor(Callback):
         self.fixed = None if fixed is None else FixedBatch(**fixed)
         self.checks = state_dict.get("checks", 0)
         self.last_check_step = state_dict.get("last_check_step", -1)
+        self.history.load_state_dict(state_dict.get("history", {}))
 
     # ----------------------------------------------------------------- capture
 
@@ -301,36 +335,129 @@ class CAMMonitor(Callback):
         self.last_check_step = trainer.global_step
         self.checks += 1
         start = time.perf_counter()
+        scalars: dict[str, float] = {}
         try:
-            self._log_check(trainer, pl_module)
+            scalars = self._log_check(trainer, pl_module)
         except Exception as error:
             if self.strict:
                 raise
             self._fail("check", error)
-        self._log_metrics(trainer, {"cam/check_seconds": time.perf_counter() - start})
+        scalars["cam/check_seconds"] = time.perf_counter() - start
+        self._log_metrics(trainer, scalars)
 
-    def _log_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _log_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         assert self.fixed is not None
-        fixed = self.fixed.to(pl_module.device)
-        self.fixed = fixed
+        fixed = self.fixed = self.fixed.to(pl_module.device)
         network = self._network(pl_module)
         shown = display_images(fixed.images, self.image_mean, self.image_std)
-        for choice in self.targets:
-            explanation = self._explain(network, fixed, choice)
+        step = trainer.global_step
+        scalars: dict[str, float] = {}
+        for index, choice in enumerate(self.targets):
+            explanation = self._explain(network, fixed, choice, trainer)
             if explanation is None:
                 continue
-            grid = render_grid(
-                shown,
-                explanation.maps,
-                self._captions(fixed, explanation),
-                colormap=self.colormap,
-                alpha=self.alpha,
-            )
-            tag = f"cam/{self._target_name(choice)}/grid"
-            for writer in self._get_writers(trainer):
-                self._write(writer, partial(writer.log_grid, tag, grid, trainer.global_step))
+            target = self._target_name(choice)
+            prefix = "cam" if index == 0 else f"cam/{target}"
+            captions = self._captions(fixed, explanation)
+            images: dict[str, Grid] = {
+                f"cam/{target}/grid": render_grid(
+                    shown, explanation.maps, captions, colormap=self.colormap, alpha=self.alpha
+                )
+            }
+            scalars |= self._attention_scalars(network, fixed, explanation, prefix)
+            if index == 0:
+                images |= self._history_images(fixed, explanation, shown, captions, step)
+            for tag, grid in images.items():
+                for writer in self._get_writers(trainer):
+                    self._write(writer, partial(writer.log_grid, tag, grid, step))
+        return scalars
 
-    def _explain(self, network: nn.Module, fixed: FixedBatch, choice: TargetChoice) -> Explanation | None:
+    def _attention_scalars(
+        self, network: nn.Module, fixed: FixedBatch, explanation: Explanation, prefix: str
+    ) -> dict[str, float]:
+        """Drift against the previous check, mask metrics, and the confidence drop on masked inputs,
+        computed on the device and moved to the host together."""
+        values: dict[str, Tensor] = {}
+        maps = explanation.maps
+        masks = {
+            name: mask for name, mask in (fixed.masks or {}).items() if self._mask_fits(name, mask, fixed)
+        }
+        for method, value in maps.items():
+            previous = self.history.swap_previous(f"{prefix}/{method}", value)
+            if previous is not None and previous.shape == value.shape:
+                values[f"{prefix}/{method}/drift"] = metrics.nanmean(metrics.drift(value, previous))
+            for mask_name, mask in masks.items():
+                values[f"{prefix}/{method}/mass/{mask_name}"] = metrics.nanmean(
+                    metrics.mass_in_mask(value, mask)
+                )
+                values[f"{prefix}/{method}/enrichment/{mask_name}"] = metrics.nanmean(
+                    metrics.enrichment(value, mask)
+                )
+                values[f"{prefix}/{method}/pointing_game/{mask_name}"] = metrics.nanmean(
+                    metrics.pointing_game(value, mask)
+                )
+        if self.confidence_metrics and maps:
+            confidence = explanation.logits.softmax(dim=1).gather(1, explanation.targets[:, None]).squeeze(1)
+            masked = metrics.masked_confidence(
+                network, fixed.images, maps, explanation.targets, self.output_key
+            )
+            for method, probability in masked.items():
+                values[f"{prefix}/{method}/average_drop"] = metrics.nanmean(
+                    metrics.average_drop(confidence, probability)
+                )
+                values[f"{prefix}/{method}/increase_in_confidence"] = metrics.nanmean(
+                    metrics.increase_in_confidence(confidence, probability)
+                )
+        areas = {name: (mask > 0.5).float().mean() for name, mask in masks.items()}
+        numbers = torch.stack([*values.values(), *areas.values()]).tolist() if values or areas else []
+        scalars = dict(zip(values, numbers, strict=False))
+        area_of = dict(zip(areas, numbers[len(values) :], strict=True))
+        if prefix == "cam":
+            for method in maps:
+                for mask_name in masks:
+                    self.history.record(
+                        f"{method}/{mask_name}",
+                        {
+                            "mass": scalars[f"cam/{method}/mass/{mask_name}"],
+                            "enrichment": scalars[f"cam/{method}/enrichment/{mask_name}"],
+                            "area": area_of[mask_name],
+                        },
+                    )
+        return scalars
+
+    def _mask_fits(self, name: str, mask: Tensor, fixed: FixedBatch) -> bool:
+        if tuple(mask.shape) == (fixed.images.shape[0], *fixed.images.shape[-2:]):
+            return True
+        self._warn_once(
+            f"mask:{name}",
+            f"CAMMonitor: mask {name!r} has shape {list(mask.shape)} but the images need "
+            f"[{fixed.images.shape[0]}, {fixed.images.shape[-2]}, {fixed.images.shape[-1]}]; its metrics are skipped.",
+        )
+        return False
+
+    def _history_images(
+        self, fixed: FixedBatch, explanation: Explanation, shown: Tensor, captions: list[str], step: int
+    ) -> dict[str, Grid]:
+        """The timeline of each method (last checks side by side) and its per-class mean maps."""
+        images: dict[str, Grid] = {}
+        for method, value in explanation.maps.items():
+            steps, history = self.history.add_to_timeline(f"cam/{method}", step, value)
+            if self.timeline_length > 0:
+                columns = {f"step {s}": maps for s, maps in zip(steps, history, strict=True)}
+                images[f"cam/{method}/timeline"] = render_grid(
+                    shown, columns, captions, colormap=self.colormap, alpha=self.alpha
+                )
+            if self.class_means and fixed.labels is not None:
+                num_classes = explanation.logits.shape[1]
+                means, present = metrics.class_mean_maps(value, fixed.labels, num_classes)
+                names = [self._class_name(c) for c in range(num_classes) if bool(present[c])]
+                tiles = apply_colormap(means[present], self.colormap)[None]
+                images[f"cam/{method}/class_means"] = render_table(tiles, names, [f"{method}\nmean map"])
+        return images
+
+    def _explain(
+        self, network: nn.Module, fixed: FixedBatch, choice: TargetChoice, trainer: pl.Trainer
+    ) -> Explanation | None:
         if choice == "label" and fixed.labels is None:
             self._warn_once(
                 "label", "CAMMonitor: targets='label' needs labels in the batch; that grid is skipped."
@@ -340,10 +467,17 @@ class CAMMonitor(Callback):
         methods = [name for name in self.methods if name not in self._failed]
         if not methods:
             return None
+        run = partial(
+            explain_batch,
+            network,
+            fixed.images,
+            target_layer=self.target_layer,
+            targets=targets,
+            output_key=self.output_key,
+            options=self._autocast_option(trainer, methods),
+        )
         try:
-            return explain_batch(
-                network, fixed.images, methods, self.target_layer, targets, output_key=self.output_key
-            )
+            return run(methods, method_options={m: o for m, o in self.method_options.items() if m in methods})
         except Exception as error:
             if self.strict:
                 raise
@@ -354,17 +488,33 @@ class CAMMonitor(Callback):
         results = []
         for name in methods:
             try:
-                results.append(
-                    explain_batch(
-                        network, fixed.images, name, self.target_layer, targets, output_key=self.output_key
-                    )
-                )
+                results.append(run([name], method_options={name: self.method_options.get(name, {})}))
             except Exception as error:
                 self._fail(name, error)
         if not results:
             return None
         maps = {name: value for result in results for name, value in result.maps.items()}
         return Explanation(maps=maps, logits=results[0].logits, targets=results[0].targets)
+
+    def _autocast_option(self, trainer: pl.Trainer, methods: list[str]) -> dict[str, Any]:
+        """``autocast_dtype`` for the perturbation methods when ``perturbation_autocast`` is on."""
+        if not self.perturbation_autocast or not any(m in ("scorecam", "ablationcam") for m in methods):
+            return {}
+        precision = str(trainer.precision)
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        return {} if dtype is None else {"autocast_dtype": dtype}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or not self.bias_report or not self.history.last:
+            return
+        columns, rows, readings = metrics.bias_report(self.history.first, self.history.last)
+        text = metrics.format_table(columns, rows) + "\n\n" + "\n".join(f"- {line}" for line in readings)
+        rank_zero_info("CAMMonitor bias report (attention mass per mask, first and last check):\n" + text)
+        for writer in self._get_writers(trainer):
+            self._write(
+                writer,
+                partial(writer.log_report, "cam/bias_report", columns, rows, text, trainer.global_step),
+            )
 
     def _target_name(self, choice: TargetChoice) -> str:
         if isinstance(choice, str):

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
-__all__ = ["COLORMAPS", "Grid", "apply_colormap", "display_images", "overlay", "render_grid"]
+__all__ = ["COLORMAPS", "Grid", "apply_colormap", "display_images", "overlay", "render_grid", "render_table"]
 
 # Polynomial fits of matplotlib's viridis and inferno (Matt Zucker, CC0) and of Google's turbo
 # (Anton Mikhailov, Apache-2.0): coefficients of x^0 .. x^n for red, green and blue.
@@ -176,34 +176,24 @@ def _tile_scale(height: int, width: int, min_tile: int) -> int:
     return max(1, -(-min_tile // min(height, width)))
 
 
-def render_grid(
-    images: Tensor,
-    maps: dict[str, Tensor],
+def render_table(
+    tiles: Tensor,
+    columns: Sequence[str],
     captions: Sequence[str],
     *,
-    colormap: str = "jet",
-    alpha: float = 0.5,
     min_tile: int = 112,
     padding: int = 2,
 ) -> Grid:
-    """A labelled grid: a row per sample, the input then one overlay per method.
-
-    Args:
-        images: display images ``[B, 3, H, W]`` in ``[0, 1]`` (see :func:`display_images`).
-        maps: ``{method: [B, H, W]}`` in ``[0, 1]``, on the images' device.
-        captions: one caption per row, written left of the row (one line per ``\\n``).
-        colormap: one of :data:`COLORMAPS`.
-        alpha: the heat's weight in the overlay.
-        min_tile: small images are enlarged (nearest neighbour, integer factor) to at least this size.
-        padding: pixels between tiles.
-    """
-    batch, _, height, width = images.shape
+    """A labelled table of RGB tiles ``[rows, columns, 3, H, W]`` in ``[0, 1]``: a header with the
+    column names, a caption left of each row (one line per ``\\n``). Small tiles are enlarged
+    (nearest neighbour, integer factor) to at least ``min_tile`` pixels. The tiles are assembled on
+    their device; one ``uint8`` transfer to the host, then PIL writes the text."""
+    rows, count, _, height, width = tiles.shape
     scale = _tile_scale(height, width, min_tile)
-    columns = [images] + [overlay(images, value, colormap, alpha) for value in maps.values()]
-    tiles = torch.stack(columns, dim=1).reshape(batch * len(columns), 3, height, width)
+    flat = tiles.reshape(rows * count, 3, height, width)
     if scale > 1:
-        tiles = F.interpolate(tiles, scale_factor=scale, mode="nearest")
-    body = make_grid(tiles, nrow=len(columns), padding=padding, pad_value=1.0)
+        flat = F.interpolate(flat, scale_factor=scale, mode="nearest")
+    body = make_grid(flat, nrow=count, padding=padding, pad_value=1.0)
     pixels = (body * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # the one transfer
 
     font_size = max(10, min(16, height * scale // 9))
@@ -216,8 +206,7 @@ def render_grid(
     canvas.paste(Image.fromarray(pixels), (label_width, header))
     draw = ImageDraw.Draw(canvas)
     tile_h, tile_w = height * scale, width * scale
-    names = ("input", *maps)
-    for index, name in enumerate(names):
+    for index, name in enumerate(columns):
         left = label_width + padding + index * (tile_w + padding)
         draw.text((left + tile_w / 2, header / 2), name, fill="black", font=font, anchor="mm")
     for row, caption in enumerate(captions):
@@ -225,10 +214,37 @@ def render_grid(
         draw.multiline_text((4, top + 2), caption, fill="black", font=font, spacing=2)
     return Grid(
         image=np.asarray(canvas),
-        columns=names,
+        columns=tuple(columns),
         captions=tuple(captions),
         tile=(tile_h, tile_w),
         padding=padding,
         header=header,
         left=label_width,
+    )
+
+
+def render_grid(
+    images: Tensor,
+    maps: dict[str, Tensor],
+    captions: Sequence[str],
+    *,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    min_tile: int = 112,
+    padding: int = 2,
+) -> Grid:
+    """A labelled grid: a row per sample, the input then one overlay per entry of ``maps``.
+
+    Args:
+        images: display images ``[B, 3, H, W]`` in ``[0, 1]`` (see :func:`display_images`).
+        maps: ``{column name: [B, H, W]}`` in ``[0, 1]``, on the images' device.
+        captions: one caption per row, written left of the row (one line per ``\\n``).
+        colormap: one of :data:`COLORMAPS`.
+        alpha: the heat's weight in the overlay.
+        min_tile: small images are enlarged (nearest neighbour, integer factor) to at least this size.
+        padding: pixels between tiles.
+    """
+    columns = [images] + [overlay(images, value, colormap, alpha) for value in maps.values()]
+    return render_table(
+        torch.stack(columns, dim=1), ("input", *maps), captions, min_tile=min_tile, padding=padding
     )

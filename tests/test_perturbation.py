@@ -31,24 +31,30 @@ def layer_output(model: nn.Module, layer: nn.Module, images: torch.Tensor) -> to
 
 
 def scorecam_reference(
-    model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: list[int]
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: list[int], topk: int | None = None
 ) -> torch.Tensor:
-    """Score-CAM as its authors' code runs it: one image, one channel at a time."""
+    """Score-CAM as its authors' code runs it: one image, one channel at a time. With ``topk``, only
+    the channels of largest variance are scored; the others get the mean of those weights."""
     model.eval()
     maps = []
     for index, image in enumerate(images):
         activations = layer_output(model, layer, image[None])[0]
-        total = torch.zeros(image.shape[-2:], dtype=image.dtype)
-        for channel in activations:
+        chosen = activations.flatten(1).var(1).argsort(descending=True)[: topk or len(activations)].tolist()
+        weights, upsampled_maps = {}, {}
+        for number, channel in enumerate(activations):
             upsampled = F.interpolate(
                 channel[None, None], size=image.shape[-2:], mode="bilinear", align_corners=False
             )
             if upsampled.max() == upsampled.min():
                 continue
+            upsampled_maps[number] = upsampled[0, 0]
+            if number not in chosen:
+                continue
             mask = (upsampled - upsampled.min()) / (upsampled.max() - upsampled.min())
             with torch.no_grad():
-                probability = F.softmax(model(image[None] * mask), dim=1)[0, targets[index]]
-            total += probability * upsampled[0, 0]
+                weights[number] = F.softmax(model(image[None] * mask), dim=1)[0, targets[index]]
+        mean_weight = sum(weights.values()) / len(weights)
+        total = sum(weights.get(number, mean_weight) * up for number, up in upsampled_maps.items())
         maps.append(total)
     return min_max(torch.stack(maps))
 
@@ -125,6 +131,17 @@ def test_scorecam_topk_of_all_channels_is_exact_and_fewer_channels_run_fewer_for
     finally:
         handle.remove()
     assert len(forwards) == 1 + 2 * 2  # the pass, then 2 channels x 2 images
+
+
+def test_scorecam_topk_scores_the_channels_of_largest_variance(model_with_flat_channel: SmallCNN) -> None:
+    model = model_with_flat_channel
+    images = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    targets = [0, 2, 3]
+    reference = scorecam_reference(model, model.features[4], images, targets, topk=3)
+    maps = lc.explain(model, images, "scorecam", "features.4", targets, topk=3)["scorecam"]
+    assert (maps.double() - reference).abs().max() <= 1e-5
+    exact = lc.explain(model, images, "scorecam", "features.4", targets)["scorecam"]
+    assert (maps - exact).abs().max() > 1e-3  # not the exact map: fewer channels were scored
 
 
 def test_scorecam_no_hooks_active_during_masked_forwards(model_with_flat_channel: SmallCNN) -> None:

@@ -89,18 +89,22 @@ def scorecam(
 
     Options:
         chunk_size: masked images per forward (default: fits a 512 MiB budget).
-        topk: use only the ``topk`` channels of largest activation variance per image (Faster
-            Score-CAM); ``None`` is exact.
+        topk: score only the ``topk`` channels of largest activation variance per image (as Faster
+            Score-CAM selects them); the other channels get the mean weight of the scored ones
+            (Faster Score-CAM gives them 0, which drops the map's common part: on the demo's
+            trained CNN, k = K/8 gives a Spearman correlation with the exact map of 0.37 with 0,
+            0.94 with the mean). ``None`` is exact.
         autocast_dtype: run the masked forwards under autocast with this dtype.
     """
     model, images = _require_model(inputs)
     activations = inputs.activations
     batch, channels = activations.shape[:2]
     size = images.shape[-2:]
-    used = activations.amax(dim=(2, 3)) > activations.amin(dim=(2, 3))  # flat channels are skipped
+    varying = activations.amax(dim=(2, 3)) > activations.amin(dim=(2, 3))  # flat channels are skipped
+    used = varying
     if topk is not None and topk < channels:
         top = activations.flatten(2).var(dim=2).topk(max(1, topk), dim=1).indices
-        used &= torch.zeros_like(used).scatter_(1, top, True)
+        used = varying & torch.zeros_like(varying).scatter_(1, top, True)
     image_index, channel_index = used.nonzero(as_tuple=True)
 
     def probabilities(start: int, stop: int) -> Tensor:
@@ -119,6 +123,12 @@ def scorecam(
     scores = run_in_chunks(rows, chunk, probabilities, "scorecam")
     weights = torch.zeros(batch, channels, device=activations.device, dtype=activations.dtype)
     weights[image_index, channel_index] = scores.to(weights)
+    if topk is not None and topk < channels:
+        # A channel left out gets the mean weight of the scored ones, not 0: Score-CAM's weights are
+        # probabilities that rarely fall far below the masked-input baseline, so dropping the rest of
+        # the channels would drop that common part of the map.
+        mean_weight = weights.sum(dim=1, keepdim=True) / used.sum(dim=1, keepdim=True).clamp(min=1)
+        weights = torch.where(varying & ~used, mean_weight, weights)
     low = _weighted_sum(weights, activations)
     return F.interpolate(low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 

@@ -25,6 +25,11 @@ class Writer:
     def log_grid(self, tag: str, grid: Grid, step: int) -> None:
         raise NotImplementedError
 
+    def log_report(
+        self, tag: str, columns: list[str], rows: list[list[object]], text: str, step: int
+    ) -> None:
+        """A small table with a Markdown rendering of it (``text``); loggers without text support skip it."""
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if self.logger is not None:
             self.logger.log_metrics(dict(metrics), step=step)
@@ -32,7 +37,7 @@ class Writer:
 
 class PNGWriter(Writer):
     """Writes each grid as ``<root>/<tag>/step_<step>.png`` (a trailing ``/grid`` in the tag is dropped,
-    so grids land in ``<root>/cam/<target>/step_<step>.png``)."""
+    so grids land in ``<root>/cam/<target>/step_<step>.png``), and reports as ``.md`` files beside them."""
 
     def __init__(self, root: str | Path, logger: Logger | None = None) -> None:
         super().__init__(logger)
@@ -45,6 +50,13 @@ class PNGWriter(Writer):
         path = self.path_for(tag, step)
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid.image).save(path)
+
+    def log_report(
+        self, tag: str, columns: list[str], rows: list[list[object]], text: str, step: int
+    ) -> None:
+        path = self.path_for(tag, step).with_suffix(".md")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
 
 
 WriterFactory = Callable[[Logger], Writer]

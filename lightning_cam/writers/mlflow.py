@@ -20,3 +20,8 @@ class MLflowWriter(Writer):
         self.logger.experiment.log_image(
             self.logger.run_id, grid.image, artifact_file=f"{tag}/step_{step}.png"
         )
+
+    def log_report(
+        self, tag: str, columns: list[str], rows: list[list[object]], text: str, step: int
+    ) -> None:
+        self.logger.experiment.log_text(self.logger.run_id, text, artifact_file=f"{tag}/step_{step}.md")

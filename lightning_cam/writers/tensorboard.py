@@ -17,3 +17,8 @@ class TensorBoardWriter(Writer):
 
     def log_grid(self, tag: str, grid: Grid, step: int) -> None:
         self.logger.experiment.add_image(tag, grid.image, global_step=step, dataformats="HWC")
+
+    def log_report(
+        self, tag: str, columns: list[str], rows: list[list[object]], text: str, step: int
+    ) -> None:
+        self.logger.experiment.add_text(tag, text, global_step=step)

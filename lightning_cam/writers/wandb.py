@@ -1,5 +1,6 @@
-"""Weights & Biases: each grid as a ``wandb.Image`` with a caption, and a ``wandb.Table`` with one row
-per sample and one image column per method, so runs can be compared sample by sample."""
+"""Weights & Biases: each image as a ``wandb.Image`` with a caption; for the method grids also a
+``wandb.Table`` with one row per sample and one image column per method, so runs can be compared
+sample by sample."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class WandbWriter(Writer):
 
         caption = f"{', '.join(grid.columns)} (step {step})"
         self.logger.log_image(key=tag, images=[grid.image], step=step, caption=[caption])
+        if not tag.endswith("/grid"):
+            return
         columns = ["sample", "caption", *grid.columns]
         rows = [
             [row, caption, *(wandb.Image(grid.cell(row, column)) for column in range(len(grid.columns)))]
@@ -29,3 +32,8 @@ class WandbWriter(Writer):
         self.logger.log_table(
             key=f"{tag.removesuffix('/grid')}/samples", columns=columns, data=rows, step=step
         )
+
+    def log_report(
+        self, tag: str, columns: list[str], rows: list[list[object]], text: str, step: int
+    ) -> None:
+        self.logger.log_table(key=tag, columns=columns, data=rows, step=step)

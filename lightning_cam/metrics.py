@@ -1,0 +1,174 @@
+"""Attention metrics: numbers that show maps change over training and land on a shortcut.
+
+Each metric is a small batched torch function of maps ``[B, H, W]`` (in ``[0, 1]``, as
+``explain`` returns them) and, where needed, binary region masks ``[B, H, W]`` (the object, or a
+known cue). The maps are first normalised to sum 1 per image (:func:`as_distribution`), so a map
+is read as where its attention *mass* goes. Per-image values are returned; average them with
+:func:`nanmean` (images whose mask is empty give NaN and are left out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from lightning_cam.capture import preserved_state
+from lightning_cam.logits import OutputKey, select_logits
+
+__all__ = [
+    "as_distribution",
+    "average_drop",
+    "bias_report",
+    "class_mean_maps",
+    "drift",
+    "enrichment",
+    "format_table",
+    "increase_in_confidence",
+    "masked_confidence",
+    "mass_in_mask",
+    "nanmean",
+    "pointing_game",
+]
+
+
+def _flat(maps: Tensor) -> Tensor:
+    return maps.reshape(maps.shape[0], -1).to(torch.promote_types(maps.dtype, torch.float32))
+
+
+def as_distribution(maps: Tensor) -> Tensor:
+    """``M / sum(M)`` per image, flattened to ``[B, H*W]``; an all-zero map becomes uniform."""
+    flat = _flat(maps).clamp(min=0)
+    total = flat.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(flat, 1.0 / flat.shape[1])
+    return torch.where(total > 0, flat / torch.where(total > 0, total, 1.0), uniform)
+
+
+def nanmean(values: Tensor) -> Tensor:
+    """The mean of the non-NaN values, as a 0-d tensor on their device (NaN when there are none)."""
+    return torch.nanmean(values.float())
+
+
+def drift(current: Tensor, previous: Tensor) -> Tensor:
+    """``1 - pearson(M_t, M_{t-1})`` per image: 0 for the same attention, up to 2 for its opposite.
+
+    A map without spread (all equal values) correlates 1 with an equal map and 0 with any other.
+    """
+    a, b = _flat(current), _flat(previous)
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    correlation = (a * b).sum(dim=1) / torch.where(norms > 0, norms, 1.0)
+    same = (_flat(current) == _flat(previous)).all(dim=1)
+    correlation = torch.where(norms > 0, correlation, same.to(correlation.dtype))
+    return 1 - correlation
+
+
+def mass_in_mask(maps: Tensor, masks: Tensor) -> Tensor:
+    """``sum(M * R)`` per image: the share of the map's mass inside the region ``R`` (Wang et al.,
+    2020, "energy-based pointing game"). NaN where ``R`` is empty."""
+    region = _flat(masks) > 0.5
+    mass = (as_distribution(maps) * region).sum(dim=1)
+    return torch.where(region.any(dim=1), mass, torch.full_like(mass, float("nan")))
+
+
+def enrichment(maps: Tensor, masks: Tensor) -> Tensor:
+    """Mass in mask divided by the mask's share of the image area: 1 for a uniform map, above 1 where
+    the map concentrates on ``R``. NaN where ``R`` is empty."""
+    area = (_flat(masks) > 0.5).float().mean(dim=1)
+    return mass_in_mask(maps, masks) / area
+
+
+def pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
+    """1 where the map's maximum falls inside ``R``, else 0 (Zhang et al., 2016); NaN where ``R`` is
+    empty or the map is all zeros (it points nowhere)."""
+    flat, region = _flat(maps), _flat(masks) > 0.5
+    hit = region.gather(1, flat.argmax(dim=1, keepdim=True)).squeeze(1).float()
+    defined = region.any(dim=1) & (flat.amax(dim=1) > 0)
+    return torch.where(defined, hit, torch.full_like(hit, float("nan")))
+
+
+def average_drop(confidence: Tensor, masked_confidence: Tensor) -> Tensor:
+    """Per image ``max(0, Y - O) / Y`` (Chattopadhyay et al., 2018, Grad-CAM++): ``Y`` the class
+    probability on the image, ``O`` on the image multiplied by its map. Lower is better."""
+    return (confidence - masked_confidence).clamp(min=0) / confidence
+
+
+def increase_in_confidence(confidence: Tensor, masked_confidence: Tensor) -> Tensor:
+    """Per image ``1`` if ``O > Y`` else ``0`` (Grad-CAM++'s "increase in confidence")."""
+    return (masked_confidence > confidence).float()
+
+
+def masked_confidence(
+    model: nn.Module,
+    images: Tensor,
+    maps: Mapping[str, Tensor],
+    targets: Tensor,
+    output_key: OutputKey = None,
+) -> dict[str, Tensor]:
+    """The target-class probability on ``images * map`` for every method's maps, in **one** batched
+    forward (under the state guard, in inference mode)."""
+    names = list(maps)
+    if not names:
+        return {}
+    device = next((p.device for p in model.parameters()), images.device)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), images.dtype)
+    with preserved_state(model, device.type), torch.inference_mode():
+        batch = torch.cat([images * maps[name][:, None].to(images) for name in names]).to(device, dtype)
+        probabilities = select_logits(model(batch), output_key).float().softmax(dim=1)
+    chosen = probabilities.gather(1, targets.to(device).repeat(len(names))[:, None]).squeeze(1)
+    return dict(zip(names, chosen.to(images.device).chunk(len(names)), strict=True))
+
+
+def class_mean_maps(maps: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """The mean map of each class's images ``[num_classes, H, W]`` and which classes have images."""
+    one_hot = torch.nn.functional.one_hot(labels.long(), num_classes).to(maps.dtype)  # [B, C]
+    counts = one_hot.sum(dim=0)
+    sums = torch.einsum("bc,bhw->chw", one_hot, maps)
+    return sums / counts.clamp(min=1)[:, None, None], counts > 0
+
+
+def bias_report(
+    first: Mapping[str, Mapping[str, float]], last: Mapping[str, Mapping[str, float]]
+) -> tuple[list[str], list[list[object]], list[str]]:
+    """A table (columns, rows) of mass and enrichment per ``"<method>/<mask>"`` at the first and last
+    check, and one reading per row, e.g. "gradcam puts 64% of its mass on `cue` (3% of the image):
+    21.3x enrichment"."""
+    columns = [
+        "method",
+        "mask",
+        "mask area",
+        "mass first",
+        "mass last",
+        "enrichment first",
+        "enrichment last",
+    ]
+    rows: list[list[object]] = []
+    readings = []
+    for key in sorted(last):
+        method, _, mask = key.partition("/")
+        start, end = first.get(key, last[key]), last[key]
+        rows.append(
+            [
+                method,
+                mask,
+                round(end["area"], 4),
+                round(start["mass"], 4),
+                round(end["mass"], 4),
+                round(start["enrichment"], 2),
+                round(end["enrichment"], 2),
+            ]
+        )
+        readings.append(
+            f"{method} puts {end['mass']:.0%} of its mass on `{mask}` ({end['area']:.0%} of the image): "
+            f"{end['enrichment']:.1f}x enrichment (first check: {start['mass']:.0%}, {start['enrichment']:.1f}x)"
+        )
+    return columns, rows, readings
+
+
+def format_table(columns: list[str], rows: list[list[object]]) -> str:
+    """A Markdown table (TensorBoard renders it; it also reads as plain text)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
