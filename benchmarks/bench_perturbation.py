@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torchvision
-from common import median_seconds
+from common import interleaved_medians
 
 import lightning_cam as lc
 
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--chunk", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=1000).eval()
@@ -67,9 +67,8 @@ def main() -> None:
     rows = channels * args.batch
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; resnet18, {args.batch} images of "
-        f"{args.size}px, layer4 (K={channels}), chunk {args.chunk}, median of {args.repeats}"
+        f"{args.size}px, layer4 (K={channels}), chunk {args.chunk}, contenders timed in turn, median of {args.repeats}"
     )
-
     masked = torch.rand(args.chunk, 3, args.size, args.size)
 
     def floor() -> None:
@@ -77,40 +76,36 @@ def main() -> None:
             for _ in range(-(-rows // args.chunk)):
                 model(masked)
 
-    floor_s = median_seconds(floor, args.repeats, warmup=1)
-    ours = median_seconds(
-        lambda: lc.explain(model, images, "scorecam", "layer4", targets, chunk_size=args.chunk),
-        args.repeats,
-        warmup=1,
-    )
-    print(f"floor: {rows} plain forwards in chunks   {floor_s:7.2f} s")
-    print(f"lightning-cam scorecam (exact)          {ours:7.2f} s = {ours / floor_s:.3f}x the floor")
-    topk = channels // 8
-    fast = median_seconds(
-        lambda: lc.explain(model, images, "scorecam", "layer4", targets, chunk_size=args.chunk, topk=topk),
-        args.repeats,
-        warmup=1,
-    )
-    print(f"lightning-cam scorecam topk={topk}          {fast:7.2f} s = {ours / fast:.1f}x faster than exact")
-
+    scorecams = {
+        "floor": floor,
+        "lightning-cam": lambda: lc.explain(
+            model, images, "scorecam", "layer4", targets, chunk_size=args.chunk
+        ),
+        "lightning-cam topk": lambda: lc.explain(
+            model, images, "scorecam", "layer4", targets, chunk_size=args.chunk, topk=channels // 8
+        ),
+    }
+    ablations = {
+        "lightning-cam": lambda: lc.explain(
+            model, images, "ablationcam", "layer4", targets, chunk_size=args.chunk
+        )
+    }
     try:
         from pytorch_grad_cam import AblationCAM, ScoreCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         peer_targets = [ClassifierOutputTarget(t) for t in targets]
 
-        def grad_cam_scorecam() -> None:
+        def peer(cls: type) -> None:
             with (
-                ScoreCAM(model=model, target_layers=[model.layer4]) as cam,
+                cls(model=model, target_layers=[model.layer4]) as cam,
                 contextlib.redirect_stderr(io.StringIO()),
             ):
                 cam.batch_size = args.chunk
                 cam(input_tensor=images, targets=peer_targets)
 
-        peer = median_seconds(grad_cam_scorecam, args.repeats, warmup=1)
-        print(
-            f"pytorch-grad-cam ScoreCAM               {peer:7.2f} s = {peer / ours:.2f}x lightning-cam's time"
-        )
+        scorecams["pytorch-grad-cam"] = lambda: peer(ScoreCAM)
+        ablations["pytorch-grad-cam"] = lambda: peer(AblationCAM)
     except ImportError:
         print("pytorch-grad-cam is not installed (pip install grad-cam)")
     try:
@@ -120,53 +115,41 @@ def main() -> None:
             with TorchCamScoreCAM(
                 model, "layer4", batch_size=args.chunk, input_shape=images.shape[1:]
             ) as extractor:
-                scores = model(images)
-                extractor(targets, scores)
+                extractor(targets, model(images))
 
-        peer = median_seconds(torchcam_scorecam, args.repeats, warmup=1)
-        print(
-            f"torch-cam ScoreCAM                      {peer:7.2f} s = {peer / ours:.2f}x lightning-cam's time"
-        )
+        scorecams["torch-cam"] = torchcam_scorecam
     except ImportError:
         print("torch-cam is not installed (pip install torchcam)")
 
-    ours_ablation = median_seconds(
-        lambda: lc.explain(model, images, "ablationcam", "layer4", targets, chunk_size=args.chunk),
-        args.repeats,
-        1,
-    )
-    print(f"lightning-cam ablationcam               {ours_ablation:7.2f} s")
-    try:
-
-        def grad_cam_ablation() -> None:
-            with (
-                AblationCAM(model=model, target_layers=[model.layer4]) as cam,
-                contextlib.redirect_stderr(io.StringIO()),
-            ):
-                cam.batch_size = args.chunk
-                cam(input_tensor=images, targets=peer_targets)
-
-        peer = median_seconds(grad_cam_ablation, args.repeats, warmup=1)
+    times = interleaved_medians(scorecams, args.repeats)
+    ours = times["lightning-cam"]
+    print(f"Score-CAM, exact ({rows} masked forwards):")
+    for name, seconds in times.items():
+        print(f"  {name:20s} {seconds:7.2f} s = {seconds / ours:5.2f}x lightning-cam's time")
+    ablation_times = interleaved_medians(ablations, max(3, args.repeats // 2))
+    print("Ablation-CAM:")
+    for name, seconds in ablation_times.items():
         print(
-            f"pytorch-grad-cam AblationCAM            {peer:7.2f} s = {peer / ours_ablation:.1f}x lightning-cam's time"
+            f"  {name:20s} {seconds:7.2f} s = {seconds / ablation_times['lightning-cam']:5.1f}x lightning-cam's time"
         )
-    except NameError:
-        pass
 
     trained, shapes = trained_demo_model(epochs=4)
     layer_channels = trained.features[-3].out_channels
     k = layer_channels // 8
-    exact = lc.explain(trained, shapes, "scorecam", "features", chunk_size=args.chunk)["scorecam"]
-    approx = lc.explain(trained, shapes, "scorecam", "features", chunk_size=args.chunk, topk=k)["scorecam"]
+    exact = lc.explain(trained, shapes, "scorecam", "features")["scorecam"]
+    approx = lc.explain(trained, shapes, "scorecam", "features", topk=k)["scorecam"]
     rho = spearman_per_image(exact, approx)
-    t_exact = median_seconds(lambda: lc.explain(trained, shapes, "scorecam", "features"), args.repeats, 1)
-    t_fast = median_seconds(
-        lambda: lc.explain(trained, shapes, "scorecam", "features", topk=k), args.repeats, 1
+    small = interleaved_medians(
+        {
+            "exact": lambda: lc.explain(trained, shapes, "scorecam", "features"),
+            "topk": lambda: lc.explain(trained, shapes, "scorecam", "features", topk=k),
+        },
+        args.repeats,
     )
     print(
         f"trained demo CNN (K={layer_channels}), 8 decorrelated validation images: topk={k} is "
-        f"{t_exact / t_fast:.1f}x faster; Spearman vs exact per image: min {rho.min():.3f}, "
-        f"median {statistics.median(rho.tolist()):.3f}"
+        f"{small['exact'] / small['topk']:.1f}x faster than exact; Spearman vs exact per image: "
+        f"min {rho.min():.3f}, median {statistics.median(rho.tolist()):.3f}"
     )
 
 

@@ -29,3 +29,17 @@ def pearson_per_image(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray
     a = a - a.mean(1, keepdims=True)
     b = b - b.mean(1, keepdims=True)
     return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
+    """Median wall time of each run, timing them in turn (a, b, c, a, b, c, ...) after one warm-up
+    each, so that drifts of a shared machine hit every contender alike."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

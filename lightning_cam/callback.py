@@ -63,8 +63,20 @@ class CAMMonitor(Callback):
     and logs a grid per target choice: a row per sample (true label, prediction and confidence
     written on it), the input then one overlay per method. Grids go to every attached logger
     through a writer chosen by its type (TensorBoard, W&B, MLflow; PNG files under the log
-    directory for any other logger or none); the time a check took goes through
-    ``log_metrics``. Only global rank 0 computes and writes.
+    directory for any other logger or none). Only global rank 0 computes and writes.
+
+    What is logged at each check, at ``trainer.global_step`` (``<target>`` is the target choice;
+    scalars of a second or later target choice get ``cam/<target>/...`` instead of ``cam/...``):
+
+    - images: ``cam/<target>/grid``; for the first target choice ``cam/<method>/timeline`` (each
+      sample's maps at the last ``timeline_length`` checks) and ``cam/<method>/class_means`` (the
+      mean map of each class's samples: a fixed-position shortcut shows as a bright spot);
+    - scalars: ``cam/check_seconds``; ``cam/<method>/drift`` (``1 - pearson`` against the previous
+      check); ``cam/<method>/average_drop`` and ``cam/<method>/increase_in_confidence``; and, when
+      the batch carries masks, ``cam/<method>/mass/<mask>``, ``cam/<method>/enrichment/<mask>`` and
+      ``cam/<method>/pointing_game/<mask>`` (see ``lightning_cam.metrics``);
+    - at the end of ``fit``, a bias report (mass and enrichment per method and mask, first and
+      last check), printed and logged as ``cam/bias_report`` (TensorBoard text, W&B table).
 
     The images are captured from the batches the validation loop already loads (no extra pass
     over the data, no random numbers drawn, nothing in the sanity check), balanced over classes
@@ -227,6 +239,15 @@ class CAMMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        strategy = type(trainer.strategy).__name__
+        if any(name in strategy for name in ("FSDP", "DeepSpeed", "ModelParallel")):
+            # Rank 0 alone would run a sharded model's forward, whose all-gathers wait for the other
+            # ranks: the run would hang. Refuse now rather than hang later.
+            raise MisconfigurationException(
+                f"CAMMonitor does not support sharded strategies ({strategy}): explaining runs the model "
+                f"on global rank 0 alone, and a sharded forward needs every rank. Supported: single device, "
+                f"'ddp' (and its spawn/fork variants), 'ddp_notebook', 'dp'."
+            )
         network = self._network(pl_module)
         names = [self.target_layer] if isinstance(self.target_layer, str) else self.target_layer
         named = [name for name in names if name != "auto"]

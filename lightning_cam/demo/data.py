@@ -34,6 +34,7 @@ class ShapesConfig:
         image_size: side of the square images.
         cue_size: side of the square tag in the top-left corner; 0 for no tag.
         single_shape: draw every class with the same shape (a disk), so only the cue is informative.
+        show_cue: draw the tag; with ``False`` the ``cue`` mask still marks where it would be.
         seed: the generator's seed (the global RNGs are not touched).
     """
 
@@ -42,6 +43,7 @@ class ShapesConfig:
     image_size: int = 64
     cue_size: int = 8
     single_shape: bool = False
+    show_cue: bool = True
     seed: int = 0
 
 
@@ -96,9 +98,10 @@ def make_shapes(config: ShapesConfig) -> dict[str, Tensor]:
     cues = torch.zeros(n, size, size)
     if config.cue_size > 0:
         cues[:, 1 : 1 + config.cue_size, 1 : 1 + config.cue_size] = 1.0
-        tag = CUE_COLOURS[cue_labels].view(n, 3, 1, 1)
-        images = images * (1 - cues[:, None]) + tag * cues[:, None]
-        objects = objects * (1 - cues)  # a shape under the tag is hidden there
+        if config.show_cue:
+            tag = CUE_COLOURS[cue_labels].view(n, 3, 1, 1)
+            images = images * (1 - cues[:, None]) + tag * cues[:, None]
+            objects = objects * (1 - cues)  # a shape under the tag is hidden there
     return {"image": images, "label": labels, "cue_label": cue_labels, "object": objects, "cue": cues}
 
 
