@@ -43,6 +43,7 @@ def main(out: Path) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[monitor],
     )
     trainer.fit(model, train, val)
     rank = trainer.global_rank

@@ -1,0 +1,287 @@
+"""Never disturb training: bit-identical runs, DDP, mixed precision, compiled models, faults, memory."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from conftest import SmallCNN
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lit_helpers import TinyClassifier, loaders, trainer
+from torch import nn
+
+import lightning_cam as lc
+import lightning_cam.callback as callback_module
+from lightning_cam import CAMMonitor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Classifier(pl.LightningModule):
+    """The test CNN with BatchNorm, dropout and in-place ReLUs, Adam and a StepLR schedule."""
+
+    def __init__(self, network: nn.Module | None = None) -> None:
+        super().__init__()
+        self.net = network if network is not None else SmallCNN(num_classes=4)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.Adam(self.parameters(), lr=1e-2)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 2, 0.5)}
+
+
+def fit_state(tmp_path: Path, callbacks: list, **kwargs: object) -> dict[str, object]:
+    pl.seed_everything(0, verbose=False)
+    train, val = loaders(num_train=48, num_val=16, batch_size=8)
+    model = Classifier()
+    fit = trainer(tmp_path, callbacks, max_epochs=3, **kwargs)
+    fit.fit(model, train, val)
+    optimizer = fit.optimizers[0]
+    return {
+        "model": {name: tensor.clone() for name, tensor in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": fit.lr_scheduler_configs[0].scheduler.state_dict(),
+        "rng": (torch.random.get_rng_state(), torch.rand(3)),
+    }
+
+
+def assert_bitwise_equal(a: object, b: object, path: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path} keys differ"
+        for key in a:
+            assert_bitwise_equal(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path} lengths differ"
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_bitwise_equal(x, y, f"{path}[{index}]")
+    else:
+        assert a == b, f"{path}: {a} != {b}"
+
+
+@pytest.mark.slow
+def test_fit_is_bit_identical_with_and_without_the_monitor(tmp_path: Path) -> None:
+    options = {"accumulate_grad_batches": 3, "val_check_interval": 2}  # validation inside a window
+    without = fit_state(tmp_path / "without", [], **options)
+    every_epoch = CAMMonitor(methods=list(lc.METHODS), num_samples=4, strict=True)
+    every_step = CAMMonitor(
+        methods=["gradcam", "scorecam"], num_samples=4, every_n_train_steps=1, strict=True
+    )
+    with_monitors = fit_state(tmp_path / "with", [every_epoch, every_step], **options)
+    assert every_epoch.checks >= 3 and every_step.checks >= 3
+    assert_bitwise_equal(without, with_monitors)
+
+
+def test_ddp_rank_zero_alone_computes_and_matches_single_process(tmp_path: Path) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / "ddp_fit.py"), str(tmp_path)],
+        check=True,
+        timeout=300,
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    assert rank1 == {"checks": 0, "captured": False, "maps": 0}  # rank 1 neither captured nor computed
+    assert rank0["checks"] == 2
+    pngs = sorted(p.name for p in (tmp_path / "cam" / "predicted").glob("*.png"))
+    assert len(pngs) == 2  # one writer, rank 0
+    model = TinyClassifier()
+    model.load_state_dict(rank0["state_dict"])
+    single = lc.explain(model, rank0["images"], ["gradcam", "layercam"])
+    for name, value in single.items():
+        torch.testing.assert_close(rank0["maps"][name], value, atol=1e-5, rtol=0)
+
+
+def test_sharded_strategies_are_refused_at_setup() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    monitor = CAMMonitor()
+    for strategy in (FSDPStrategy.__new__(FSDPStrategy), DeepSpeedStrategy.__new__(DeepSpeedStrategy)):
+        fake_trainer = SimpleNamespace(strategy=strategy)
+        with pytest.raises(
+            MisconfigurationException, match=r"does not support sharded strategies.*Supported: single"
+        ):
+            monitor.setup(fake_trainer, TinyClassifier(), "fit")
+
+
+def recorded_explanations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict, object]]:
+    records: list[tuple[dict, object]] = []
+    original = callback_module.explain_batch
+
+    def recording(*args: object, **kwargs: object) -> object:
+        result = original(*args, **kwargs)
+        records.append((kwargs, result))
+        return result
+
+    monkeypatch.setattr(callback_module, "explain_batch", recording)
+    return records
+
+
+def test_bf16_mixed_maps_are_float32_and_match_float32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = recorded_explanations(monkeypatch)
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = TinyClassifier()
+    monitor = CAMMonitor(methods=["gradcam", "scorecam"], num_samples=4, strict=True)
+    trainer(tmp_path, [monitor], max_epochs=1, precision="bf16-mixed").fit(model, train, val)
+    options, result = records[-1]
+    assert options["options"] == {}  # no autocast for the perturbation forwards unless asked
+    reference = lc.explain(model, monitor.fixed.images, ["gradcam", "scorecam"])
+    for name, value in result.maps.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value).all()
+        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=0)
+
+
+def test_perturbation_autocast_uses_the_trainer_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = recorded_explanations(monkeypatch)
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = TinyClassifier()
+    monitor = CAMMonitor(methods=["scorecam"], num_samples=4, perturbation_autocast=True, strict=True)
+    trainer(tmp_path, [monitor], max_epochs=1, precision="bf16-mixed").fit(model, train, val)
+    options, result = records[-1]
+    assert options["options"] == {"autocast_dtype": torch.bfloat16}
+    exact = lc.explain(model, monitor.fixed.images, "scorecam")["scorecam"]
+    assert result.maps["scorecam"].dtype == torch.float32
+    assert (result.maps["scorecam"] - exact).abs().mean() < 0.05
+
+
+def test_compiled_network_is_explained_eagerly_without_recompiling(tmp_path: Path) -> None:
+    from torch._dynamo.utils import counters
+
+    def compiled_fit(callbacks: list) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        train, val = loaders()
+        model = TinyClassifier()
+        model.net = torch.compile(model.net, backend="eager")
+        trainer(tmp_path, callbacks, max_epochs=2).fit(model, train, val)
+        return counters["stats"]["unique_graphs"]
+
+    baseline = compiled_fit([])
+    monitor = CAMMonitor(methods=["gradcam", "guided_backprop"], num_samples=4, model_attr="net", strict=True)
+    with_monitor = compiled_fit([monitor])
+    assert monitor.checks == 2
+    assert with_monitor == baseline  # the callback caused no recompilation
+
+
+def test_frozen_backbone_channels_last_and_dict_outputs(tmp_path: Path) -> None:
+    class DictOutput(Classifier):
+        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.net(images), "features": images.mean((2, 3))}
+
+        def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+            return F.cross_entropy(self(batch[0])["logits"], batch[1])
+
+        def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+            self.log("val_loss", F.cross_entropy(self(batch[0])["logits"], batch[1]))
+
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = DictOutput().to(memory_format=torch.channels_last)
+    for parameter in model.net.features.parameters():
+        parameter.requires_grad_(False)
+    monitor = CAMMonitor(methods=["gradcam", "saliency"], num_samples=4, output_key="logits", strict=True)
+    trainer(tmp_path, [monitor], max_epochs=1).fit(model, train, val)
+    assert monitor.checks == 1
+    assert all(not p.requires_grad for p in model.net.features.parameters())
+    assert all(p.grad is None for p in model.net.features.parameters())
+
+
+class CannotBatchAblations(pl.LightningModule):
+    """Reshapes with the input's batch size, so Ablation-CAM cannot run its ablated copies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 32 * 32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).reshape(x.shape[0], -1))
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_failing_method_is_reported_once_and_the_others_go_on(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    train, val = loaders()
+    monitor = CAMMonitor(methods=["gradcam", "ablationcam"], target_layer="conv", num_samples=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = trainer(tmp_path, [monitor], max_epochs=3)
+        fit.fit(CannotBatchAblations(), train, val)
+    assert fit.current_epoch == 3
+    reports = [str(w.message) for w in caught if "ablationcam failed" in str(w.message)]
+    assert len(reports) == 1
+    assert "Traceback" in reports[0] and "use scorecam" in reports[0]
+    assert monitor._failed == {"ablationcam"}
+    assert len(list((tmp_path / "cam" / "predicted").glob("*.png"))) == 3  # gradcam at every check
+    with pytest.raises(ValueError, match="ablationcam runs the layers after 'conv'"):
+        strict = CAMMonitor(
+            methods=["gradcam", "ablationcam"], target_layer="conv", num_samples=4, strict=True
+        )
+        trainer(tmp_path / "strict", [strict], max_epochs=1).fit(CannotBatchAblations(), train, val)
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+def test_two_hundred_checks_do_not_grow_memory_tensors_or_hooks(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    train, val = loaders(with_masks=True)
+    model = TinyClassifier()
+    monitor = CAMMonitor(methods=["gradcam", "gradcam++", "scorecam"], num_samples=8, strict=True)
+    fit = trainer(tmp_path, [monitor], max_epochs=1)
+    fit.fit(model, train, val)
+    samples = []
+    for index in range(200):
+        monitor._check(fit, model)
+        if index in (99, 199):
+            gc.collect()
+            tensors = sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+            samples.append((resident_bytes(), tensors))
+    (rss_100, tensors_100), (rss_200, tensors_200) = samples
+    assert tensors_200 <= tensors_100  # nothing accumulates from check to check
+    assert rss_200 <= rss_100 * 1.03
+    hooks = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+    )
+    assert hooks == 0
+    assert all(len(entries) == monitor.timeline_length for entries in monitor.history.timeline.values())
