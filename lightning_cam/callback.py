@@ -24,10 +24,12 @@ from lightning_cam.history import AttentionHistory
 from lightning_cam.layers import TargetLayer, resolve_target_layers
 from lightning_cam.render import COLORMAPS, Grid, apply_colormap, display_images, render_grid, render_table
 from lightning_cam.writers import PNGWriter, Writer, writer_for
+from lightning_cam.writers.background import BackgroundWriter
 
 __all__ = ["CAMMonitor"]
 
 TargetChoice = str | int
+TIMELINE_TILE = 64  # timelines are wide: their tiles are enlarged less than the grid's
 
 
 def _import_object(path: str) -> Any:
@@ -115,6 +117,8 @@ class CAMMonitor(Callback):
         class_means: log the per-class mean map of each method (needs labels).
         bias_report: at the end of ``fit``, print and log mass and enrichment per method and mask
             at the first and last check (needs masks in the batch).
+        background_writes: encode and write the images on a background thread, so a check costs
+            the training loop only the explaining and the drawing (the end of ``fit`` waits for them).
         strict: raise on any failure instead of reporting it and carrying on (for tests).
 
     Example::
@@ -160,6 +164,7 @@ class CAMMonitor(Callback):
         timeline_length: int = 8,
         class_means: bool = True,
         bias_report: bool = True,
+        background_writes: bool = True,
         strict: bool = False,
     ) -> None:
         super().__init__()
@@ -217,7 +222,9 @@ class CAMMonitor(Callback):
         self.timeline_length = timeline_length
         self.class_means = class_means
         self.bias_report = bias_report
+        self.background_writes = background_writes
         self.strict = strict
+        self._background = BackgroundWriter()
         self.history = AttentionHistory(timeline_length)
 
         self.fixed: FixedBatch | None = None
@@ -355,6 +362,8 @@ class CAMMonitor(Callback):
             return
         self.last_check_step = trainer.global_step
         self.checks += 1
+        for what, error in self._background.take_errors():
+            self._fail(what, error)
         start = time.perf_counter()
         scalars: dict[str, float] = {}
         try:
@@ -390,7 +399,7 @@ class CAMMonitor(Callback):
                 images |= self._history_images(fixed, explanation, shown, captions, step)
             for tag, grid in images.items():
                 for writer in self._get_writers(trainer):
-                    self._write(writer, partial(writer.log_grid, tag, grid, step))
+                    self._write_image(writer, partial(writer.log_grid, tag, grid, step))
         return scalars
 
     def _attention_scalars(
@@ -466,7 +475,7 @@ class CAMMonitor(Callback):
             if self.timeline_length > 0:
                 columns = {f"step {s}": maps for s, maps in zip(steps, history, strict=True)}
                 images[f"cam/{method}/timeline"] = render_grid(
-                    shown, columns, captions, colormap=self.colormap, alpha=self.alpha
+                    shown, columns, captions, colormap=self.colormap, alpha=self.alpha, min_tile=TIMELINE_TILE
                 )
             if self.class_means and fixed.labels is not None:
                 num_classes = explanation.logits.shape[1]
@@ -525,17 +534,31 @@ class CAMMonitor(Callback):
         dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
         return {} if dtype is None else {"autocast_dtype": dtype}
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or not self.bias_report or not self.history.last:
+    def _log_bias_report(self, trainer: pl.Trainer) -> None:
+        if not self.bias_report or not self.history.last:
             return
         columns, rows, readings = metrics.bias_report(self.history.first, self.history.last)
         text = metrics.format_table(columns, rows) + "\n\n" + "\n".join(f"- {line}" for line in readings)
         rank_zero_info("CAMMonitor bias report (attention mass per mask, first and last check):\n" + text)
         for writer in self._get_writers(trainer):
-            self._write(
+            self._write_image(
                 writer,
                 partial(writer.log_report, "cam/bias_report", columns, rows, text, trainer.global_step),
             )
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._log_bias_report(trainer)
+        self.flush()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for what, error in self._background.close():
+            self._fail(what, error)
+
+    def flush(self) -> None:
+        """Wait until every image of the checks so far is written (the end of ``fit`` does this)."""
+        for what, error in self._background.drain():
+            self._fail(what, error)
 
     def _target_name(self, choice: TargetChoice) -> str:
         if isinstance(choice, str):
@@ -600,6 +623,14 @@ class CAMMonitor(Callback):
     def _log_metrics(self, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
         for writer in self._get_writers(trainer):
             self._write(writer, partial(writer.log_metrics, metrics, trainer.global_step))
+
+    def _write_image(self, writer: Writer, action: Callable[[], None]) -> None:
+        """Encode and write on the background thread (synchronously with ``strict`` or without
+        ``background_writes``)."""
+        if self.background_writes and not self.strict:
+            self._background.submit(f"writer {type(writer).__name__}", action)
+        else:
+            self._write(writer, action)
 
     def _write(self, writer: Writer, action: Callable[[], None]) -> None:
         try:

@@ -6,9 +6,10 @@ into ``uint8`` there and moved to the host once, where PIL writes the header and
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 import numpy as np
 import torch
@@ -136,10 +137,10 @@ def overlay(images: Tensor, maps: Tensor, colormap: str = "jet", alpha: float = 
 
 @dataclass(frozen=True)
 class Grid:
-    """A rendered grid: ``image`` ``[H, W, 3]`` ``uint8``: a header, then per sample a caption and a row of tiles.
+    """A rendered grid: a header, then per sample a caption and a row of tiles.
 
     Attributes:
-        image: the whole grid, header included.
+        picture: the whole grid as a PIL image, header included (``image`` is the same as an array).
         columns: the column names (``"input"`` then one per method).
         captions: one caption per row (true label, prediction and confidence).
         tile: ``(height, width)`` of a tile, padding excluded.
@@ -148,13 +149,25 @@ class Grid:
         left: width of the caption strip left of the tiles.
     """
 
-    image: np.ndarray
+    picture: Image.Image
     columns: tuple[str, ...]
     captions: tuple[str, ...]
     tile: tuple[int, int]
     padding: int
     header: int
     left: int
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        """The grid as ``[H, W, 3]`` ``uint8``."""
+        return np.asarray(self.picture)
+
+    def png(self) -> bytes:
+        """The grid as PNG bytes, encoded with fast compression (zlib level 1: about 3x faster than
+        PIL's default for 15% larger files, since a check's time is training time)."""
+        buffer = io.BytesIO()
+        self.picture.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
 
     def cell(self, row: int, column: int) -> np.ndarray:
         """The tile of sample ``row`` in ``column`` as ``[h, w, 3]`` ``uint8``."""
@@ -213,7 +226,7 @@ def render_table(
         top = header + padding + row * (tile_h + padding)
         draw.multiline_text((4, top + 2), caption, fill="black", font=font, spacing=2)
     return Grid(
-        image=np.asarray(canvas),
+        picture=canvas,
         columns=tuple(columns),
         captions=tuple(captions),
         tile=(tile_h, tile_w),

@@ -347,3 +347,56 @@ def test_model_attr_names_the_network(tmp_path: Path) -> None:
     assert monitor.checks == 1
     with pytest.raises(Exception, match="has no such submodule; its submodules are: net"):
         trainer(tmp_path, [CAMMonitor(model_attr="backbone")], max_epochs=1).fit(TinyClassifier(), train, val)
+
+
+def test_background_writer_keeps_order_and_hands_back_errors() -> None:
+    import threading
+
+    from lightning_cam.writers.background import BackgroundWriter
+
+    writer = BackgroundWriter(max_pending=2)
+    done: list[int] = []
+    threads: set[str] = set()
+
+    def job(number: int) -> None:
+        threads.add(threading.current_thread().name)
+        if number == 3:
+            raise OSError("disk full")
+        done.append(number)
+
+    for number in range(6):
+        writer.submit(f"job {number}", lambda n=number: job(n))
+    errors = writer.drain()
+    assert done == [0, 1, 2, 4, 5]
+    assert [(what, str(error)) for what, error in errors] == [("job 3", "disk full")]
+    assert threads == {"lightning-cam-writer"}
+    assert writer.close() == []
+
+
+def test_a_custom_writer_failing_in_the_background_is_reported_once(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_cam.writers import Writer, register_writer
+
+    class TeamLogger(CSVLogger):
+        pass
+
+    written: list[tuple[str, int]] = []
+
+    class TeamWriter(Writer):
+        def log_grid(self, tag: str, grid: object, step: int) -> None:
+            written.append((tag, step))
+            if step == 8:
+                raise ConnectionError("server down")
+
+    register_writer(TeamLogger, TeamWriter)
+    torch.manual_seed(0)
+    train, val = loaders()
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=4, timeline_length=0, class_means=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = trainer(tmp_path, [monitor], logger=TeamLogger(tmp_path), max_epochs=3)
+        fit.fit(TinyClassifier(), train, val)
+    assert fit.current_epoch == 3
+    assert written == [("cam/predicted/grid", 4), ("cam/predicted/grid", 8), ("cam/predicted/grid", 12)]
+    assert sum("server down" in str(w.message) for w in caught) == 1

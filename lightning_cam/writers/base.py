@@ -6,7 +6,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from lightning.pytorch.loggers import Logger
-from PIL import Image
 
 from lightning_cam.render import Grid
 
@@ -49,7 +48,7 @@ class PNGWriter(Writer):
     def log_grid(self, tag: str, grid: Grid, step: int) -> None:
         path = self.path_for(tag, step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid.image).save(path)
+        path.write_bytes(grid.png())
 
     def log_report(
         self, tag: str, columns: list[str], rows: list[list[object]], text: str, step: int
