@@ -70,9 +70,10 @@ class CAMMonitor(Callback):
     What is logged at each check, at ``trainer.global_step`` (``<target>`` is the target choice;
     scalars of a second or later target choice get ``cam/<target>/...`` instead of ``cam/...``):
 
-    - images: ``cam/<target>/grid``; for the first target choice ``cam/<method>/timeline`` (each
-      sample's maps at the last ``timeline_length`` checks) and ``cam/<method>/class_means`` (the
-      mean map of each class's samples: a fixed-position shortcut shows as a bright spot);
+    - images: ``cam/<target>/grid``; for the first target choice, every ``summary_every_n_checks``
+      checks and after the last one, ``cam/<method>/timeline`` (each sample's maps at the last
+      ``timeline_length`` checks) and ``cam/<method>/class_means`` (the mean map of each class's
+      samples: a fixed-position shortcut shows as a bright spot);
     - scalars: ``cam/check_seconds``; ``cam/<method>/drift`` (``1 - pearson`` against the previous
       check); ``cam/<method>/average_drop`` and ``cam/<method>/increase_in_confidence``; and, when
       the batch carries masks, ``cam/<method>/mass/<mask>``, ``cam/<method>/enrichment/<mask>`` and
@@ -117,6 +118,8 @@ class CAMMonitor(Callback):
         class_means: log the per-class mean map of each method (needs labels).
         bias_report: at the end of ``fit``, print and log mass and enrichment per method and mask
             at the first and last check (needs masks in the batch).
+        summary_every_n_checks: log the timelines and per-class mean maps every n checks (and
+            after the last check of ``fit``); the method grids are logged at every check.
         background_writes: encode and write the images on a background thread, so a check costs
             the training loop only the explaining and the drawing (the end of ``fit`` waits for them).
         strict: raise on any failure instead of reporting it and carrying on (for tests).
@@ -164,6 +167,7 @@ class CAMMonitor(Callback):
         timeline_length: int = 8,
         class_means: bool = True,
         bias_report: bool = True,
+        summary_every_n_checks: int = 4,
         background_writes: bool = True,
         strict: bool = False,
     ) -> None:
@@ -222,6 +226,12 @@ class CAMMonitor(Callback):
         self.timeline_length = timeline_length
         self.class_means = class_means
         self.bias_report = bias_report
+        if not isinstance(summary_every_n_checks, int) or summary_every_n_checks < 1:
+            raise ValueError(
+                f"summary_every_n_checks must be a positive integer; got {summary_every_n_checks!r}."
+            )
+        self.summary_every_n_checks = summary_every_n_checks
+        self._pending_summary: tuple[Callable[[], dict[str, Grid]], int] | None = None
         self.background_writes = background_writes
         self.strict = strict
         self._background = BackgroundWriter()
@@ -396,7 +406,13 @@ class CAMMonitor(Callback):
             }
             scalars |= self._attention_scalars(network, fixed, explanation, prefix)
             if index == 0:
-                images |= self._history_images(fixed, explanation, shown, captions, step)
+                for method, value in explanation.maps.items():
+                    self.history.add_to_timeline(f"cam/{method}", step, value)
+                summary = partial(self._summary_images, fixed, explanation, shown, captions)
+                self._pending_summary = (summary, step)
+                if self.checks % self.summary_every_n_checks == 0:
+                    images |= summary()
+                    self._pending_summary = None
             for tag, grid in images.items():
                 for writer in self._get_writers(trainer):
                     self._write_image(writer, partial(writer.log_grid, tag, grid, step))
@@ -465,14 +481,14 @@ class CAMMonitor(Callback):
         )
         return False
 
-    def _history_images(
-        self, fixed: FixedBatch, explanation: Explanation, shown: Tensor, captions: list[str], step: int
+    def _summary_images(
+        self, fixed: FixedBatch, explanation: Explanation, shown: Tensor, captions: list[str]
     ) -> dict[str, Grid]:
         """The timeline of each method (last checks side by side) and its per-class mean maps."""
         images: dict[str, Grid] = {}
         for method, value in explanation.maps.items():
-            steps, history = self.history.add_to_timeline(f"cam/{method}", step, value)
-            if self.timeline_length > 0:
+            steps, history = self.history.timeline_of(f"cam/{method}", value.device)
+            if steps:
                 columns = {f"step {s}": maps for s, maps in zip(steps, history, strict=True)}
                 images[f"cam/{method}/timeline"] = render_grid(
                     shown, columns, captions, colormap=self.colormap, alpha=self.alpha, min_tile=TIMELINE_TILE
@@ -548,8 +564,24 @@ class CAMMonitor(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
+            self._log_last_summary(trainer)
             self._log_bias_report(trainer)
         self.flush()
+
+    def _log_last_summary(self, trainer: pl.Trainer) -> None:
+        """The timelines and class means of the last check, if its turn had not come."""
+        if self._pending_summary is None:
+            return
+        summary, step = self._pending_summary
+        self._pending_summary = None
+        try:
+            images = summary()
+        except Exception as error:
+            self._fail("summary images", error)
+            return
+        for tag, grid in images.items():
+            for writer in self._get_writers(trainer):
+                self._write_image(writer, partial(writer.log_grid, tag, grid, step))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for what, error in self._background.close():

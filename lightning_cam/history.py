@@ -30,16 +30,20 @@ class AttentionHistory:
         self.previous[key] = maps.detach().float()
         return None if before is None else before.to(maps.device)
 
-    def add_to_timeline(self, key: str, step: int, maps: Tensor) -> tuple[list[int], Tensor]:
-        """Append this check's maps; return the kept steps and their maps ``[n, B, H, W]`` in ``[0, 1]``."""
+    def add_to_timeline(self, key: str, step: int, maps: Tensor) -> None:
+        """Append this check's maps (as ``uint8``), keeping the last ``timeline_length``."""
         if self.timeline_length <= 0:
-            return [], maps.new_zeros((0, *maps.shape))
+            return
         entries = self.timeline.setdefault(key, [])
         entries.append((step, (maps.detach().clamp(0, 1) * 255).round().to(torch.uint8)))
         del entries[: -self.timeline_length]
-        steps = [s for s, _ in entries]
-        stacked = torch.stack([m.to(maps.device) for _, m in entries]).float() / 255
-        return steps, stacked
+
+    def timeline_of(self, key: str, device: torch.device) -> tuple[list[int], Tensor]:
+        """The kept steps of ``key`` and their maps ``[n, B, H, W]`` in ``[0, 1]`` on ``device``."""
+        entries = self.timeline.get(key, [])
+        if not entries:
+            return [], torch.empty(0, device=device)
+        return [s for s, _ in entries], torch.stack([m.to(device) for _, m in entries]).float() / 255
 
     def record(self, key: str, values: dict[str, float]) -> None:
         """Mask metrics of this check: kept as the first (once) and as the last."""

@@ -46,10 +46,15 @@ def test_metrics_are_logged_per_method_and_mask(tmp_path: Path) -> None:
     assert [step for step, _ in mass] == [4, 8, 12] and all(0 <= value <= 1 for _, value in mass)
     drops = read_tensorboard_scalars(log_dir, "cam/gradcam/average_drop")
     assert all(0 <= value <= 1 for _, value in drops)
+    # Timelines and class means every 4 checks by default, and after the last check: here once.
+    assert [step for step, _ in read_tensorboard_images(log_dir, "cam/layercam/timeline")] == [12]
+    assert [step for step, _ in read_tensorboard_images(log_dir, "cam/layercam/class_means")] == [12]
 
 
 def test_timeline_and_class_mean_images_have_the_expected_sizes(tmp_path: Path) -> None:
-    monitor = CAMMonitor(methods=["gradcam"], num_samples=8, timeline_length=2, strict=True)
+    monitor = CAMMonitor(
+        methods=["gradcam"], num_samples=8, timeline_length=2, summary_every_n_checks=1, strict=True
+    )
     log_dir = fit_with_masks(tmp_path, monitor)
     timeline = read_tensorboard_images(log_dir, "cam/gradcam/timeline")
     assert [step for step, _ in timeline] == [4, 8, 12]
