@@ -139,37 +139,36 @@ def recorded_explanations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict, o
     return records
 
 
+@pytest.mark.parametrize(
+    ("perturbation_autocast", "options", "tolerance"),
+    [(False, {}, 1e-5), (True, {"autocast_dtype": torch.bfloat16}, 0.05)],
+    ids=["float32 by default", "perturbation autocast"],
+)
 def test_bf16_mixed_maps_are_float32_and_match_float32(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    perturbation_autocast: bool,
+    options: dict,
+    tolerance: float,
 ) -> None:
     records = recorded_explanations(monkeypatch)
     torch.manual_seed(0)
     train, val = loaders()
     model = TinyClassifier()
-    monitor = CAMMonitor(methods=["gradcam", "scorecam"], num_samples=4, strict=True)
+    monitor = CAMMonitor(
+        methods=["gradcam", "scorecam"],
+        num_samples=4,
+        perturbation_autocast=perturbation_autocast,
+        strict=True,
+    )
     trainer(tmp_path, [monitor], max_epochs=1, precision="bf16-mixed").fit(model, train, val)
-    options, result = records[-1]
-    assert options["options"] == {}  # no autocast for the perturbation forwards unless asked
+    used, result = records[-1]
+    assert used["options"] == options  # the perturbation forwards run under autocast only when asked
     reference = lc.explain(model, monitor.fixed.images, ["gradcam", "scorecam"])
     for name, value in result.maps.items():
         assert value.dtype == torch.float32 and torch.isfinite(value).all()
-        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=0)
-
-
-def test_perturbation_autocast_uses_the_trainer_precision(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    records = recorded_explanations(monkeypatch)
-    torch.manual_seed(0)
-    train, val = loaders()
-    model = TinyClassifier()
-    monitor = CAMMonitor(methods=["scorecam"], num_samples=4, perturbation_autocast=True, strict=True)
-    trainer(tmp_path, [monitor], max_epochs=1, precision="bf16-mixed").fit(model, train, val)
-    options, result = records[-1]
-    assert options["options"] == {"autocast_dtype": torch.bfloat16}
-    exact = lc.explain(model, monitor.fixed.images, "scorecam")["scorecam"]
-    assert result.maps["scorecam"].dtype == torch.float32
-    assert (result.maps["scorecam"] - exact).abs().mean() < 0.05
+        assert (value - reference[name]).abs().mean() <= tolerance
+    torch.testing.assert_close(result.maps["gradcam"], reference["gradcam"], atol=1e-5, rtol=0)
 
 
 def test_compiled_network_is_explained_eagerly_without_recompiling(tmp_path: Path) -> None:
