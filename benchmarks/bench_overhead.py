@@ -1,7 +1,8 @@
 """CAMMonitor's cost during training: the demo's ``fit`` with and without it.
 
-Same seed, same data, TensorBoard logger in both; runs alternate (with, without, with, ...) so
-that drifts of the machine hit both alike; median of the runs.
+Same seed, same data, TensorBoard logger in both; after a warm-up fit each way, runs alternate in
+ABBA order (with, without, without, with, ...) so that drifts of the machine hit both alike;
+median of the runs, wall and CPU time.
 
     python benchmarks/bench_overhead.py --runs 3
 """
@@ -60,9 +61,10 @@ def main() -> None:
     cpu: dict[bool, list[float]] = {True: [], False: []}
     checks: list[float] = []
     with tempfile.TemporaryDirectory() as out:
-        fit_seconds(False, 1, out)  # warm-up
-        for _ in range(args.runs):
-            for with_monitor in (True, False):
+        fit_seconds(True, 1, out)  # warm-up, both ways (imports, fonts, allocator)
+        fit_seconds(False, 1, out)
+        for run in range(args.runs):
+            for with_monitor in (True, False) if run % 2 == 0 else (False, True):  # ABBA order
                 seconds, cpu_seconds, check_times = fit_seconds(with_monitor, args.epochs, out)
                 wall[with_monitor].append(seconds)
                 cpu[with_monitor].append(cpu_seconds)
