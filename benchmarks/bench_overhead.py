@@ -75,7 +75,8 @@ def main() -> None:
     for name, times in (("wall", wall), ("CPU (all threads)", cpu)):
         without, with_ = statistics.median(times[False]), statistics.median(times[True])
         print(
-            f"{name:18s} without {without:7.2f} s, with {with_:7.2f} s: overhead {100 * (with_ / without - 1):+5.1f} %"
+            f"{name:18s} without {without:7.2f} s, with {with_:7.2f} s: overhead {100 * (with_ / without - 1):+5.1f} % "
+            f"(median); fastest runs {100 * (min(times[True]) / min(times[False]) - 1):+5.1f} %"
         )
         print(
             f"{'':18s} runs without: {', '.join(f'{t:.2f}' for t in times[False])}; with: {', '.join(f'{t:.2f}' for t in times[True])}"
