@@ -126,6 +126,29 @@ def test_wandb_offline_run_holds_grid_media_and_sample_table(
     assert len(tiles) >= 2 * 4 * 2 and {tile.size for tile in tiles} == {(TILE, TILE)}
 
 
+def test_mlflow_run_holds_grids_summaries_and_report_as_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local file store, no server
+    torch.manual_seed(0)
+    train, val = loaders(with_masks=True)
+    logger = MLFlowLogger(experiment_name="cam", tracking_uri=f"file:{tmp_path}/mlruns")
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=4, strict=True)
+    trainer(tmp_path, [monitor], logger=logger, max_epochs=2).fit(TinyClassifier(), train, val)
+    artifacts = next((tmp_path / "mlruns").rglob("artifacts"))
+    grids = sorted(p.name for p in (artifacts / "cam" / "predicted" / "grid").glob("*.png"))
+    assert grids == ["step_4.png", "step_8.png"]
+    image = Image.open(artifacts / "cam" / "predicted" / "grid" / "step_8.png")
+    left, header = grid_offsets(image, 4, 2)
+    assert left > 0 and header > 0
+    assert (artifacts / "cam" / "gradcam" / "timeline" / "step_8.png").exists()
+    report = (artifacts / "cam" / "bias_report" / "step_8.md").read_text()
+    assert "| gradcam | mask |" in report
+    assert (artifacts.parent / "metrics" / "cam" / "check_seconds").exists()
+
+
 def test_png_fallback_without_logger(tmp_path: Path) -> None:
     torch.manual_seed(0)
     train, val = loaders()
