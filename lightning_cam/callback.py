@@ -266,6 +266,13 @@ class CAMMonitor(Callback):
                 f"'ddp' (and its spawn/fork variants), 'ddp_notebook', 'dp'."
             )
         network = self._network(pl_module)
+        compiled = [name for name, module in network.named_modules() if hasattr(module, "_orig_mod")]
+        if compiled:
+            self._warn_once(
+                "compiled",
+                f"CAMMonitor: {', '.join(compiled)} is torch.compile'd; pass model_attr={compiled[0]!r} so that "
+                f"the eager module is explained (hooks on a compiled module's layers make it recompile).",
+            )
         names = [self.target_layer] if isinstance(self.target_layer, str) else self.target_layer
         named = [name for name in names if name != "auto"]
         if named:  # a misspelt layer name fails here, before training starts, not at the first check

@@ -184,6 +184,8 @@ def test_compiled_network_is_explained_eagerly_without_recompiling(tmp_path: Pat
         trainer(tmp_path, callbacks, max_epochs=2).fit(model, train, val)
         return counters["stats"]["unique_graphs"]
 
+    with pytest.warns(UserWarning, match="net is torch.compile'd; pass model_attr='net'"):
+        compiled_fit([CAMMonitor(methods=["gradcam"], num_samples=4)])
     baseline = compiled_fit([])
     monitor = CAMMonitor(methods=["gradcam", "guided_backprop"], num_samples=4, model_attr="net", strict=True)
     with_monitor = compiled_fit([monitor])
