@@ -74,7 +74,8 @@ class CAMMonitor(Callback):
       checks and after the last one, ``cam/<method>/timeline`` (each sample's maps at the last
       ``timeline_length`` checks) and ``cam/<method>/class_means`` (the mean map of each class's
       samples: a fixed-position shortcut shows as a bright spot);
-    - scalars: ``cam/check_seconds``; ``cam/<method>/drift`` (``1 - pearson`` against the previous
+    - scalars: ``cam/check_seconds`` (the whole check), ``cam/pass_seconds`` (the shared forward and
+      gradients) and ``cam/<method>/seconds`` (each method's own work); ``cam/<method>/drift`` (``1 - pearson`` against the previous
       check); ``cam/<method>/average_drop`` and ``cam/<method>/increase_in_confidence``; and, when
       the batch carries masks, ``cam/<method>/mass/<mask>``, ``cam/<method>/enrichment/<mask>`` and
       ``cam/<method>/pointing_game/<mask>`` (see ``lightning_cam.metrics``);
@@ -412,6 +413,11 @@ class CAMMonitor(Callback):
                 )
             }
             scalars |= self._attention_scalars(network, fixed, explanation, prefix)
+            scalars |= {
+                f"{prefix}/{name}/seconds" if name != "pass" else f"{prefix}/pass_seconds": value
+                for name, value in explanation.seconds.items()
+                if name == "pass" or name in explanation.maps
+            }
             if index == 0:
                 for method, value in explanation.maps.items():
                     self.history.add_to_timeline(f"cam/{method}", step, value)
@@ -547,7 +553,8 @@ class CAMMonitor(Callback):
         if not results:
             return None
         maps = {name: value for result in results for name, value in result.maps.items()}
-        return Explanation(maps=maps, logits=results[0].logits, targets=results[0].targets)
+        seconds = {name: value for result in results for name, value in result.seconds.items()}
+        return Explanation(maps=maps, logits=results[0].logits, targets=results[0].targets, seconds=seconds)
 
     def _autocast_option(self, trainer: pl.Trainer, methods: list[str]) -> dict[str, Any]:
         """``autocast_dtype`` for the perturbation methods when ``perturbation_autocast`` is on."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 from typing import Any
 
@@ -199,6 +200,9 @@ class Explanation:
     maps: dict[str, Tensor]
     logits: Tensor
     targets: Tensor
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of the shared pass (``"pass"``: forward and gradients) and of each method's own
+    work (its function, extra forwards and normalisation; each ends with a device sync)."""
 
 
 def explain(
@@ -282,6 +286,8 @@ def explain_batch(
     needs_layer_gradients = any(m.needs_gradients for m in layer_methods)
     needs_input_gradients = any(m.needs_input_gradients for m in needed)
     needs_guided = any(m.needs_guided_gradients for m in needed)
+    start = time.perf_counter()
+    seconds: dict[str, float] = {}
     with preserved_state(model, device.type):
         inputs = images.to(device=device, dtype=dtype).clone()  # a normal tensor, even from inference mode
         layers = resolve_target_layers(model, target_layer, inputs) if layer_methods else []
@@ -332,8 +338,9 @@ def explain_batch(
             logits=at_least_float32(logits.detach()),
             output_key=output_key,
         )
+        seconds["pass"] = time.perf_counter() - start
         maps = _layer_maps(
-            model, layer_methods, layers, activations, layer_gradients, context, method_kwargs, size
+            model, layer_methods, layers, activations, layer_gradients, context, method_kwargs, size, seconds
         )
         input_maps = InputInputs(
             gradients=None if input_gradient is None else at_least_float32(input_gradient),
@@ -341,14 +348,17 @@ def explain_batch(
         )
         bad_images = ~finite_rows(inputs.detach()) | ~finite_rows(logits.detach())
         for method in needed:
-            if method.kind == "input":
-                maps[method.name] = _normalized(method, method.compute(input_maps), size, bad_images)
-            elif method.kind == "combined":
-                maps[method.name] = _normalized(method, method.compute(maps), size, bad_images)
+            if method.kind == "layer":
+                continue
+            method_start = time.perf_counter()
+            raw = method.compute(input_maps if method.kind == "input" else maps)
+            maps[method.name] = _normalized(method, raw, size, bad_images)
+            seconds[method.name] = time.perf_counter() - method_start
     return Explanation(
         maps={m.name: maps[m.name].to(device=images.device, dtype=torch.float32) for m in requested},
         logits=logits.detach().float().to(images.device),
         targets=class_targets.to(images.device),
+        seconds=seconds,
     )
 
 
@@ -415,6 +425,7 @@ def _layer_maps(
     context: LayerInputs,
     method_kwargs: Mapping[str, Mapping[str, Any]],
     size: tuple[int, int],
+    seconds: dict[str, float],
 ) -> dict[str, Tensor]:
     per_method: dict[str, list[Tensor]] = {method.name: [] for method in methods}
     for (name, layer), activation, gradient in zip(layers, activations, gradients, strict=True):
@@ -433,8 +444,10 @@ def _layer_maps(
         )
         bad_images = ~finite_rows(activation)
         for method in methods:
+            method_start = time.perf_counter()
             raw = method.compute(inputs, **method_kwargs[method.name])
             per_method[method.name].append(_normalized(method, raw, size, bad_images))
+            seconds[method.name] = seconds.get(method.name, 0.0) + time.perf_counter() - method_start
     return {
         name: layer_maps[0] if len(layer_maps) == 1 else normalize_maps(torch.stack(layer_maps).mean(0), size)
         for name, layer_maps in per_method.items()

@@ -38,8 +38,9 @@ def test_metrics_are_logged_per_method_and_mask(tmp_path: Path) -> None:
     for method in ("gradcam", "layercam"):
         for metric in ("mass", "enrichment", "pointing_game"):
             assert f"cam/{method}/{metric}/mask" in tags
-        for metric in ("drift", "average_drop", "increase_in_confidence"):
+        for metric in ("drift", "average_drop", "increase_in_confidence", "seconds"):
             assert f"cam/{method}/{metric}" in tags
+    assert {"cam/pass_seconds", "cam/check_seconds"} <= tags
     drift = read_tensorboard_scalars(log_dir, "cam/gradcam/drift")
     assert [step for step, _ in drift] == [8, 12]  # from the second check on
     mass = read_tensorboard_scalars(log_dir, "cam/gradcam/mass/mask")

@@ -159,6 +159,14 @@ def test_one_forward_and_one_gradient_call_for_all_methods(monkeypatch: pytest.M
         handle.remove()
 
 
+def test_explain_batch_times_the_pass_and_each_method() -> None:
+    torch.manual_seed(0)
+    result = lc.explain_batch(SmallCNN(), torch.rand(2, 3, 16, 16), ("gradcam", "scorecam", "guided_gradcam"))
+    assert set(result.seconds) == {"pass", "gradcam", "scorecam", "guided_backprop", "guided_gradcam"}
+    assert all(value > 0 for value in result.seconds.values())
+    assert result.seconds["scorecam"] > result.seconds["gradcam"]  # its masked forwards are its own work
+
+
 def test_backward_stops_at_the_target_layer() -> None:
     torch.manual_seed(0)
     model = SmallCNN()
