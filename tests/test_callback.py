@@ -396,6 +396,21 @@ def test_background_writer_keeps_order_and_hands_back_errors() -> None:
     assert writer.close() == []
 
 
+def test_a_monitor_can_be_copied_and_pickled_after_writing(tmp_path: Path) -> None:
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    train, val = loaders()
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=4)
+    trainer(tmp_path, [monitor], max_epochs=1).fit(TinyClassifier(), train, val)
+    clone = pickle.loads(pickle.dumps(monitor))
+    assert torch.equal(clone.fixed.images, monitor.fixed.images) and clone.checks == 1
+    copied = copy.deepcopy(monitor)
+    copied._background.submit("job", lambda: None)
+    assert copied._background.drain() == []
+
+
 def test_a_custom_writer_failing_in_the_background_is_reported_once(tmp_path: Path) -> None:
     from lightning.pytorch.loggers import CSVLogger
 

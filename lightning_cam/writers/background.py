@@ -26,6 +26,13 @@ class BackgroundWriter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
+    def __getstate__(self) -> dict[str, int]:
+        """Copies and pickles (of a callback holding this) start empty, without the thread."""
+        return {"max_pending": self._jobs.maxsize}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__(state["max_pending"])  # type: ignore[misc]
+
     def submit(self, what: str, job: Callable[[], None]) -> None:
         """Queue ``job``; ``what`` names it in error reports."""
         if self._thread is None or not self._thread.is_alive():
