@@ -42,6 +42,11 @@ def _import_object(path: str) -> Any:
         raise ValueError(f"cannot import {path!r}: {error}") from error
 
 
+def _check_positive_int(name: str, value: object, error: type[Exception] = ValueError) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise error(f"CAMMonitor: {name} must be a positive integer; got {value!r}.")
+
+
 def _check_targets(targets: TargetChoice | Sequence[TargetChoice]) -> list[TargetChoice]:
     choices = [targets] if isinstance(targets, (str, int)) else list(targets)
     if not choices:
@@ -175,8 +180,7 @@ class CAMMonitor(Callback):
         super().__init__()
         self.methods = [method.name for method in resolve_methods(methods)]
         self.target_layer: TargetLayer = target_layer if isinstance(target_layer, str) else list(target_layer)
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}.")
+        _check_positive_int("num_samples", num_samples)
         self.num_samples = num_samples
         self.targets = _check_targets(targets)
         if every_n_epochs is not None and every_n_train_steps is not None:
@@ -185,10 +189,8 @@ class CAMMonitor(Callback):
                 f"(got every_n_epochs={every_n_epochs}, every_n_train_steps={every_n_train_steps})."
             )
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise MisconfigurationException(
-                    f"CAMMonitor: {name} must be a positive integer or None; got {value!r}."
-                )
+            if value is not None:
+                _check_positive_int(name, value, MisconfigurationException)
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs if every_n_epochs is not None or every_n_train_steps else 1
         self.class_names = list(class_names) if class_names is not None else None
@@ -227,10 +229,7 @@ class CAMMonitor(Callback):
         self.timeline_length = timeline_length
         self.class_means = class_means
         self.bias_report = bias_report
-        if not isinstance(summary_every_n_checks, int) or summary_every_n_checks < 1:
-            raise ValueError(
-                f"summary_every_n_checks must be a positive integer; got {summary_every_n_checks!r}."
-            )
+        _check_positive_int("summary_every_n_checks", summary_every_n_checks)
         self.summary_every_n_checks = summary_every_n_checks
         self._pending_summary: tuple[Callable[[], dict[str, Grid]], int] | None = None
         self.background_writes = background_writes
@@ -294,7 +293,7 @@ class CAMMonitor(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        self._finish_capture(trainer)
+        self._finish_capture()
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._check(trainer, pl_module)
 
@@ -306,11 +305,11 @@ class CAMMonitor(Callback):
         if self.fixed is None and not trainer.enable_validation:
             self._capture(batch)
             if self._buffer.is_complete(self._num_classes()):
-                self._finish_capture(trainer)
+                self._finish_capture()
         step = trainer.global_step
         if step > 0 and step % self.every_n_train_steps == 0 and step != self.last_check_step:
             if self.fixed is None and self._buffer.size > 0:
-                self._finish_capture(trainer)
+                self._finish_capture()
             self._check(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
@@ -348,7 +347,7 @@ class CAMMonitor(Callback):
             return
         self._buffer.add(images, labels, masks)
 
-    def _finish_capture(self, trainer: pl.Trainer) -> None:
+    def _finish_capture(self) -> None:
         if self.fixed is not None or self._buffer.size == 0:
             return
         self.fixed = self._buffer.select()
@@ -626,13 +625,16 @@ class CAMMonitor(Callback):
                 f"{explanation.logits.shape[1]} classes; pass one name per class. Showing class indices "
                 f"where a name is missing.",
             )
-        probabilities = explanation.logits.softmax(dim=1)
-        confidence, predicted = probabilities.max(dim=1)
-        labels = fixed.labels.tolist() if fixed.labels is not None else [None] * len(predicted)
+        confidence, predicted = explanation.logits.softmax(dim=1).max(dim=1)
+        rows = [confidence.double(), predicted.double()]
+        if fixed.labels is not None:
+            rows.append(fixed.labels.to(confidence.device).double())
+        values = torch.stack(rows).tolist()  # one transfer for every caption
+        labels = [int(label) for label in values[2]] if fixed.labels is not None else [None] * len(values[0])
         return [
             (f"true: {self._class_name(label)}\n" if label is not None else "")
-            + f"pred: {self._class_name(pred)} {conf:.0%}"
-            for label, pred, conf in zip(labels, predicted.tolist(), confidence.tolist(), strict=True)
+            + f"pred: {self._class_name(int(pred))} {conf:.0%}"
+            for label, pred, conf in zip(labels, values[1], values[0], strict=True)
         ]
 
     # ----------------------------------------------------------------- writers and faults

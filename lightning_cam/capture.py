@@ -17,7 +17,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ActivationCapture", "capture_activations", "forward_hooks", "preserved_rng", "preserved_state"]
+__all__ = [
+    "ActivationCapture",
+    "capture_activations",
+    "forward_hooks",
+    "model_device_dtype",
+    "preserved_rng",
+    "preserved_state",
+]
+
+
+def model_device_dtype(model: nn.Module, fallback: Tensor) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the model's first floating-point parameter (``fallback``'s without one)."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return fallback.device, fallback.dtype
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from lightning_cam.capture import capture_activations, preserved_state
+from lightning_cam.capture import capture_activations, model_device_dtype, preserved_state
 from lightning_cam.layers import TargetLayer, resolve_target_layers
 from lightning_cam.logits import OutputKey, select_logits
 from lightning_cam.methods import REGISTRY, InputInputs, LayerInputs, Method, guided_relus
@@ -186,13 +186,6 @@ def resolve_options(
     return resolved
 
 
-def _model_device_dtype(model: nn.Module, images: Tensor) -> tuple[torch.device, torch.dtype]:
-    for tensor in model.parameters():
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return images.device, images.dtype
-
-
 @dataclass(frozen=True)
 class Explanation:
     """The maps of one pass, with the logits and target classes they were computed for."""
@@ -280,7 +273,7 @@ def explain_batch(
     needed = with_requirements(requested)
     method_kwargs = resolve_options(needed, options, method_options)
     images = check_images(images)
-    device, dtype = _model_device_dtype(model, images)
+    device, dtype = model_device_dtype(model, images)
     size = (images.shape[-2], images.shape[-1])
     layer_methods = [m for m in needed if m.kind == "layer"]
     needs_layer_gradients = any(m.needs_gradients for m in layer_methods)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.capture import preserved_state
+from lightning_cam.capture import model_device_dtype, preserved_state
 from lightning_cam.logits import OutputKey, select_logits
 
 __all__ = [
@@ -112,8 +112,7 @@ def masked_confidence(
     names = list(maps)
     if not names:
         return {}
-    device = next((p.device for p in model.parameters()), images.device)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), images.dtype)
+    device, dtype = model_device_dtype(model, images)
     with preserved_state(model, device.type), torch.inference_mode():
         batch = torch.cat([images * maps[name][:, None].to(images) for name in names]).to(device, dtype)
         probabilities = select_logits(model(batch), output_key).float().softmax(dim=1)
