@@ -9,10 +9,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["FixedBatch", "Masks", "SampleBuffer", "Unpacked", "describe", "unpack_batch"]
+__all__ = ["FixedBatch", "Groups", "Masks", "SampleBuffer", "Unpacked", "describe", "unpack_batch"]
 
 Masks = dict[str, Tensor]
-Unpacked = tuple[Tensor, Tensor | None, Masks | None]
+Groups = list[int | str]
+Unpacked = (
+    tuple[Tensor, Tensor | None, Masks | None]
+    | tuple[Tensor, Tensor | None, Masks | None, Groups | Tensor | None]
+)
 
 
 def describe(value: Any, depth: int = 0) -> str:
@@ -41,40 +45,77 @@ def _as_masks(value: Any, name: str) -> Masks | None:
     raise ValueError(f"masks must be a tensor [B, H, W] or a dict of them; got {describe(value)}.")
 
 
+def _as_groups(value: Any, batch: int) -> Groups | None:
+    if value is None:
+        return None
+    groups = (
+        value.tolist()
+        if isinstance(value, Tensor)
+        else list(value)
+        if isinstance(value, (list, tuple))
+        else None
+    )
+    if groups is None or len(groups) != batch or not all(isinstance(g, (int, str)) for g in groups):
+        raise ValueError(
+            f"groups must hold one int or string per image ({batch}), e.g. a tensor [B] of site ids or a list "
+            f"of names; got {describe(value)}."
+        )
+    return groups
+
+
+def _split(
+    batch: Any, unpack: Callable[[Any], Unpacked] | None, keys: tuple[str, str, str, str]
+) -> tuple[Any, Any, Any, Any]:
+    image_key, label_key, mask_key, group_key = keys
+    if unpack is not None:
+        unpacked = unpack(batch)
+        if not isinstance(unpacked, (tuple, list)) or len(unpacked) not in (3, 4):
+            raise ValueError(
+                f"unpack must return (images, labels, masks) or (images, labels, masks, groups); it returned "
+                f"{describe(unpacked)}."
+            )
+        return (*unpacked, None) if len(unpacked) == 3 else tuple(unpacked)
+    if isinstance(batch, Tensor):
+        return batch, None, None, None
+    if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 4:
+        return tuple(batch) + (None,) * (4 - len(batch))
+    if isinstance(batch, Mapping) and image_key in batch:
+        return (
+            batch[image_key],
+            batch.get(label_key),
+            batch.get(mask_key, batch.get("masks")),
+            batch.get(group_key),
+        )
+    raise ValueError(
+        f"CAMMonitor cannot read this batch: {describe(batch)}. It reads a tensor, a tuple "
+        f"(images, labels[, masks[, groups]]) or a dict with keys {image_key!r}, {label_key!r}, {mask_key!r}, "
+        f"{group_key!r}; pass image_key/label_key/mask_key/group_key, or unpack=a function batch -> "
+        f"(images, labels, masks[, groups])."
+    )
+
+
 def unpack_batch(
     batch: Any,
     unpack: Callable[[Any], Unpacked] | None = None,
     image_key: str = "image",
     label_key: str = "label",
     mask_key: str = "mask",
-) -> Unpacked:
-    """Read ``(images, labels, masks)`` out of a batch.
+    group_key: str = "group",
+) -> FixedBatch:
+    """Read images, labels, masks and groups out of a batch.
 
-    Without ``unpack``: a tensor (images only), a tuple/list ``(x, y)`` or ``(x, y, masks)``, or a
-    dict with ``image_key``, ``label_key`` and ``mask_key`` (or ``"masks"``). ``masks`` is a tensor
-    ``[B, H, W]`` (named ``"mask"``) or a dict of named masks. Anything else raises ``ValueError``
-    showing the batch's structure.
+    Without ``unpack``: a tensor (images only), a tuple/list ``(x, y[, masks[, groups]])``, or a dict
+    with ``image_key``, ``label_key``, ``mask_key`` (or ``"masks"``) and ``group_key``. ``masks`` is a
+    tensor ``[B, H, W]`` (named ``mask_key``) or a dict of named masks; ``groups`` one int or string
+    per image (site, sex, scanner). Anything else raises ``ValueError`` showing the batch's structure.
+
+    Example::
+
+        >>> parts = unpack_batch({"image": torch.rand(2, 3, 8, 8), "label": torch.tensor([0, 1])})
+        >>> parts.labels.tolist(), parts.masks, parts.groups
+        ([0, 1], None, None)
     """
-    if unpack is not None:
-        unpacked = unpack(batch)
-        if not isinstance(unpacked, (tuple, list)) or len(unpacked) != 3:
-            raise ValueError(f"unpack must return (images, labels, masks); it returned {describe(unpacked)}.")
-        images, labels, masks = unpacked
-    elif isinstance(batch, Tensor):
-        images, labels, masks = batch, None, None
-    elif isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3:
-        images = batch[0]
-        labels = batch[1] if len(batch) > 1 else None
-        masks = batch[2] if len(batch) > 2 else None
-    elif isinstance(batch, Mapping) and image_key in batch:
-        images, labels = batch[image_key], batch.get(label_key)
-        masks = batch.get(mask_key, batch.get("masks"))
-    else:
-        raise ValueError(
-            f"CAMMonitor cannot read this batch: {describe(batch)}. It reads a tensor, a tuple "
-            f"(images, labels[, masks]) or a dict with keys {image_key!r}, {label_key!r}, {mask_key!r}; "
-            f"pass image_key/label_key/mask_key, or unpack=a function batch -> (images, labels, masks)."
-        )
+    images, labels, masks, groups = _split(batch, unpack, (image_key, label_key, mask_key, group_key))
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         raise ValueError(
             f"CAMMonitor needs images as a float tensor [B, C, H, W]; the batch {describe(batch)} gave "
@@ -90,24 +131,27 @@ def unpack_batch(
             f"CAMMonitor needs labels as integer class indices [B] ({len(images)}); got {describe(labels)}. "
             f"Pass unpack=a function batch -> (images, labels or None, masks)."
         )
-    return images, labels, _as_masks(masks, mask_key)
+    return FixedBatch(images, labels, _as_masks(masks, mask_key), _as_groups(groups, len(images)))
 
 
 @dataclass
 class FixedBatch:
-    """The samples explained at every check: images, their labels and masks, if any."""
+    """Samples to explain: images, and their labels, masks and groups where the batch has them."""
 
     images: Tensor
     labels: Tensor | None = None
     masks: Masks | None = None
+    groups: Groups | None = None
 
     def to(self, device: torch.device) -> FixedBatch:
+        """The same samples with every tensor on ``device``."""
         masks = None if self.masks is None else {name: m.to(device) for name, m in self.masks.items()}
         labels = None if self.labels is None else self.labels.to(device)
-        return FixedBatch(self.images.to(device), labels, masks)
+        return FixedBatch(self.images.to(device), labels, masks, self.groups)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images.cpu(), "labels": self.labels, "masks": self.masks}
+        """Every tensor on the CPU, for the checkpoint."""
+        return vars(self.to(torch.device("cpu")))
 
 
 @dataclass
@@ -121,14 +165,19 @@ class SampleBuffer:
     """
 
     num_samples: int
-    samples: dict[int | None, list[tuple[Tensor, Masks | None]]] = field(default_factory=dict)
+    samples: dict[int | None, list[tuple[Tensor, Masks | None, int | str | None]]] = field(
+        default_factory=dict
+    )
 
     @property
     def size(self) -> int:
         return sum(len(items) for items in self.samples.values())
 
-    def add(self, images: Tensor, labels: Tensor | None, masks: Masks | None) -> None:
-        classes: list[int | None] = [None] * len(images) if labels is None else labels.tolist()
+    def add(self, batch: FixedBatch) -> None:
+        """Keep copies of the rows of ``batch`` that make the selection more balanced."""
+        classes: list[int | None] = (
+            [None] * len(batch.images) if batch.labels is None else batch.labels.tolist()
+        )
         with torch.inference_mode(False), torch.no_grad():
             for row, label in enumerate(classes):
                 kept = self.samples.setdefault(label, [])
@@ -139,8 +188,11 @@ class SampleBuffer:
                     if len(largest) <= len(kept) + 1:
                         continue
                     largest.pop()
-                sample_masks = None if masks is None else {name: m[row].clone() for name, m in masks.items()}
-                kept.append((images[row].clone(), sample_masks))
+                masks = (
+                    None if batch.masks is None else {name: m[row].clone() for name, m in batch.masks.items()}
+                )
+                group = None if batch.groups is None else batch.groups[row]
+                kept.append((batch.images[row].clone(), masks, group))
 
     def is_complete(self, num_classes: int | None) -> bool:
         """Whether more batches could not make the selection more balanced."""
@@ -153,7 +205,7 @@ class SampleBuffer:
 
     def select(self) -> FixedBatch:
         """Up to ``num_samples`` samples, taking one of each class in turn (classes by first appearance)."""
-        chosen: list[tuple[int | None, Tensor, Masks | None]] = []
+        chosen: list[tuple[int | None, Tensor, Masks | None, int | str | None]] = []
         depth = 0
         while len(chosen) < self.num_samples and depth < self.num_samples:
             for label, items in self.samples.items():
@@ -164,14 +216,11 @@ class SampleBuffer:
             raise ValueError("no samples were captured")
         first_seen = {label: index for index, label in enumerate(self.samples)}
         chosen.sort(key=lambda item: first_seen[item[0]])  # rows grouped by class, stable
-        images = torch.stack([image for _, image, _ in chosen])
-        labels = (
-            None
-            if chosen[0][0] is None
-            else torch.tensor([label for label, _, _ in chosen], device=images.device)
+        labels, images, masks, groups = zip(*chosen, strict=True)
+        stacked = torch.stack(images)
+        return FixedBatch(
+            stacked,
+            None if labels[0] is None else torch.tensor(labels, device=stacked.device),
+            None if masks[0] is None else {name: torch.stack([m[name] for m in masks]) for name in masks[0]},
+            None if groups[0] is None else list(groups),
         )
-        masks = None
-        if chosen[0][2] is not None:
-            names = chosen[0][2].keys()
-            masks = {name: torch.stack([m[name] for _, _, m in chosen if m is not None]) for name in names}
-        return FixedBatch(images, labels, masks)

@@ -20,16 +20,15 @@ from lightning_cam.logits import OutputKey, select_logits
 __all__ = [
     "as_distribution",
     "average_drop",
-    "bias_report",
     "class_mean_maps",
     "drift",
     "enrichment",
-    "format_table",
     "increase_in_confidence",
     "masked_confidence",
     "mass_in_mask",
     "nanmean",
     "pointing_game",
+    "slice_means",
 ]
 
 
@@ -128,46 +127,10 @@ def class_mean_maps(maps: Tensor, labels: Tensor, num_classes: int) -> tuple[Ten
     return sums / counts.clamp(min=1)[:, None, None], counts > 0
 
 
-def bias_report(
-    first: Mapping[str, Mapping[str, float]], last: Mapping[str, Mapping[str, float]]
-) -> tuple[list[str], list[list[object]], list[str]]:
-    """A table (columns, rows) of mass and enrichment per ``"<method>/<mask>"`` at the first and last
-    check, and one reading per row, e.g. "gradcam puts 64% of its mass on `cue` (3% of the image):
-    21.3x enrichment"."""
-    columns = [
-        "method",
-        "mask",
-        "mask area",
-        "mass first",
-        "mass last",
-        "enrichment first",
-        "enrichment last",
-    ]
-    rows: list[list[object]] = []
-    readings = []
-    for key in sorted(last):
-        method, _, mask = key.partition("/")
-        start, end = first.get(key, last[key]), last[key]
-        rows.append(
-            [
-                method,
-                mask,
-                round(end["area"], 4),
-                round(start["mass"], 4),
-                round(end["mass"], 4),
-                round(start["enrichment"], 2),
-                round(end["enrichment"], 2),
-            ]
-        )
-        readings.append(
-            f"{method} puts {end['mass']:.0%} of its mass on `{mask}` ({end['area']:.0%} of the image): "
-            f"{end['enrichment']:.1f}x enrichment (first check: {start['mass']:.0%}, {start['enrichment']:.1f}x)"
-        )
-    return columns, rows, readings
-
-
-def format_table(columns: list[str], rows: list[list[object]]) -> str:
-    """A Markdown table (TensorBoard renders it; it also reads as plain text)."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
-    return "\n".join(lines)
+def slice_means(values: Tensor, membership: Tensor) -> Tensor:
+    """The NaN-ignoring mean of per-image ``values`` ``[B]`` over each slice of images
+    (``membership`` ``[S, B]`` bool): ``[S]``, NaN for a slice without a defined value."""
+    defined = membership & ~values.isnan()[None]
+    sums = torch.where(defined, values[None], torch.zeros_like(values[None])).sum(dim=1)
+    counts = defined.sum(dim=1)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))

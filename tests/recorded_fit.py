@@ -22,7 +22,7 @@ from lightning_cam import CAMMonitor
 from lightning_cam.demo.data import CLASS_NAMES, ShapesConfig, ShapesDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lit_helpers import TinyClassifier  # noqa: E402
+from lit_helpers import TinyClassifier
 
 
 class RecordingLogger(Logger):

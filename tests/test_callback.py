@@ -300,7 +300,7 @@ def test_unreadable_batches_report_their_structure_and_training_goes_on(tmp_path
 
 def test_unpack_function_by_import_path(tmp_path: Path) -> None:
     monitor = CAMMonitor(unpack="lit_helpers.unpack_reversed")
-    assert monitor.unpack is not None and monitor.unpack.__name__ == "unpack_reversed"
+    assert monitor.config.unpack is not None and monitor.config.unpack.__name__ == "unpack_reversed"
 
 
 def test_class_names_of_the_wrong_length_warn_and_training_goes_on(tmp_path: Path) -> None:
@@ -407,8 +407,8 @@ def test_a_monitor_can_be_copied_and_pickled_after_writing(tmp_path: Path) -> No
     clone = pickle.loads(pickle.dumps(monitor))
     assert torch.equal(clone.fixed.images, monitor.fixed.images) and clone.checks == 1
     copied = copy.deepcopy(monitor)
-    copied._background.submit("job", lambda: None)
-    assert copied._background.drain() == []
+    copied.publisher._background.submit("job", lambda: None)
+    assert copied.publisher._background.drain() == []
 
 
 def test_a_custom_writer_failing_in_the_background_is_reported_once(tmp_path: Path) -> None:

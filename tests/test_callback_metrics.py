@@ -84,7 +84,7 @@ def test_drift_is_zero_without_a_training_step_between_checks(tmp_path: Path) ->
     fit.fit(model, train, val)
     before = read_tensorboard_scalars(logger.log_dir, "cam/gradcam/drift")
     assert before[-1][1] > 1e-4  # training moved the maps
-    monitor._check(fit, model)  # again, with no step in between
+    monitor.run_check(fit, model)  # again, with no step in between
     logger.experiment.flush()
     after = read_tensorboard_scalars(logger.log_dir, "cam/gradcam/drift")
     assert len(after) == len(before) + 1
@@ -112,7 +112,7 @@ def test_drift_continues_after_resuming_from_a_checkpoint(tmp_path: Path) -> Non
     drift = read_tensorboard_scalars(logger.log_dir, "cam/gradcam/drift")
     assert [step for step, _ in drift] == [12]  # the first check after resuming already has a drift
     assert drift[0][1] == pytest.approx(expected[12], abs=1e-5)
-    assert resumed.history.timeline["cam/gradcam"][0][0] == 4  # the timeline came back too
+    assert resumed.history.timeline["predicted/gradcam"][0][0] == 4  # the timeline came back too
 
 
 def test_bias_report_at_the_end_of_fit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -127,8 +127,10 @@ def test_bias_report_at_the_end_of_fit(tmp_path: Path, caplog: pytest.LogCapture
     accumulator.Reload()
     assert "cam/bias_report/text_summary" in accumulator.Tags()["tensors"]
     text = accumulator.Tensors("cam/bias_report/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert "| method | mask | mask area |" in text and "enrichment" in text
-    assert set(monitor.history.first) == {"gradcam/mask"} and monitor.history.first != monitor.history.last
+    assert "| method | mask | slice | samples | accuracy | mask area |" in text and "enrichment peak" in text
+    classes = {f"gradcam/mask/class={label}" for label in monitor.fixed.labels.tolist()}
+    assert set(monitor.history.first) == {"gradcam/mask/all"} | classes
+    assert monitor.history.first != monitor.history.last
 
 
 def test_state_dict_stays_small_over_many_checks(tmp_path: Path) -> None:

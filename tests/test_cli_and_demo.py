@@ -36,10 +36,12 @@ def test_lightning_cli_builds_cam_monitor_from_each_preset(preset: Path, tmp_pat
     monitors = [cb for cb in cli.trainer.callbacks if isinstance(cb, CAMMonitor)]
     assert len(monitors) == 1
     expected = yaml.safe_load(preset.read_text())["trainer"]["callbacks"][0]["init_args"]
-    assert monitors[0].methods == expected["methods"]
-    assert monitors[0].num_samples == expected["num_samples"]
+    config = monitors[0].config
+    assert config.methods == expected["methods"]
+    assert config.num_samples == expected["num_samples"]
     targets = expected.get("targets", "predicted")
-    assert monitors[0].targets == (targets if isinstance(targets, list) else [targets])
+    assert list(config.targets) == (targets if isinstance(targets, list) else [targets])
+    assert config.alerts == expected.get("alerts") and config.stop_on_alert == expected.get("stop_on_alert", False)
 
 
 @pytest.mark.slow

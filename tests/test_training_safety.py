@@ -19,7 +19,7 @@ from lit_helpers import TinyClassifier, loaders, trainer
 from torch import nn
 
 import lightning_cam as lc
-import lightning_cam.callback as callback_module
+import lightning_cam.check as check_module
 from lightning_cam import CAMMonitor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,14 +128,14 @@ def test_sharded_strategies_are_refused_at_setup() -> None:
 
 def recorded_explanations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict, object]]:
     records: list[tuple[dict, object]] = []
-    original = callback_module.explain_batch
+    original = check_module.explain_batch
 
     def recording(*args: object, **kwargs: object) -> object:
         result = original(*args, **kwargs)
         records.append((kwargs, result))
         return result
 
-    monkeypatch.setattr(callback_module, "explain_batch", recording)
+    monkeypatch.setattr(check_module, "explain_batch", recording)
     return records
 
 
@@ -249,7 +249,7 @@ def test_a_failing_method_is_reported_once_and_the_others_go_on(tmp_path: Path) 
     reports = [str(w.message) for w in caught if "ablationcam failed" in str(w.message)]
     assert len(reports) == 1
     assert "Traceback" in reports[0] and "use scorecam" in reports[0]
-    assert monitor._failed == {"ablationcam"}
+    assert monitor.faults.failed_methods == {"ablationcam"}
     assert len(list((tmp_path / "cam" / "predicted").glob("*.png"))) == 3  # gradcam at every check
     with pytest.raises(ValueError, match="ablationcam runs the layers after 'conv'"):
         strict = CAMMonitor(
@@ -273,7 +273,7 @@ def test_two_hundred_checks_do_not_grow_memory_tensors_or_hooks(tmp_path: Path) 
     fit.fit(model, train, val)
     samples = []
     for index in range(200):
-        monitor._check(fit, model)
+        monitor.run_check(fit, model)
         if index in (99, 199):
             gc.collect()
             tensors = sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
@@ -285,4 +285,4 @@ def test_two_hundred_checks_do_not_grow_memory_tensors_or_hooks(tmp_path: Path) 
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
     )
     assert hooks == 0
-    assert all(len(entries) == monitor.timeline_length for entries in monitor.history.timeline.values())
+    assert all(len(entries) == monitor.config.timeline_length for entries in monitor.history.timeline.values())

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_helpers import TinyClassifier, loaders
 
-import lightning_cam.callback as callback_module
+import lightning_cam.check as check_module
 from lightning_cam import CAMMonitor
 
 
@@ -24,14 +24,14 @@ def main(out: Path) -> None:
     train, val = loaders(num_train=64, num_val=32, batch_size=8)
     monitor = CAMMonitor(methods=["gradcam", "layercam"], num_samples=4, strict=True)
     last_maps: dict[str, torch.Tensor] = {}
-    explain_batch = callback_module.explain_batch
+    explain_batch = check_module.explain_batch
 
     def recording_explain(*args: object, **kwargs: object) -> object:
         result = explain_batch(*args, **kwargs)
         last_maps.update(result.maps)
         return result
 
-    callback_module.explain_batch = recording_explain
+    check_module.explain_batch = recording_explain
     model = TinyClassifier()
     trainer = pl.Trainer(
         accelerator="cpu",

@@ -1,0 +1,177 @@
+"""Publishing a check: draw its grids (on the device), and hand grids, scalars, reports and alerts to
+one writer per attached logger, on a background thread. Faults are reported through
+:class:`~lightning_cam.faults.Faults`, never raised into training unless ``strict``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lightning_cam import metrics
+from lightning_cam.batch import FixedBatch
+from lightning_cam.bias_report import BiasReport
+from lightning_cam.check import CheckResult
+from lightning_cam.config import MonitorConfig
+from lightning_cam.faults import Faults
+from lightning_cam.history import AttentionHistory, series_key
+from lightning_cam.render import Grid, apply_colormap, display_images, render_grid, render_table
+from lightning_cam.writers import PNGWriter, Writer, writer_for
+from lightning_cam.writers.background import BackgroundWriter
+
+__all__ = ["Publisher", "SummaryInputs"]
+
+TIMELINE_TILE = 64  # timelines are wide: their tiles are enlarged less than the grid's
+
+
+@dataclass(frozen=True)
+class SummaryInputs:
+    """What the timelines and per-class mean maps of a check are drawn from besides the maps: small
+    host values, kept between checks so that the last check's summary can be drawn at the end of fit
+    from the history's maps without keeping anything else on the device."""
+
+    step: int
+    target: str
+    methods: tuple[str, ...]
+    captions: list[str]
+    num_classes: int
+
+
+class Publisher:
+    """Draws what a check produced and writes it through every attached logger's writer.
+
+    Example::
+
+        >>> publisher = Publisher(MonitorConfig(), Faults(strict=False))
+        >>> publisher.attach(trainer.loggers, trainer.default_root_dir)  # doctest: +SKIP
+        >>> publisher.publish_check(result, history, labels)  # doctest: +SKIP
+    """
+
+    def __init__(self, config: MonitorConfig, faults: Faults) -> None:
+        self.config, self.faults = config, faults
+        self.writers: list[Writer] | None = None
+        self._background = BackgroundWriter()
+
+    def attach(self, loggers: Sequence[Any], root: str | Path) -> list[Writer]:
+        """One writer per logger (PNG files for a logger without an adapter, or without any logger)."""
+        if self.writers is None:
+            self.writers = [self._writer_for(logger, root) for logger in loggers]
+            if not loggers:
+                rank_zero_info(
+                    f"CAMMonitor: no logger is attached; grids are saved as PNG files under {root}/cam."
+                )
+                self.writers.append(PNGWriter(root))
+        return self.writers
+
+    def _writer_for(self, logger: Any, root: str | Path) -> Writer:
+        writer = writer_for(logger)
+        if writer is not None:
+            return writer
+        self.faults.warn_once(
+            f"writer:{type(logger).__name__}",
+            f"CAMMonitor: no image writer for {type(logger).__name__}; its grids are saved as PNG files and its "
+            f"scalars still go through its log_metrics. Register one with lightning_cam.writers.register_writer.",
+        )
+        directory = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or root
+        return PNGWriter(str(directory), logger)
+
+    def publish_check(self, result: CheckResult, images: Mapping[str, Grid]) -> None:
+        """The grid of every target choice, and ``images`` (summaries), at the check's step."""
+        grids = {
+            f"{self.config.name}/{target.name}/grid": render_grid(
+                result.shown,
+                target.explanation.maps,
+                target.captions,
+                colormap=self.config.colormap,
+                alpha=self.config.alpha,
+            )
+            for target in result.targets
+        }
+        for tag, grid in {**grids, **images}.items():
+            self._each_writer(
+                lambda writer, tag=tag, grid=grid: partial(writer.log_grid, tag, grid, result.step)
+            )
+
+    def summary_images(
+        self, summary: SummaryInputs, shown: Tensor, labels: Tensor | None, history: AttentionHistory
+    ) -> dict[str, Grid]:
+        """Per method: the timeline (each sample's last maps side by side) and the per-class mean maps
+        (of the maps of the summary's check: the history's latest)."""
+        config, images = self.config, {}
+        for method in summary.methods:
+            key = series_key(summary.target, method)
+            steps, timeline = history.timeline_of(key, shown.device)
+            if steps:
+                columns = {f"step {s}": maps for s, maps in zip(steps, timeline, strict=True)}
+                images[f"{config.name}/{method}/timeline"] = render_grid(
+                    shown,
+                    columns,
+                    summary.captions,
+                    colormap=config.colormap,
+                    alpha=config.alpha,
+                    min_tile=TIMELINE_TILE,
+                )
+            if config.class_means and labels is not None:
+                means, present = metrics.class_mean_maps(
+                    history.previous[key].to(shown.device), labels, summary.num_classes
+                )
+                names = [config.class_name(c) for c in range(summary.num_classes) if bool(present[c])]
+                tiles = apply_colormap(means[present], config.colormap)[None]
+                images[f"{config.name}/{method}/class_means"] = render_table(
+                    tiles, names, [f"{method}\nmean map"]
+                )
+        return images
+
+    def publish_summary(self, summary: SummaryInputs, fixed: FixedBatch, history: AttentionHistory) -> None:
+        """The timelines and class means of an earlier check (``summary``), drawn from the history."""
+        shown = display_images(fixed.images, self.config.image_mean, self.config.image_std)
+        for tag, grid in self.summary_images(summary, shown, fixed.labels, history).items():
+            self._each_writer(
+                lambda writer, tag=tag, grid=grid: partial(writer.log_grid, tag, grid, summary.step)
+            )
+
+    def publish_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+        """Scalars through each logger's ``log_metrics``, on the training thread (they are small)."""
+        for writer in self.writers or []:
+            with self.faults.guard(f"writer {type(writer).__name__}"):
+                writer.log_metrics(dict(scalars), step)
+
+    def publish_report(self, tag: str, report: BiasReport, step: int) -> None:
+        """A table (TensorBoard text, W&B table, Markdown file), printed too."""
+        rank_zero_info(f"CAMMonitor bias report ({tag}: attention mass per method, mask and slice):\n{report.text}")
+        self._each_writer(
+            lambda writer: partial(writer.log_report, tag, report.columns, report.rows, report.text, step)
+        )
+
+    def publish_text(self, tag: str, text: str, step: int) -> None:
+        """A line of text (an alert), through each writer's report channel."""
+        self._each_writer(lambda writer: partial(writer.log_report, tag, ["message"], [[text]], text, step))
+
+    def _each_writer(self, job_for: Callable[[Writer], Callable[[], None]]) -> None:
+        for writer in self.writers or []:
+            what = f"writer {type(writer).__name__}"
+            if self.config.background_writes and not self.faults.strict:
+                self._background.submit(what, job_for(writer))
+            else:
+                with self.faults.guard(what):
+                    job_for(writer)()
+
+    def take_errors(self) -> None:
+        """Report the errors of the background writes so far."""
+        for what, error in self._background.take_errors():
+            self.faults.report(what, error)
+
+    def flush(self) -> None:
+        """Wait until everything submitted so far is written; report its errors."""
+        for what, error in self._background.drain():
+            self.faults.report(what, error)
+
+    def close(self) -> None:
+        """Flush, then stop the background thread."""
+        for what, error in self._background.close():
+            self.faults.report(what, error)

@@ -1,0 +1,129 @@
+"""What CAMMonitor reads from the Trainer and writes back to it: the network to explain, the precision,
+the strategy, the checks that would never run, and the scalars shared with every rank."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import nn
+
+from lightning_cam.config import MonitorConfig
+from lightning_cam.faults import Faults
+from lightning_cam.layers import resolve_target_layers
+
+__all__ = ["autocast_dtype", "check_strategy", "explained_network", "share_scalars", "warn_if_silent"]
+
+SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+
+
+def check_strategy(trainer: pl.Trainer) -> None:
+    """Refuse sharded strategies: rank 0 alone runs the explaining forward, and a sharded forward's
+    all-gathers would wait for the other ranks forever."""
+    strategy = type(trainer.strategy).__name__
+    if any(name in strategy for name in SHARDED):
+        raise MisconfigurationException(
+            f"CAMMonitor does not support sharded strategies ({strategy}): explaining runs the model "
+            f"on global rank 0 alone, and a sharded forward needs every rank. Supported: single device, "
+            f"'ddp' (and its spawn/fork variants), 'ddp_notebook', 'dp'."
+        )
+
+
+def explained_network(
+    pl_module: pl.LightningModule, config: MonitorConfig, faults: Faults, at_setup: bool = False
+) -> nn.Module:
+    """The module to explain: the LightningModule, or its ``model_attr`` submodule (a compiled one's
+    eager module). ``at_setup``: also warn about compiled submodules and check the layer names now."""
+    network: nn.Module = pl_module
+    if config.model_attr is not None:
+        network = getattr(pl_module, config.model_attr, None)
+        if not isinstance(network, nn.Module):
+            children = ", ".join(name for name, _ in pl_module.named_children()) or "none"
+            raise MisconfigurationException(
+                f"CAMMonitor(model_attr={config.model_attr!r}): {type(pl_module).__name__} has no such "
+                f"submodule; its submodules are: {children}."
+            )
+        network = getattr(network, "_orig_mod", network)  # explain a torch.compile'd network eagerly
+    if at_setup:
+        _check_network(network, config, faults)
+    return network
+
+
+def _check_network(network: nn.Module, config: MonitorConfig, faults: Faults) -> None:
+    compiled = [name for name, module in network.named_modules() if hasattr(module, "_orig_mod")]
+    if compiled:
+        faults.warn_once(
+            "compiled",
+            f"CAMMonitor: {', '.join(compiled)} is torch.compile'd; pass model_attr={compiled[0]!r} so that "
+            f"the eager module is explained (hooks on a compiled module's layers make it recompile).",
+        )
+    names = [config.target_layer] if isinstance(config.target_layer, str) else config.target_layer
+    named = [name for name in names if name != "auto"]
+    if named:  # a misspelt layer name fails here, before training starts, not at the first check
+        resolve_target_layers(network, named, sample=torch.empty(0))
+
+
+def autocast_dtype(trainer: pl.Trainer, config: MonitorConfig) -> torch.dtype | None:
+    """The trainer's mixed-precision dtype when ``perturbation_autocast`` is on, else ``None``."""
+    if not config.perturbation_autocast:
+        return None
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
+
+
+def share_scalars(trainer: pl.Trainer, scalars: Mapping[str, float]) -> dict[str, float]:
+    """Rank 0's scalars on every rank (one small broadcast under DDP, which every rank calls at the
+    same check), put in ``trainer.callback_metrics`` for ``EarlyStopping`` and ``ModelCheckpoint``."""
+    shared = dict(trainer.strategy.broadcast(dict(scalars), src=0) if trainer.world_size > 1 else scalars)
+    trainer.callback_metrics.update(
+        {tag: torch.tensor(value, dtype=torch.float32) for tag, value in shared.items()}
+    )
+    return shared
+
+
+def warn_if_silent(trainer: pl.Trainer, pl_module: pl.LightningModule, monitor: Any, stage: str) -> None:
+    """Warn once when this monitor would log nothing, or the same tags as another monitor."""
+    config: MonitorConfig = monitor.config
+    if stage != "fit":
+        rank_zero_warn(
+            f"CAMMonitor explains during trainer.fit only: trainer.{stage}() logs nothing from it. To explain a "
+            f"trained model, call lightning_cam.explain(model, images), or attach CAMMonitor to trainer.fit."
+        )
+        return
+    reason = _why_no_validation_check(trainer, pl_module, config)
+    if reason:
+        rank_zero_warn(
+            f"CAMMonitor(every_n_epochs={config.every_n_epochs}) will never check: {reason}. Use "
+            f"every_n_train_steps=N instead (the images are then taken from the training batches)."
+        )
+    same = [
+        cb
+        for cb in trainer.callbacks
+        if getattr(cb, "config", None) is not None and type(cb) is type(monitor)
+    ]
+    same = [cb for cb in same if cb.config.name == config.name]
+    if len(same) > 1 and same[-1] is monitor:
+        rank_zero_warn(
+            f"{len(same)} CAMMonitors log under the same tags '{config.name}/...' and overwrite each other; give "
+            f"each its own name, e.g. CAMMonitor(name='{config.name}_2')."
+        )
+
+
+def _why_no_validation_check(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, config: MonitorConfig
+) -> str:
+    if config.every_n_epochs is None:
+        return ""
+    if trainer.limit_val_batches == 0:
+        return "limit_val_batches=0 turns validation off"
+    if not is_overridden("validation_step", pl_module):
+        return f"{type(pl_module).__name__} has no validation_step, so no validation epoch runs"
+    epochs = trainer.max_epochs
+    every = config.every_n_epochs * (trainer.check_val_every_n_epoch or 1)
+    if epochs is not None and 0 < epochs < every:
+        return f"the first check would come after epoch {every} but max_epochs={epochs}"
+    return ""
