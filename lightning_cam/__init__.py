@@ -1,12 +1,43 @@
 """lightning-cam: explain a model while it trains.
 
 ``explain()`` computes class-activation maps in one guarded pass over any ``nn.Module``;
-``CAMMonitor`` is the Lightning callback that logs them during ``trainer.fit``.
+``CAMMonitor`` is the Lightning callback that logs them during ``trainer.fit``. Importing the
+package does not import Lightning: ``CAMMonitor``, ``Writer`` and ``register_writer`` are loaded
+the first time they are used.
 """
 
-from lightning_cam.callback import CAMMonitor
-from lightning_cam.engine import METHODS, Explanation, explain, explain_batch
-from lightning_cam.writers import Writer, register_writer
+from __future__ import annotations
 
-__all__ = ["METHODS", "CAMMonitor", "Explanation", "Writer", "explain", "explain_batch", "register_writer"]
+from typing import TYPE_CHECKING, Any
+
+from lightning_cam import metrics
+from lightning_cam.engine import METHODS, Explanation, explain, explain_batch
+
+if TYPE_CHECKING:
+    from lightning_cam.callback import CAMMonitor
+    from lightning_cam.writers import Writer, register_writer
+
+__all__ = [
+    "METHODS",
+    "CAMMonitor",
+    "Explanation",
+    "Writer",
+    "explain",
+    "explain_batch",
+    "metrics",
+    "register_writer",
+]
 __version__ = "0.1.0"
+
+_LAZY = {"CAMMonitor": "lightning_cam.callback", "Writer": "lightning_cam.writers", "register_writer": "lightning_cam.writers"}
+
+
+def __getattr__(name: str) -> Any:
+    """Load the Lightning-side names on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lightning_cam' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -248,3 +248,21 @@ def test_perturbation_forwards_under_autocast() -> None:
     for name in exact:
         assert fast[name].dtype == torch.float32 and torch.isfinite(fast[name]).all()
         assert (fast[name] - exact[name]).abs().mean() < 0.05
+
+
+def test_ablationcam_batches_the_rows_of_all_images_in_its_forwards() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN().double()  # features.4 has K = 16 channels: 17 rows per image
+    images = torch.rand(4, 3, 16, 16, dtype=torch.float64)
+    forwards: list[int] = []
+    handle = model.features[0].register_forward_pre_hook(lambda _m, args: forwards.append(args[0].shape[0]))
+    try:
+        maps = lc.explain(model, images, "ablationcam", "features.4", chunk_size=30)["ablationcam"]
+    finally:
+        handle.remove()
+    # The shared pass (4 images), then ceil(68 / 30) = 3 chunks that mix images: rows 0-29 span
+    # images 0-1, rows 30-59 images 1-3, rows 60-67 image 3.
+    assert forwards == [4, 2, 3, 1]
+    predicted = model(images).argmax(1).tolist()
+    reference = ablationcam_reference(model, model.features[4], images, predicted)
+    assert (maps.double() - reference).abs().max() <= 1e-5

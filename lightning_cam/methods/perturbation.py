@@ -34,11 +34,16 @@ def default_chunk_size(sample: Tensor, rows: int, budget_bytes: int = MEMORY_BUD
     return max(1, min(rows, budget_bytes // per_row))
 
 
-def run_in_chunks(rows: int, chunk_size: int, run: Callable[[int, int], Tensor], what: str) -> Tensor:
-    """``torch.cat([run(start, stop) for each chunk])``; on CUDA out-of-memory, halve the chunk and retry."""
+def run_in_chunks(
+    rows: int, chunk_size: int, run: Callable[[int, int], Tensor], what: str, align: int | None = None
+) -> Tensor:
+    """``torch.cat([run(start, stop) for each chunk])``; on CUDA out-of-memory, halve the chunk and retry.
+    With ``align``, no chunk crosses a multiple of ``align``."""
     results, start = [], 0
     while start < rows:
         stop = min(rows, start + chunk_size)
+        if align is not None:
+            stop = min(stop, (start // align + 1) * align)
         try:
             results.append(run(start, stop))
         except torch.cuda.OutOfMemoryError:
@@ -147,6 +152,10 @@ def _replaced_output(layer: nn.Module, replacement: Tensor) -> Iterator[None]:
         yield
 
 
+class _AblationMismatchError(ValueError):
+    """Running only the layers after the target layer did not reproduce the model's logits."""
+
+
 @register("ablationcam", options=dict(_PERTURBATION_OPTIONS))
 def ablationcam(
     inputs: LayerInputs, chunk_size: int | None = None, autocast_dtype: torch.dtype | None = None
@@ -154,59 +163,88 @@ def ablationcam(
     """Ablation-CAM (Desai & Ramaswamy, 2020): ``w_k = (y^c - y^c_k) / y^c``, with ``y^c_k`` the
     target logit when channel ``k`` of ``A`` is set to zero.
 
-    The layers before the target layer run once per image and chunk (on that one image); the
-    layers after it run on a batch of ablated copies of the layer's output, one channel zeroed per
-    copy. A first, unablated copy per image checks that this reproduces the model's logits.
+    Each image gets ``K + 1`` rows: an unablated control (it checks that running only the layers
+    after the target layer reproduces the model's logits), then one copy per channel with that
+    channel zeroed. The rows of all images are batched together in chunks: the layers before the
+    target layer run once per chunk on the chunk's images, and the layers after it on the rows.
+    A target layer whose block adds a tensor computed before it (a residual connection) cannot mix
+    images in one forward; it gets one image per forward, whose prefix output broadcasts.
 
     Options:
         chunk_size: ablated copies per forward (default: fits a 512 MiB budget).
         autocast_dtype: run the ablated forwards under autocast with this dtype.
     """
-    model, images = _require_model(inputs)
     assert inputs.layer is not None and inputs.logits is not None
-    activations = inputs.activations
-    batch, channels = activations.shape[:2]
     scores = inputs.logits.gather(1, inputs.targets[:, None]).squeeze(1)
-    # Row 0 of each image is the unablated control; row k + 1 has channel k zeroed.
-    keep = torch.ones(channels + 1, channels, 1, 1, device=activations.device)
-    keep[1:] -= torch.eye(channels, device=activations.device)[:, :, None, None]
-    chunk = chunk_size or default_chunk_size(activations[0], channels + 1)
-    ablated_scores = []
-    for image in range(batch):
+    try:
+        ablated = _checked_ablation(inputs, scores, chunk_size, autocast_dtype, one_image_per_forward=False)
+    except (RuntimeError, _AblationMismatchError):
+        if inputs.activations.shape[0] == 1:
+            raise
+        ablated = _checked_ablation(inputs, scores, chunk_size, autocast_dtype, one_image_per_forward=True)
+    safe_scores = torch.where(scores == 0, 1.0, scores)[:, None]
+    weights = torch.where(scores[:, None] == 0, 0.0, (scores[:, None] - ablated[:, 1:]) / safe_scores)
+    return _weighted_sum(weights, inputs.activations)
 
-        def ablated_logits(start: int, stop: int, image: int = image) -> Tensor:
-            copies = activations[image] * keep[start:stop]
-            try:
-                with (
-                    _replaced_output(inputs.layer, copies),
-                    torch.inference_mode(),
-                    _forward_context(images.device, autocast_dtype),
-                ):
-                    logits = select_logits(model(images[image : image + 1]), inputs.output_key)
-            except RuntimeError as error:
-                raise ValueError(
-                    f"ablationcam runs the layers after {inputs.layer_name!r} on a batch of {stop - start} "
-                    f"ablated copies of its output while the model's input holds one image, and this model "
-                    f"cannot ({error}). It may reshape with a fixed batch size or combine the layer's output "
-                    f"with tensors computed before it. Pick another target layer, or use scorecam."
-                ) from error
-            if logits.shape[0] != stop - start:
-                raise ValueError(
-                    f"ablationcam: the layers after {inputs.layer_name!r} returned {logits.shape[0]} rows for "
-                    f"{stop - start} ablated copies; they must keep the batch dimension. Use scorecam."
-                )
-            return at_least_float32(logits)[:, inputs.targets[image]]
 
-        ablated_scores.append(run_in_chunks(channels + 1, chunk, ablated_logits, "ablationcam"))
-    ablated = torch.stack(ablated_scores)  # [B, K + 1]
+def _checked_ablation(
+    inputs: LayerInputs,
+    scores: Tensor,
+    chunk_size: int | None,
+    autocast_dtype: torch.dtype | None,
+    one_image_per_forward: bool,
+) -> Tensor:
+    """The target logit of every row ``[B, K + 1]``, after checking the control rows against ``scores``."""
+    ablated = _ablated_scores(inputs, chunk_size, autocast_dtype, one_image_per_forward)
     tolerance = 1e-2 if autocast_dtype is not None else 1e-3
     if not torch.allclose(ablated[:, 0], scores, rtol=tolerance, atol=tolerance, equal_nan=True):
-        raise ValueError(
+        raise _AblationMismatchError(
             f"ablationcam: running only the layers after {inputs.layer_name!r} on its unablated output gives "
             f"logits {ablated[:, 0].tolist()} instead of the model's {scores.tolist()}: the model uses tensors "
             f"computed before {inputs.layer_name!r} after it (a skip connection across it). Pick a target layer "
             f"at the end of a stage (e.g. 'layer4'), or use scorecam."
         )
-    safe_scores = torch.where(scores == 0, 1.0, scores)[:, None]
-    weights = torch.where(scores[:, None] == 0, 0.0, (scores[:, None] - ablated[:, 1:]) / safe_scores)
-    return _weighted_sum(weights, activations)
+    return ablated
+
+
+def _ablated_scores(
+    inputs: LayerInputs, chunk_size: int | None, autocast_dtype: torch.dtype | None, one_image_per_forward: bool
+) -> Tensor:
+    model, images = _require_model(inputs)
+    activations = inputs.activations
+    batch, channels = activations.shape[:2]
+    per_image = channels + 1
+    keep = torch.ones(per_image, channels, *([1] * (activations.dim() - 2)), device=activations.device)
+    keep[1:] -= torch.eye(channels, device=activations.device).view(channels, channels, *keep.shape[2:])
+
+    def ablated_logits(start: int, stop: int) -> Tensor:
+        rows = torch.arange(start, stop, device=activations.device)
+        image_rows, copy_rows = rows // per_image, rows % per_image
+        copies = activations[image_rows] * keep[copy_rows]
+        first, last = start // per_image, (stop - 1) // per_image
+        try:
+            with (
+                _replaced_output(inputs.layer, copies),
+                torch.inference_mode(),
+                _forward_context(images.device, autocast_dtype),
+            ):
+                logits = select_logits(model(images[first : last + 1]), inputs.output_key)
+        except RuntimeError as error:
+            if not one_image_per_forward:
+                raise  # mixing images in one forward failed: the caller retries one image at a time
+            raise ValueError(
+                f"ablationcam runs the layers after {inputs.layer_name!r} on a batch of {stop - start} "
+                f"ablated copies of its output while the model's input holds {last + 1 - first} image(s), and "
+                f"this model cannot ({error}). It may reshape with a fixed batch size or combine the layer's "
+                f"output with tensors computed before it. Pick another target layer, or use scorecam."
+            ) from error
+        if logits.shape[0] != stop - start:
+            raise ValueError(
+                f"ablationcam: the layers after {inputs.layer_name!r} returned {logits.shape[0]} rows for "
+                f"{stop - start} ablated copies; they must keep the batch dimension. Use scorecam."
+            )
+        return at_least_float32(logits).gather(1, inputs.targets[image_rows, None]).squeeze(1)
+
+    chunk = chunk_size or default_chunk_size(activations[0], batch * per_image)
+    align = per_image if one_image_per_forward else None
+    return run_in_chunks(batch * per_image, chunk, ablated_logits, "ablationcam", align).view(batch, per_image)
