@@ -29,7 +29,11 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_LAZY = {"CAMMonitor": "lightning_cam.callback", "Writer": "lightning_cam.writers", "register_writer": "lightning_cam.writers"}
+_LAZY = {
+    "CAMMonitor": "lightning_cam.callback",
+    "Writer": "lightning_cam.writers",
+    "register_writer": "lightning_cam.writers",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["FixedBatch", "Groups", "Masks", "SampleBuffer", "Unpacked", "describe", "unpack_batch"]
+__all__ = ["Capture", "FixedBatch", "Groups", "Masks", "SampleBuffer", "Unpacked", "describe", "unpack_batch"]
 
 Masks = dict[str, Tensor]
 Groups = list[int | str]
@@ -224,3 +224,29 @@ class SampleBuffer:
             None if masks[0] is None else {name: torch.stack([m[name] for m in masks]) for name in masks[0]},
             None if groups[0] is None else list(groups),
         )
+
+
+class Capture:
+    """Takes the fixed samples from batches the loop loads anyway: reads each batch (``read``), keeps
+    a balanced selection (:class:`SampleBuffer`) and hands it over once, as a :class:`FixedBatch`."""
+
+    def __init__(self, num_samples: int, num_classes: int | None, read: Callable[[Any], FixedBatch]) -> None:
+        self.num_samples, self.num_classes, self.read = num_samples, num_classes, read
+        self.buffer = SampleBuffer(num_samples)
+
+    @property
+    def complete(self) -> bool:
+        """Whether more batches could not make the selection more balanced."""
+        return self.buffer.is_complete(self.num_classes)
+
+    def add(self, batch: Any) -> None:
+        """Read ``batch`` and keep what balances the selection (a ``ValueError`` names an unreadable batch)."""
+        if not self.complete:
+            self.buffer.add(self.read(batch))
+
+    def finish(self) -> FixedBatch | None:
+        """The selection so far (``None`` when nothing was captured); the buffer starts over."""
+        if self.buffer.size == 0:
+            return None
+        fixed, self.buffer = self.buffer.select(), SampleBuffer(self.num_samples)
+        return fixed

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_cam.alerts import crossed_alerts
-from lightning_cam.batch import FixedBatch, SampleBuffer, Unpacked, unpack_batch
-from lightning_cam.bias_report import bias_report
+from lightning_cam.batch import Capture, FixedBatch, Unpacked, unpack_batch
 from lightning_cam.check import run_check
 from lightning_cam.config import MonitorConfig, TargetChoice
 from lightning_cam.faults import Faults
 from lightning_cam.history import AttentionHistory
 from lightning_cam.layers import TargetLayer
-from lightning_cam.publish import Publisher, SummaryInputs
+from lightning_cam.publish import Publisher
 from lightning_cam.trainer_glue import (
     autocast_dtype,
     check_strategy,
@@ -130,15 +128,14 @@ class CAMMonitor(Callback):
     ) -> None:
         options = {key: value for key, value in locals().items() if key not in ("self", "__class__")}
         super().__init__()
-        self.config = MonitorConfig(**options)
-        self.faults = Faults(self.config.strict)
-        self.publisher = Publisher(self.config, self.faults)
-        self.history = AttentionHistory(self.config.timeline_length)
+        self.config = config = MonitorConfig(**options)
+        self.faults = Faults(config.strict)
+        self.publisher = Publisher(config, self.faults)
+        self.history = AttentionHistory(config.timeline_length)
+        self.capture = Capture(config.num_samples, len(config.class_names or []) or None, self._read_batch)
         self.fixed: FixedBatch | None = None
         self.checks, self.last_check_step = 0, -1
         self.fired_alerts: set[str] = set()
-        self._buffer = SampleBuffer(self.config.num_samples)
-        self._unsummarised: SummaryInputs | None = None
 
     @property
     @override
@@ -186,7 +183,7 @@ class CAMMonitor(Callback):
             return
         if self.fixed is None and trainer.is_global_zero and not trainer.enable_validation:
             self._capture(batch)
-            if self._buffer.is_complete(self._num_classes()):
+            if self.capture.complete:
                 self._finish_capture()
         if self.config.check_due_after_step(trainer.global_step, self.last_check_step):
             self._finish_capture()
@@ -195,8 +192,7 @@ class CAMMonitor(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self._publish_last_summary()
-            self._publish_bias_report(trainer.global_step)
+            self.publisher.publish_end(self.history, self.fixed, trainer.global_step)
         self.publisher.flush()
 
     @override
@@ -205,9 +201,8 @@ class CAMMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        fixed = None if self.fixed is None else self.fixed.state_dict()
         return {
-            "fixed": fixed,
+            "fixed": None if self.fixed is None else self.fixed.state_dict(),
             "checks": self.checks,
             "last_check_step": self.last_check_step,
             "history": self.history.state_dict(),
@@ -227,15 +222,20 @@ class CAMMonitor(Callback):
         """Wait until every image of the checks so far is written (the end of ``fit`` does this)."""
         self.publisher.flush()
 
-    # ----------------------------------------------------------------- the pipeline
-
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """One check, on every rank: rank 0 explains and publishes; its scalars are shared with every
-        rank (``trainer.callback_metrics``), and alerts are raised from them."""
+        """One check, called on every rank: rank 0 explains and publishes; its scalars are shared with
+        every rank (``trainer.callback_metrics``) and alerts are raised from them."""
         self.last_check_step = trainer.global_step
         scalars = self._check_and_publish(trainer, pl_module) if trainer.is_global_zero else {}
         scalars = share_scalars(trainer, scalars)
-        self._raise_alerts(trainer, scalars)
+        for event in crossed_alerts(self.config.alert_rules, scalars, trainer.global_step, self.fired_alerts):
+            message = event.message(self.config.grid_tag_for(event.alert.tag))
+            rank_zero_warn(
+                message + (" Stopping training (stop_on_alert=True)." if self.config.stop_on_alert else "")
+            )
+            if trainer.is_global_zero:
+                self.publisher.publish_text(f"{self.config.name}/alerts", message, event.step)
+            trainer.should_stop = trainer.should_stop or self.config.stop_on_alert
         return scalars
 
     def _check_and_publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
@@ -247,88 +247,34 @@ class CAMMonitor(Callback):
         self.checks += 1
         self.publisher.attach(trainer.loggers, trainer.default_root_dir)
         self.publisher.take_errors()
-        start, scalars = time.perf_counter(), {}
+        start, scalars, step = time.perf_counter(), {}, trainer.global_step
         with self.faults.guard("check"):
-            scalars = self._check(pl_module, trainer.global_step, autocast_dtype(trainer, self.config))
+            fixed = self.fixed = self.fixed.to(pl_module.device)
+            network = explained_network(pl_module, self.config, self.faults)
+            dtype = autocast_dtype(trainer, self.config)
+            result = run_check(network, fixed, self.config, self.history, self.faults, step, dtype)
+            self.publisher.publish_check(result, self.history, fixed.labels, self.checks)
+            scalars = result.scalars
         scalars[f"{self.config.name}/check_seconds"] = time.perf_counter() - start
-        self.publisher.publish_scalars(scalars, trainer.global_step)
+        self.publisher.publish_scalars(scalars, step)
         return scalars
 
-    def _check(
-        self, pl_module: pl.LightningModule, step: int, autocast: torch.dtype | None
-    ) -> dict[str, float]:
-        fixed = self.fixed = self.fixed.to(pl_module.device)  # type: ignore[union-attr]
-        network = explained_network(pl_module, self.config, self.faults)
-        result = run_check(network, fixed, self.config, self.history, self.faults, step, autocast)
-        summary = None
-        if result.targets and result.targets[0].prefix == self.config.name:
-            first = result.targets[0]
-            summary = SummaryInputs(
-                step,
-                first.name,
-                tuple(first.explanation.maps),
-                first.captions,
-                first.explanation.logits.shape[1],
-            )
-        images = {}
-        if summary is not None and self.checks % self.config.summary_every_n_checks == 0:
-            images, summary = (
-                self.publisher.summary_images(summary, result.shown, fixed.labels, self.history),
-                None,
-            )
-        self._unsummarised = summary
-        self.publisher.publish_check(result, images)
-        return result.scalars
-
-    def _raise_alerts(self, trainer: pl.Trainer, scalars: Mapping[str, float]) -> None:
-        for event in crossed_alerts(self.config.alert_rules, scalars, trainer.global_step, self.fired_alerts):
-            message = event.message(self.config.grid_tag_for(event.alert.tag))
-            rank_zero_warn(
-                message + (" Stopping training (stop_on_alert=True)." if self.config.stop_on_alert else "")
-            )
-            if trainer.is_global_zero:
-                self.publisher.publish_text(f"{self.config.name}/alerts", message, event.step)
-            if self.config.stop_on_alert:
-                trainer.should_stop = True
-
-    def _publish_last_summary(self) -> None:
-        """The timelines and class means of the last check, if its turn had not come."""
-        summary, self._unsummarised = self._unsummarised, None
-        if summary is None or self.fixed is None:
-            return
-        with self.faults.guard("summary images"):
-            self.publisher.publish_summary(summary, self.fixed, self.history)
-
-    def _publish_bias_report(self, step: int) -> None:
-        if self.config.bias_report and self.history.last:
-            report = bias_report(self.history.first, self.history.peak, self.history.last)
-            self.publisher.publish_report(f"{self.config.name}/bias_report", report, step)
-
-    # ----------------------------------------------------------------- capture
-
-    def _num_classes(self) -> int | None:
-        return len(self.config.class_names) if self.config.class_names is not None else None
+    def _read_batch(self, batch: Any) -> FixedBatch:
+        config = self.config
+        return unpack_batch(
+            batch, config.unpack, config.image_key, config.label_key, config.mask_key, config.group_key
+        )
 
     def _capture(self, batch: Any) -> None:
-        if self._buffer.is_complete(self._num_classes()):
-            return
-        config = self.config
-        try:
-            parts = unpack_batch(
-                batch, config.unpack, config.image_key, config.label_key, config.mask_key, config.group_key
-            )
-        except ValueError as error:
-            self.faults.report("batch", error)
-            return
-        self._buffer.add(parts)
+        with self.faults.guard("batch"):
+            self.capture.add(batch)
 
     def _finish_capture(self) -> None:
-        if self.fixed is not None or self._buffer.size == 0:
-            return
-        self.fixed, self._buffer = self._buffer.select(), SampleBuffer(self.config.num_samples)
-        if len(self.fixed.images) < self.config.num_samples:
-            self.faults.warn_once(
-                "few",
-                f"CAMMonitor: only {len(self.fixed.images)} images were available for num_samples="
-                f"{self.config.num_samples}; explaining those.",
-            )
+        if self.fixed is None:
+            self.fixed = self.capture.finish()
+            if self.fixed is not None and len(self.fixed.images) < self.config.num_samples:
+                self.faults.warn_once(
+                    "few",
+                    f"CAMMonitor: only {len(self.fixed.images)} images were available for num_samples="
+                    f"{self.config.num_samples}; explaining those.",
+                )

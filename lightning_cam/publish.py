@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lightning_cam import metrics
 from lightning_cam.batch import FixedBatch
-from lightning_cam.bias_report import BiasReport
+from lightning_cam.bias_report import BiasReport, bias_report
 from lightning_cam.check import CheckResult
 from lightning_cam.config import MonitorConfig
 from lightning_cam.faults import Faults
@@ -49,13 +49,14 @@ class Publisher:
 
         >>> publisher = Publisher(MonitorConfig(), Faults(strict=False))
         >>> publisher.attach(trainer.loggers, trainer.default_root_dir)  # doctest: +SKIP
-        >>> publisher.publish_check(result, history, labels)  # doctest: +SKIP
+        >>> publisher.publish_check(result, history, fixed.labels, checks=1)  # doctest: +SKIP
     """
 
     def __init__(self, config: MonitorConfig, faults: Faults) -> None:
         self.config, self.faults = config, faults
         self.writers: list[Writer] | None = None
         self._background = BackgroundWriter()
+        self._unsummarised: SummaryInputs | None = None
 
     def attach(self, loggers: Sequence[Any], root: str | Path) -> list[Writer]:
         """One writer per logger (PNG files for a logger without an adapter, or without any logger)."""
@@ -80,9 +81,12 @@ class Publisher:
         directory = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or root
         return PNGWriter(str(directory), logger)
 
-    def publish_check(self, result: CheckResult, images: Mapping[str, Grid]) -> None:
-        """The grid of every target choice, and ``images`` (summaries), at the check's step."""
-        grids = {
+    def publish_check(
+        self, result: CheckResult, history: AttentionHistory, labels: Tensor | None, checks: int
+    ) -> None:
+        """The grid of every target choice and, every ``summary_every_n_checks`` checks, the timelines
+        and class means; otherwise their inputs are kept (on the host) for :meth:`publish_end`."""
+        images = {
             f"{self.config.name}/{target.name}/grid": render_grid(
                 result.shown,
                 target.explanation.maps,
@@ -92,10 +96,30 @@ class Publisher:
             )
             for target in result.targets
         }
-        for tag, grid in {**grids, **images}.items():
-            self._each_writer(
-                lambda writer, tag=tag, grid=grid: partial(writer.log_grid, tag, grid, result.step)
+        first = result.targets[0] if result.targets else None
+        self._unsummarised = None
+        if first is not None and first.prefix == self.config.name:
+            maps = first.explanation.maps
+            summary = SummaryInputs(
+                result.step, first.name, tuple(maps), first.captions, first.explanation.logits.shape[1]
             )
+            if checks % self.config.summary_every_n_checks == 0:
+                images |= self.summary_images(summary, result.shown, labels, history)
+            else:
+                self._unsummarised = summary
+        self._publish_images(images, result.step)
+
+    def publish_end(self, history: AttentionHistory, fixed: FixedBatch | None, step: int) -> None:
+        """At the end of fit: the last check's timelines and class means if their turn had not come,
+        and the bias report."""
+        summary, self._unsummarised = self._unsummarised, None
+        if summary is not None and fixed is not None:
+            with self.faults.guard("summary images"):
+                shown = display_images(fixed.images, self.config.image_mean, self.config.image_std)
+                self._publish_images(self.summary_images(summary, shown, fixed.labels, history), summary.step)
+        if self.config.bias_report and history.last:
+            report = bias_report(history.first, history.peak, history.last)
+            self.publish_report(f"{self.config.name}/bias_report", report, step)
 
     def summary_images(
         self, summary: SummaryInputs, shown: Tensor, labels: Tensor | None, history: AttentionHistory
@@ -117,9 +141,8 @@ class Publisher:
                     min_tile=TIMELINE_TILE,
                 )
             if config.class_means and labels is not None:
-                means, present = metrics.class_mean_maps(
-                    history.previous[key].to(shown.device), labels, summary.num_classes
-                )
+                previous = history.previous[key].to(shown.device)
+                means, present = metrics.class_mean_maps(previous, labels, summary.num_classes)
                 names = [config.class_name(c) for c in range(summary.num_classes) if bool(present[c])]
                 tiles = apply_colormap(means[present], config.colormap)[None]
                 images[f"{config.name}/{method}/class_means"] = render_table(
@@ -127,13 +150,9 @@ class Publisher:
                 )
         return images
 
-    def publish_summary(self, summary: SummaryInputs, fixed: FixedBatch, history: AttentionHistory) -> None:
-        """The timelines and class means of an earlier check (``summary``), drawn from the history."""
-        shown = display_images(fixed.images, self.config.image_mean, self.config.image_std)
-        for tag, grid in self.summary_images(summary, shown, fixed.labels, history).items():
-            self._each_writer(
-                lambda writer, tag=tag, grid=grid: partial(writer.log_grid, tag, grid, summary.step)
-            )
+    def _publish_images(self, images: Mapping[str, Grid], step: int) -> None:
+        for tag, grid in images.items():
+            self._each_writer(lambda writer, tag=tag, grid=grid: partial(writer.log_grid, tag, grid, step))
 
     def publish_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         """Scalars through each logger's ``log_metrics``, on the training thread (they are small)."""
@@ -143,7 +162,9 @@ class Publisher:
 
     def publish_report(self, tag: str, report: BiasReport, step: int) -> None:
         """A table (TensorBoard text, W&B table, Markdown file), printed too."""
-        rank_zero_info(f"CAMMonitor bias report ({tag}: attention mass per method, mask and slice):\n{report.text}")
+        rank_zero_info(
+            f"CAMMonitor bias report ({tag}: attention mass per method, mask and slice):\n{report.text}"
+        )
         self._each_writer(
             lambda writer: partial(writer.log_report, tag, report.columns, report.rows, report.text, step)
         )

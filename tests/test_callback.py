@@ -180,7 +180,7 @@ def test_logger_without_adapter_falls_back_to_png_and_warns_once(tmp_path: Path)
 def test_every_n_epochs_and_nothing_during_the_sanity_check(tmp_path: Path) -> None:
     class SanitySpy(Callback):
         def on_sanity_check_end(self, trainer: object, pl_module: object) -> None:
-            assert monitor.fixed is None and monitor._buffer.size == 0 and monitor.checks == 0
+            assert monitor.fixed is None and monitor.capture.buffer.size == 0 and monitor.checks == 0
 
     torch.manual_seed(0)
     train, val = loaders()

@@ -252,7 +252,7 @@ def test_perturbation_forwards_under_autocast() -> None:
 
 def test_ablationcam_batches_the_rows_of_all_images_in_its_forwards() -> None:
     torch.manual_seed(0)
-    model = SmallCNN().double()  # features.4 has K = 16 channels: 17 rows per image
+    model = SmallCNN().double().eval()  # features.4 has K = 16 channels: 17 rows per image
     images = torch.rand(4, 3, 16, 16, dtype=torch.float64)
     forwards: list[int] = []
     handle = model.features[0].register_forward_pre_hook(lambda _m, args: forwards.append(args[0].shape[0]))

@@ -208,7 +208,10 @@ def _checked_ablation(
 
 
 def _ablated_scores(
-    inputs: LayerInputs, chunk_size: int | None, autocast_dtype: torch.dtype | None, one_image_per_forward: bool
+    inputs: LayerInputs,
+    chunk_size: int | None,
+    autocast_dtype: torch.dtype | None,
+    one_image_per_forward: bool,
 ) -> Tensor:
     model, images = _require_model(inputs)
     activations = inputs.activations
@@ -247,4 +250,6 @@ def _ablated_scores(
 
     chunk = chunk_size or default_chunk_size(activations[0], batch * per_image)
     align = per_image if one_image_per_forward else None
-    return run_in_chunks(batch * per_image, chunk, ablated_logits, "ablationcam", align).view(batch, per_image)
+    return run_in_chunks(batch * per_image, chunk, ablated_logits, "ablationcam", align).view(
+        batch, per_image
+    )
