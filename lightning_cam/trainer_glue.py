@@ -88,6 +88,7 @@ def share_scalars(trainer: pl.Trainer, scalars: Mapping[str, float]) -> dict[str
 def warn_if_silent(trainer: pl.Trainer, pl_module: pl.LightningModule, monitor: Any, stage: str) -> None:
     """Warn once when this monitor would log nothing, or the same tags as another monitor."""
     config: MonitorConfig = monitor.config
+    stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn (a str enum)
     if stage != "fit":
         rank_zero_warn(
             f"CAMMonitor explains during trainer.fit only: trainer.{stage}() logs nothing from it. To explain a "
