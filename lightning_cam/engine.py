@@ -276,83 +276,134 @@ def explain_batch(
     device, dtype = model_device_dtype(model, images)
     size = (images.shape[-2], images.shape[-1])
     layer_methods = [m for m in needed if m.kind == "layer"]
-    needs_layer_gradients = any(m.needs_gradients for m in layer_methods)
-    needs_input_gradients = any(m.needs_input_gradients for m in needed)
-    needs_guided = any(m.needs_guided_gradients for m in needed)
     start = time.perf_counter()
-    seconds: dict[str, float] = {}
     with preserved_state(model, device.type):
         inputs = images.to(device=device, dtype=dtype).clone()  # a normal tensor, even from inference mode
         layers = resolve_target_layers(model, target_layer, inputs) if layer_methods else []
-        full_graph = needs_input_gradients or needs_guided
-        if full_graph:
-            inputs.requires_grad_(True)
-        with (
-            capture_activations(
-                [module for _, module in layers],
-                differentiable=needs_layer_gradients,
-                full_graph=full_graph,
-            ) as capture,
-            guided_relus(enabled=needs_guided) as switch,
-        ):
-            output = model(inputs)
-        logits = select_logits(output, output_key)
-        if logits.shape[0] != inputs.shape[0]:
-            raise ValueError(
-                f"the model's logits have batch size {logits.shape[0]} for {inputs.shape[0]} images; "
-                f"expected logits [B, num_classes]."
-            )
-        class_targets = resolve_targets(targets, logits)
-        activations = _checked_activations(layers, capture.activations)
-        score = logits.gather(1, class_targets.unsqueeze(1)).sum()
-        sources = (activations if needs_layer_gradients else []) + ([inputs] if needs_input_gradients else [])
-        gradients = _gradients_of(score, sources, [name for name, _ in layers], retain_graph=needs_guided)
-        layer_gradients = (
-            gradients[: len(activations)] if needs_layer_gradients else [None] * len(activations)
-        )
-        input_gradient = gradients[-1] if needs_input_gradients else None
-        guided_gradient = None
-        if needs_guided:
-            switch.guided = True
-            (guided_gradient,) = _gradients_of(score, [inputs], [], retain_graph=False)
-            if switch.other_activations:
-                warnings.warn(
-                    f"guided backprop is defined for ReLU networks; this model also uses "
-                    f"{', '.join(sorted(switch.other_activations))}, whose gradients pass unchanged.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+        shared = _shared_pass(model, inputs, layers, needed, targets, output_key)
+        seconds = {"pass": time.perf_counter() - start}
         context = LayerInputs(
             activations=torch.empty(0),
             gradients=None,
-            targets=class_targets,
+            targets=shared.targets,
             model=model,
             images=inputs.detach(),
-            logits=at_least_float32(logits.detach()),
+            logits=at_least_float32(shared.logits.detach()),
             output_key=output_key,
         )
-        seconds["pass"] = time.perf_counter() - start
         maps = _layer_maps(
-            model, layer_methods, layers, activations, layer_gradients, context, method_kwargs, size, seconds
+            model,
+            layer_methods,
+            layers,
+            shared.activations,
+            shared.layer_gradients,
+            context,
+            method_kwargs,
+            size,
+            seconds,
         )
-        input_maps = InputInputs(
-            gradients=None if input_gradient is None else at_least_float32(input_gradient),
-            guided_gradients=None if guided_gradient is None else at_least_float32(guided_gradient),
-        )
-        bad_images = ~finite_rows(inputs.detach()) | ~finite_rows(logits.detach())
-        for method in needed:
-            if method.kind == "layer":
-                continue
-            method_start = time.perf_counter()
-            raw = method.compute(input_maps if method.kind == "input" else maps)
-            maps[method.name] = _normalized(method, raw, size, bad_images)
-            seconds[method.name] = time.perf_counter() - method_start
+        maps |= _input_maps(needed, shared, maps, inputs, size, seconds)
     return Explanation(
         maps={m.name: maps[m.name].to(device=images.device, dtype=torch.float32) for m in requested},
-        logits=logits.detach().float().to(images.device),
-        targets=class_targets.to(images.device),
+        logits=shared.logits.detach().float().to(images.device),
+        targets=shared.targets.to(images.device),
         seconds=seconds,
     )
+
+
+@dataclass(frozen=True)
+class _SharedPass:
+    """What the one forward pass and its gradient calls give every method."""
+
+    logits: Tensor
+    targets: Tensor
+    activations: list[Tensor]
+    layer_gradients: list[Tensor | None]
+    input_gradient: Tensor | None
+    guided_gradient: Tensor | None
+
+
+def _shared_pass(
+    model: nn.Module,
+    inputs: Tensor,
+    layers: Sequence[tuple[str, nn.Module]],
+    needed: Sequence[Method],
+    targets: Targets,
+    output_key: OutputKey,
+) -> _SharedPass:
+    """One forward pass capturing the target layers, then at most one ``autograd.grad`` call for the
+    layer and input gradients (and one more with guided ReLUs when guided backprop is asked for)."""
+    needs_layer_gradients = any(m.needs_gradients for m in needed if m.kind == "layer")
+    needs_input_gradients = any(m.needs_input_gradients for m in needed)
+    needs_guided = any(m.needs_guided_gradients for m in needed)
+    full_graph = needs_input_gradients or needs_guided
+    if full_graph:
+        inputs.requires_grad_(True)
+    modules = [module for _, module in layers]
+    with (
+        capture_activations(modules, differentiable=needs_layer_gradients, full_graph=full_graph) as capture,
+        guided_relus(enabled=needs_guided) as switch,
+    ):
+        output = model(inputs)
+    logits = select_logits(output, output_key)
+    if logits.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"the model's logits have batch size {logits.shape[0]} for {inputs.shape[0]} images; "
+            f"expected logits [B, num_classes]."
+        )
+    class_targets = resolve_targets(targets, logits)
+    activations = _checked_activations(layers, capture.activations)
+    score = logits.gather(1, class_targets.unsqueeze(1)).sum()
+    sources = (activations if needs_layer_gradients else []) + ([inputs] if needs_input_gradients else [])
+    gradients = _gradients_of(score, sources, [name for name, _ in layers], retain_graph=needs_guided)
+    guided_gradient = None
+    if needs_guided:
+        switch.guided = True
+        (guided_gradient,) = _gradients_of(score, [inputs], [], retain_graph=False)
+        _warn_other_activations(switch.other_activations)
+    return _SharedPass(
+        logits=logits,
+        targets=class_targets,
+        activations=activations,
+        layer_gradients=gradients[: len(activations)] if needs_layer_gradients else [None] * len(activations),
+        input_gradient=gradients[-1] if needs_input_gradients else None,
+        guided_gradient=guided_gradient,
+    )
+
+
+def _warn_other_activations(names: set[str]) -> None:
+    if names:
+        warnings.warn(
+            f"guided backprop is defined for ReLU networks; this model also uses "
+            f"{', '.join(sorted(names))}, whose gradients pass unchanged.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _input_maps(
+    needed: Sequence[Method],
+    shared: _SharedPass,
+    layer_maps: dict[str, Tensor],
+    inputs: Tensor,
+    size: tuple[int, int],
+    seconds: dict[str, float],
+) -> dict[str, Tensor]:
+    """The maps of the input-level methods (saliency, guided backprop) and of the ones combining maps."""
+    gradients = InputInputs(
+        gradients=None if shared.input_gradient is None else at_least_float32(shared.input_gradient),
+        guided_gradients=None if shared.guided_gradient is None else at_least_float32(shared.guided_gradient),
+    )
+    bad_images = ~finite_rows(inputs.detach()) | ~finite_rows(shared.logits.detach())
+    maps = dict(layer_maps)
+    for method in needed:
+        if method.kind == "layer":
+            continue
+        method_start = time.perf_counter()
+        raw = method.compute(gradients if method.kind == "input" else maps)
+        maps[method.name] = _normalized(method, raw, size, bad_images)
+        seconds[method.name] = time.perf_counter() - method_start
+    return {name: value for name, value in maps.items() if name not in layer_maps}
 
 
 def _checked_activations(
