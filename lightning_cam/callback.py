@@ -8,10 +8,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_cam.alerts import crossed_alerts
 from lightning_cam.batch import Capture, FixedBatch, Unpacked, unpack_batch
 from lightning_cam.check import run_check
 from lightning_cam.config import MonitorConfig, TargetChoice
@@ -23,6 +21,7 @@ from lightning_cam.trainer_glue import (
     autocast_dtype,
     check_strategy,
     explained_network,
+    raise_alerts,
     share_scalars,
     warn_if_silent,
 )
@@ -228,14 +227,7 @@ class CAMMonitor(Callback):
         self.last_check_step = trainer.global_step
         scalars = self._check_and_publish(trainer, pl_module) if trainer.is_global_zero else {}
         scalars = share_scalars(trainer, scalars)
-        for event in crossed_alerts(self.config.alert_rules, scalars, trainer.global_step, self.fired_alerts):
-            message = event.message(self.config.grid_tag_for(event.alert.tag))
-            rank_zero_warn(
-                message + (" Stopping training (stop_on_alert=True)." if self.config.stop_on_alert else "")
-            )
-            if trainer.is_global_zero:
-                self.publisher.publish_text(f"{self.config.name}/alerts", message, event.step)
-            trainer.should_stop = trainer.should_stop or self.config.stop_on_alert
+        raise_alerts(trainer, self.config, scalars, self.fired_alerts, self.publisher)
         return scalars
 
     def _check_and_publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:

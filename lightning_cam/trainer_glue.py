@@ -13,11 +13,20 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
+from lightning_cam.alerts import crossed_alerts
 from lightning_cam.config import MonitorConfig
 from lightning_cam.faults import Faults
 from lightning_cam.layers import resolve_target_layers
+from lightning_cam.publish import Publisher
 
-__all__ = ["autocast_dtype", "check_strategy", "explained_network", "share_scalars", "warn_if_silent"]
+__all__ = [
+    "autocast_dtype",
+    "check_strategy",
+    "explained_network",
+    "raise_alerts",
+    "share_scalars",
+    "warn_if_silent",
+]
 
 SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
 
@@ -128,3 +137,20 @@ def _why_no_validation_check(
     if epochs is not None and 0 < epochs < every:
         return f"the first check would come after epoch {every} but max_epochs={epochs}"
     return ""
+
+
+def raise_alerts(
+    trainer: pl.Trainer,
+    config: MonitorConfig,
+    scalars: Mapping[str, float],
+    fired: set[str],
+    publisher: Publisher,
+) -> None:
+    """Warn once per crossed alert (every rank sees the same scalars, so every rank stops together when
+    ``stop_on_alert``); rank 0 also logs it as text."""
+    for event in crossed_alerts(config.alert_rules, scalars, trainer.global_step, fired):
+        message = event.message(config.grid_tag_for(event.alert.tag))
+        rank_zero_warn(message + (" Stopping training (stop_on_alert=True)." if config.stop_on_alert else ""))
+        if trainer.is_global_zero:
+            publisher.publish_text(f"{config.name}/alerts", message, event.step)
+        trainer.should_stop = trainer.should_stop or config.stop_on_alert
