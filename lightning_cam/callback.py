@@ -66,6 +66,8 @@ class CAMMonitor(Callback):
         dataloader_idx: the validation dataloader to take the images from.
         model_attr: the LightningModule's attribute holding the network to explain (e.g. a compiled ``"net"``).
         output_key: where the logits are in a tuple or dict output.
+        reshape_transform: ``"auto"`` (convolutional, channels-last and token layers), or a function (or
+            its import path) tensor -> ``[B, K, h, w]`` for any other layer output.
         method_options: per method, e.g. ``{"scorecam": {"topk": 64}}``.
         perturbation_autocast: run Score-CAM's and Ablation-CAM's forwards under the trainer's mixed precision.
         confidence_metrics: log average drop and increase in confidence (one batched forward).
@@ -75,6 +77,11 @@ class CAMMonitor(Callback):
             group at the first, peak and last check (needs masks).
         summary_every_n_checks: log timelines and class means every n checks (and after the last).
         background_writes: encode and write images on a background thread.
+        faithfulness: any of ``"deletion"``, ``"insertion"``, ``"road"``: log ``<name>/<method>/deletion_auc``,
+            ``.../insertion_auc``, ``.../road`` (see ``lightning_cam.metrics``).
+        faithfulness_every_n_checks: compute them every n checks.
+        sanity_every_n_checks: every n checks, log ``<name>/<method>/randomization_spearman`` (the model
+            randomisation sanity check; ``None``: never). With either, a trust table ends the fit.
         alerts: ``{tag: threshold}``: warn once (and log it) when a scalar rises above the threshold
             (``"<0.2"``: falls below it).
         stop_on_alert: stop training when an alert fires.
@@ -112,6 +119,7 @@ class CAMMonitor(Callback):
         dataloader_idx: int = 0,
         model_attr: str | None = None,
         output_key: int | str | None = None,
+        reshape_transform: str | Callable[[Any], Any] = "auto",
         method_options: dict[str, dict[str, Any]] | None = None,
         perturbation_autocast: bool = False,
         confidence_metrics: bool = True,
@@ -120,6 +128,9 @@ class CAMMonitor(Callback):
         bias_report: bool = True,
         summary_every_n_checks: int = 4,
         background_writes: bool = True,
+        faithfulness: Sequence[str] = (),
+        faithfulness_every_n_checks: int = 1,
+        sanity_every_n_checks: int | None = None,
         alerts: dict[str, float | str] | None = None,
         stop_on_alert: bool = False,
         name: str = "cam",
@@ -244,7 +255,9 @@ class CAMMonitor(Callback):
             fixed = self.fixed = self.fixed.to(pl_module.device)
             network = explained_network(pl_module, self.config, self.faults)
             dtype = autocast_dtype(trainer, self.config)
-            result = run_check(network, fixed, self.config, self.history, self.faults, step, dtype)
+            result = run_check(
+                network, fixed, self.config, self.history, self.faults, step, dtype, self.checks
+            )
             self.publisher.publish_check(result, self.history, fixed.labels, self.checks)
             scalars = result.scalars
         scalars[f"{self.config.name}/check_seconds"] = time.perf_counter() - start

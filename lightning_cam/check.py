@@ -21,6 +21,8 @@ from lightning_cam.engine import Explanation, explain_batch
 from lightning_cam.faults import Faults
 from lightning_cam.history import AttentionHistory, series_key
 from lightning_cam.render import display_images
+from lightning_cam.reports import TRUST_METRICS
+from lightning_cam.targets import num_classes, prediction
 
 __all__ = ["CheckResult", "TargetResult", "explain_target", "run_check"]
 
@@ -102,6 +104,7 @@ def explain_target(
             config.target_layer,
             targets,
             output_key=config.output_key,
+            reshape_transform=config.reshape_transform,
             options={"autocast_dtype": autocast_dtype} if perturbing else {},
             method_options={m: o for m, o in config.method_options.items() if m in names},
         )
@@ -130,19 +133,20 @@ def _explain_one_by_one(run: object, methods: list[str], faults: Faults) -> Expl
         logits=results[0].logits,
         targets=results[0].targets,
         seconds={name: value for result in results for name, value in result.seconds.items()},
+        scorer=results[0].scorer,
     )
 
 
 def captions(fixed: FixedBatch, explanation: Explanation, config: MonitorConfig, faults: Faults) -> list[str]:
     """``"true: <label>\\npred: <class> <confidence>"`` per sample, from one host transfer."""
-    num_classes = explanation.logits.shape[1]
-    if config.class_names is not None and len(config.class_names) != num_classes:
+    classes = num_classes(explanation.scorer, explanation.logits)
+    if config.class_names is not None and classes and len(config.class_names) != classes:
         faults.warn_once(
             "class_names",
-            f"CAMMonitor: class_names has {len(config.class_names)} names but the model has {num_classes} "
+            f"CAMMonitor: class_names has {len(config.class_names)} names but the model has {classes} "
             f"classes; pass one name per class. Showing class indices where a name is missing.",
         )
-    confidence, predicted = explanation.logits.softmax(dim=1).max(dim=1)
+    confidence, predicted = prediction(explanation.scorer, explanation.logits)
     rows = [confidence.double(), predicted.double()]
     if fixed.labels is not None:
         rows.append(fixed.labels.to(confidence.device).double())
@@ -150,7 +154,7 @@ def captions(fixed: FixedBatch, explanation: Explanation, config: MonitorConfig,
     labels = [int(label) for label in values[2]] if fixed.labels is not None else [None] * len(values[0])
     return [
         (f"true: {config.class_name(label)}\n" if label is not None else "")
-        + f"pred: {config.class_name(int(pred))} {conf:.0%}"
+        + (f"pred: {config.class_name(int(pred))} {conf:.0%}" if pred >= 0 else "")
         for label, pred, conf in zip(labels, values[1], values[0], strict=True)
     ]
 
@@ -202,9 +206,10 @@ def _confidence_values(
     """Average drop and increase in confidence of every method, from one batched forward."""
     if not config.confidence_metrics or not explanation.maps:
         return {}
-    confidence = explanation.logits.softmax(dim=1).gather(1, explanation.targets[:, None]).squeeze(1)
+    assert explanation.scorer is not None
+    confidence = explanation.scorer.probability(explanation.logits)
     masked = metrics.masked_confidence(
-        network, fixed.images, explanation.maps, explanation.targets, config.output_key
+        network, fixed.images, explanation.maps, explanation.scorer, config.output_key
     )
     values = {}
     for method, probability in masked.items():
@@ -217,13 +222,58 @@ def _confidence_values(
     return values
 
 
+def _trust_values(
+    network: nn.Module,
+    fixed: FixedBatch,
+    explanation: Explanation,
+    prefix: str,
+    config: MonitorConfig,
+    check_index: int,
+) -> dict[str, Tensor]:
+    """Deletion / insertion AUC, ROAD and the randomisation Spearman of every method, when due."""
+    faithful, sane = config.trust_due(check_index)
+    maps, targets, values = explanation.maps, explanation.targets, {}
+    if faithful and {"deletion", "insertion"} & set(config.faithfulness):
+        scores = metrics.deletion_insertion(
+            network, fixed.images, maps, targets, output_key=config.output_key
+        )
+        for method, (deletion, insertion) in scores.items():
+            values |= {
+                f"{prefix}/{method}/deletion_auc": deletion.mean(),
+                f"{prefix}/{method}/insertion_auc": insertion.mean(),
+            }
+        wanted = {f"{name}_auc" for name in config.faithfulness}
+        values = {key: value for key, value in values.items() if key.rsplit("/", 1)[1] in wanted}
+    if faithful and "road" in config.faithfulness:
+        for method, result in metrics.road(
+            network, fixed.images, maps, targets, output_key=config.output_key
+        ).items():
+            values[f"{prefix}/{method}/road"] = result["combined"].mean()
+    if sane:
+        correlations = metrics.model_randomization(
+            network,
+            fixed.images,
+            list(maps),
+            config.target_layer,
+            targets,
+            output_key=config.output_key,
+            method_options={m: o for m, o in config.method_options.items() if m in maps},
+        )
+        values |= {
+            f"{prefix}/{method}/randomization_spearman": value.mean()
+            for method, value in correlations.items()
+        }
+    return values
+
+
 def _slice_values(
     fixed: FixedBatch, explanation: Explanation, masks: dict[str, Tensor], slices: Slices
 ) -> dict[str, Tensor]:
     """Per slice: the number of samples, the accuracy (NaN without labels) and each mask's area."""
     values = {"count": slices.membership.sum(dim=1).float()}
     if fixed.labels is not None:
-        correct = (explanation.logits.argmax(dim=1) == fixed.labels.to(explanation.logits.device)).float()
+        predicted = prediction(explanation.scorer, explanation.logits)[1]
+        correct = (predicted == fixed.labels.to(predicted.device)).float()
         values["accuracy"] = metrics.slice_means(correct, slices.membership)
     else:
         values["accuracy"] = torch.full_like(values["count"], float("nan"))
@@ -254,11 +304,13 @@ def run_check(
     faults: Faults,
     step: int,
     autocast_dtype: torch.dtype | None = None,
+    check_index: int = 1,
 ) -> CheckResult:
     """Explain ``fixed`` for every target choice; compute and return the scalars; update ``history``.
 
     Scalars of the first target choice are tagged ``<name>/<method>/...``, those of a later choice
-    ``<name>/<target>/<method>/...``; mask metrics also per group (``.../<mask>/<group>``).
+    ``<name>/<target>/<method>/...``; mask metrics also per group (``.../<mask>/<group>``). The trust
+    metrics (first target choice only) run when ``check_index`` (this check's number, from 1) is due.
     """
     result = CheckResult(step, display_images(fixed.images, config.image_mean, config.image_std))
     masks, slices = _fitting_masks(fixed, faults), Slices.of(fixed, config)
@@ -276,6 +328,7 @@ def run_check(
             TargetResult(name, prefix, explanation, captions(fixed, explanation, config, faults))
         )
         if index == 0:
+            values |= _trust_values(network, fixed, explanation, prefix, config, check_index)
             for method, maps in explanation.maps.items():
                 history.add_to_timeline(series_key(name, method), step, maps)
             values |= {
@@ -286,6 +339,7 @@ def run_check(
     result.scalars |= _scalars(host, slices, config)
     if result.targets and result.targets[0].prefix == config.name:
         _record(history, result, host, slices, masks)
+        _record_trust(history, result, len(fixed.images))
     return result
 
 
@@ -337,3 +391,15 @@ def _record(
                         "step": float(result.step),
                     },
                 )
+
+
+def _record_trust(history: AttentionHistory, result: CheckResult, batch: int) -> None:
+    """Keep each method's latest trust metrics and its own time per image, for the trust table."""
+    first = result.targets[0]
+    for method in first.explanation.maps:
+        kept = history.trust.setdefault(method, {})
+        kept["seconds_per_image"] = first.explanation.seconds.get(method, float("nan")) / batch
+        for metric in TRUST_METRICS:
+            tag = f"{first.prefix}/{method}/{metric}"
+            if tag in result.scalars:
+                kept[metric] = result.scalars[tag]

@@ -11,11 +11,13 @@ from lightning_cam.alerts import Alert, parse_alerts
 from lightning_cam.batch import Unpacked
 from lightning_cam.engine import OutputKey, resolve_methods, resolve_options
 from lightning_cam.layers import TargetLayer
+from lightning_cam.layouts import ReshapeTransform
 from lightning_cam.render import COLORMAPS
 
 __all__ = ["MonitorConfig", "TargetChoice", "import_object"]
 
 TargetChoice = str | int
+FAITHFULNESS = ("deletion", "insertion", "road")
 
 
 def import_object(path: str) -> Any:
@@ -73,6 +75,7 @@ class MonitorConfig:
     dataloader_idx: int = 0
     model_attr: str | None = None
     output_key: OutputKey = None
+    reshape_transform: ReshapeTransform | str = "auto"
     method_options: Mapping[str, Mapping[str, Any]] | None = None
     perturbation_autocast: bool = False
     confidence_metrics: bool = True
@@ -81,6 +84,9 @@ class MonitorConfig:
     bias_report: bool = True
     summary_every_n_checks: int = 4
     background_writes: bool = True
+    faithfulness: Sequence[str] = ()
+    faithfulness_every_n_checks: int = 1
+    sanity_every_n_checks: int | None = None
     alerts: Mapping[str, float | str] | None = None
     stop_on_alert: bool = False
     name: str = "cam"
@@ -108,6 +114,7 @@ class MonitorConfig:
                 f"name is the first part of every tag, e.g. 'cam' or 'cam_fast'; got {self.name!r}."
             )
         self.alert_rules = parse_alerts(self.alerts or {})
+        self._check_trust()
 
     def _check_schedule(self) -> None:
         if self.every_n_epochs is not None and self.every_n_train_steps is not None:
@@ -141,10 +148,31 @@ class MonitorConfig:
     def _check_reading(self) -> None:
         if isinstance(self.unpack, str):
             self.unpack = import_object(self.unpack)
+        if isinstance(self.reshape_transform, str) and self.reshape_transform != "auto":
+            self.reshape_transform = import_object(self.reshape_transform)
         if self.unpack is not None and not callable(self.unpack):
             raise ValueError(
                 f"unpack must be a function batch -> (images, labels, masks[, groups]); got {self.unpack!r}."
             )
+
+    def _check_trust(self) -> None:
+        self.faithfulness = (
+            [self.faithfulness] if isinstance(self.faithfulness, str) else list(self.faithfulness)
+        )
+        unknown = sorted(set(self.faithfulness) - set(FAITHFULNESS))
+        if unknown:
+            raise ValueError(
+                f"unknown faithfulness metric(s) {unknown}; choose from {', '.join(FAITHFULNESS)}."
+            )
+        _positive_int("faithfulness_every_n_checks", self.faithfulness_every_n_checks)
+        if self.sanity_every_n_checks is not None:
+            _positive_int("sanity_every_n_checks", self.sanity_every_n_checks)
+
+    def trust_due(self, check_index: int) -> tuple[bool, bool]:
+        """Whether check number ``check_index`` (from 1) computes the faithfulness and the sanity metrics."""
+        faithful = bool(self.faithfulness) and check_index % self.faithfulness_every_n_checks == 0
+        sane = self.sanity_every_n_checks is not None and check_index % self.sanity_every_n_checks == 0
+        return faithful, sane
 
     def check_due_after_validation(self, epoch: int) -> bool:
         """Whether the validation epoch that ends in training epoch ``epoch`` (from 0) is a check."""

@@ -15,9 +15,11 @@ from torch import Tensor, nn
 
 from lightning_cam.capture import capture_activations, model_device_dtype, preserved_state
 from lightning_cam.layers import TargetLayer, resolve_target_layers
-from lightning_cam.logits import OutputKey, select_logits
+from lightning_cam.layouts import Layout, ReshapeTransform, infer_layout
+from lightning_cam.logits import OutputKey, select_output
 from lightning_cam.methods import REGISTRY, InputInputs, LayerInputs, Method, guided_relus
 from lightning_cam.methods.registry import at_least_float32
+from lightning_cam.targets import Scorer, Targets, make_scorer
 
 __all__ = [
     "METHODS",
@@ -29,13 +31,10 @@ __all__ = [
     "finite_rows",
     "normalize_maps",
     "resolve_options",
-    "select_logits",
 ]
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 """Every method name :func:`explain` accepts."""
-
-Targets = int | Sequence[int] | Tensor | None
 
 
 def resolve_methods(methods: str | Sequence[str]) -> list[Method]:
@@ -73,33 +72,6 @@ def check_images(images: object) -> Tensor:
     if images.shape[0] == 0:
         raise ValueError("images is an empty batch; pass at least one image.")
     return images
-
-
-def resolve_targets(targets: Targets, logits: Tensor) -> Tensor:
-    """``None`` -> predicted class; ``int`` -> that class for all; sequence/tensor ``[B]`` -> per sample."""
-    batch, num_classes = logits.shape
-    if targets is None:
-        return logits.detach().argmax(dim=1)
-    if isinstance(targets, bool):
-        raise ValueError(
-            f"targets must be None, a class index or one class index per image; got {targets!r}."
-        )
-    if isinstance(targets, int):
-        resolved = torch.full((batch,), targets, dtype=torch.long, device=logits.device)
-    else:
-        resolved = torch.as_tensor(targets, device=logits.device)
-        if resolved.is_floating_point() or resolved.dim() != 1 or resolved.shape[0] != batch:
-            raise ValueError(
-                f"targets must hold one integer class index per image ({batch}); got "
-                f"{resolved.dtype} of shape {list(resolved.shape)}."
-            )
-        resolved = resolved.long()
-    if resolved.numel() and (int(resolved.min()) < 0 or int(resolved.max()) >= num_classes):
-        raise ValueError(
-            f"targets must be class indices in [0, {num_classes - 1}] (the model has {num_classes} "
-            f"classes); got {resolved.tolist()}."
-        )
-    return resolved
 
 
 def find_classifier_weight(model: nn.Module, channels: int) -> Tensor:
@@ -188,7 +160,9 @@ def resolve_options(
 
 @dataclass(frozen=True)
 class Explanation:
-    """The maps of one pass, with the logits and target classes they were computed for."""
+    """The maps of one pass, with the model's output (``logits``: detached, float32) and the target
+    class of each image (``targets``; ``-1`` for a callable target) they were computed for, and the
+    :class:`~lightning_cam.targets.Scorer` that turns an output into the explained scores."""
 
     maps: dict[str, Tensor]
     logits: Tensor
@@ -196,6 +170,7 @@ class Explanation:
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time of the shared pass (``"pass"``: forward and gradients) and of each method's own
     work (its function, extra forwards and normalisation; each ends with a device sync)."""
+    scorer: Scorer | None = None
 
 
 def explain(
@@ -206,6 +181,7 @@ def explain(
     targets: Targets = None,
     *,
     output_key: OutputKey = None,
+    reshape_transform: ReshapeTransform = "auto",
     **options: Any,
 ) -> dict[str, Tensor]:
     """Class-activation maps of ``images`` for every requested method, from one guarded pass.
@@ -221,16 +197,23 @@ def explain(
     inputs; maps are computed in float32 outside autocast.
 
     Args:
-        model: any ``nn.Module`` returning logits ``[B, num_classes]`` (see ``output_key``).
+        model: any ``nn.Module``: a classifier returning logits ``[B, num_classes]``, a one-logit
+            binary classifier (``[B]`` or ``[B, 1]``), or any model with a callable target.
         images: float tensor ``[B, C, H, W]``.
         methods: a name or a sequence of names from :data:`METHODS`.
-        target_layer: ``"auto"`` (the last layer with a 4-D output of spatial size above 1), a dotted
+        target_layer: ``"auto"`` (CNNs: the last layer with a spatial output; transformers: the
+            first layer of the last block whose patch tokens carry the score's gradient), a dotted
             module name such as ``"layer4"``, the module itself, or a list of these (the maps of the
             layers are normalised, averaged, and normalised again).
-        targets: ``None`` for the predicted class, an ``int`` for one class for all images, or one
-            class index per image (sequence or tensor ``[B]``). The score is that class's logit.
-        output_key: where the logits are in the model's output when it is not a tensor: an index,
-            a dict key or a function of the output.
+        targets: ``None`` for the predicted class, an ``int`` for one class for all images, one
+            class index per image (sequence or tensor ``[B]``), a callable ``output -> [B]`` scores,
+            or :func:`lightning_cam.targets.segmentation`. See :mod:`lightning_cam.targets`.
+        output_key: where the prediction is in the model's output when it is not a tensor: an
+            index, a dict key or a function of the output.
+        reshape_transform: how the target layer's output becomes ``[B, K, h, w]``: ``"auto"``
+            (convolutional, channels-last ``[B, h, w, K]`` and token ``[B, N, K]`` outputs, from the
+            shapes and the model's metadata; an ambiguous shape raises) or a callable
+            ``tensor -> [B, K, h, w]`` (pytorch-grad-cam's ``reshape_transform``).
         **options: method options, given to every requested method that accepts them:
             ``chunk_size`` (scorecam, ablationcam: rows per batched forward), ``topk`` (scorecam:
             only the k channels of largest variance), ``autocast_dtype`` (scorecam, ablationcam:
@@ -249,7 +232,14 @@ def explain(
         torch.Size([2, 64, 64])
     """
     return explain_batch(
-        model, images, methods, target_layer, targets, output_key=output_key, options=options
+        model,
+        images,
+        methods,
+        target_layer,
+        targets,
+        output_key=output_key,
+        reshape_transform=reshape_transform,
+        options=options,
     ).maps
 
 
@@ -261,10 +251,11 @@ def explain_batch(
     targets: Targets = None,
     *,
     output_key: OutputKey = None,
+    reshape_transform: ReshapeTransform = "auto",
     options: Mapping[str, Any] | None = None,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Explanation:
-    """:func:`explain`, also returning the logits (detached, float32) and the target classes.
+    """:func:`explain`, also returning the model's output, the target classes and the scorer.
 
     ``options`` are shared by every method that accepts them; ``method_options`` maps a method
     name to its own options (``{"scorecam": {"topk": 64}}``).
@@ -279,44 +270,44 @@ def explain_batch(
     start = time.perf_counter()
     with preserved_state(model, device.type):
         inputs = images.to(device=device, dtype=dtype).clone()  # a normal tensor, even from inference mode
-        layers = resolve_target_layers(model, target_layer, inputs) if layer_methods else []
-        shared = _shared_pass(model, inputs, layers, needed, targets, output_key)
+        layers = (
+            resolve_target_layers(model, target_layer, inputs, reshape_transform, output_key)
+            if layer_methods
+            else []
+        )
+        shared = _shared_pass(model, inputs, layers, needed, targets, output_key, reshape_transform)
         seconds = {"pass": time.perf_counter() - start}
         context = LayerInputs(
             activations=torch.empty(0),
             gradients=None,
-            targets=shared.targets,
+            targets=shared.scorer.classes,
             model=model,
             images=inputs.detach(),
-            logits=at_least_float32(shared.logits.detach()),
+            logits=at_least_float32(shared.output.detach()),
             output_key=output_key,
+            scorer=shared.scorer,
+            scores=at_least_float32(shared.scores.detach()),
         )
-        maps = _layer_maps(
-            model,
-            layer_methods,
-            layers,
-            shared.activations,
-            shared.layer_gradients,
-            context,
-            method_kwargs,
-            size,
-            seconds,
-        )
+        maps = _layer_maps(model, layer_methods, layers, shared, context, method_kwargs, size, seconds)
         maps |= _input_maps(needed, shared, maps, inputs, size, seconds)
     return Explanation(
         maps={m.name: maps[m.name].to(device=images.device, dtype=torch.float32) for m in requested},
-        logits=shared.logits.detach().float().to(images.device),
-        targets=shared.targets.to(images.device),
+        logits=shared.output.detach().float().to(images.device),
+        targets=shared.scorer.classes.to(images.device),
         seconds=seconds,
+        scorer=shared.scorer,
     )
 
 
 @dataclass(frozen=True)
 class _SharedPass:
-    """What the one forward pass and its gradient calls give every method."""
+    """What the one forward pass and its gradient calls give every method: the output, the scores it
+    explains, and per target layer its layout, activations and gradients as ``[B, K, h, w]``."""
 
-    logits: Tensor
-    targets: Tensor
+    output: Tensor
+    scorer: Scorer
+    scores: Tensor
+    layouts: list[Layout]
     activations: list[Tensor]
     layer_gradients: list[Tensor | None]
     input_gradient: Tensor | None
@@ -330,6 +321,7 @@ def _shared_pass(
     needed: Sequence[Method],
     targets: Targets,
     output_key: OutputKey,
+    reshape_transform: ReshapeTransform,
 ) -> _SharedPass:
     """One forward pass capturing the target layers, then at most one ``autograd.grad`` call for the
     layer and input gradients (and one more with guided ReLUs when guided backprop is asked for)."""
@@ -344,28 +336,37 @@ def _shared_pass(
         capture_activations(modules, differentiable=needs_layer_gradients, full_graph=full_graph) as capture,
         guided_relus(enabled=needs_guided) as switch,
     ):
-        output = model(inputs)
-    logits = select_logits(output, output_key)
-    if logits.shape[0] != inputs.shape[0]:
+        output = select_output(model(inputs), output_key)
+    scorer = make_scorer(targets, output)
+    scores = scorer.score(output)
+    if scores.shape != (inputs.shape[0],):
         raise ValueError(
-            f"the model's logits have batch size {logits.shape[0]} for {inputs.shape[0]} images; "
-            f"expected logits [B, num_classes]."
+            f"the model's output gives {list(scores.shape)} scores for {inputs.shape[0]} images; expected one per "
+            f"image (logits [B, num_classes], one binary logit [B], or a callable target returning [B])."
         )
-    class_targets = resolve_targets(targets, logits)
-    activations = _checked_activations(layers, capture.activations)
-    score = logits.gather(1, class_targets.unsqueeze(1)).sum()
-    sources = (activations if needs_layer_gradients else []) + ([inputs] if needs_input_gradients else [])
-    gradients = _gradients_of(score, sources, [name for name, _ in layers], retain_graph=needs_guided)
+    raw = _checked_activations(layers, capture.activations)
+    size = tuple(inputs.shape[2:])
+    layouts = [
+        infer_layout(a, size, model, m, n, reshape_transform) for (n, m), a in zip(layers, raw, strict=True)
+    ]
+    sources = (raw if needs_layer_gradients else []) + ([inputs] if needs_input_gradients else [])
+    gradients = _gradients_of(scores.sum(), sources, [name for name, _ in layers], retain_graph=needs_guided)
     guided_gradient = None
     if needs_guided:
         switch.guided = True
-        (guided_gradient,) = _gradients_of(score, [inputs], [], retain_graph=False)
+        (guided_gradient,) = _gradients_of(scores.sum(), [inputs], [], retain_graph=False)
         _warn_other_activations(switch.other_activations)
+    layer_gradients = gradients[: len(raw)] if needs_layer_gradients else [None] * len(raw)
     return _SharedPass(
-        logits=logits,
-        targets=class_targets,
-        activations=activations,
-        layer_gradients=gradients[: len(activations)] if needs_layer_gradients else [None] * len(activations),
+        output=output,
+        scorer=scorer,
+        scores=scores,
+        layouts=layouts,
+        activations=[layout.to_grid(a.detach()) for layout, a in zip(layouts, raw, strict=True)],
+        layer_gradients=[
+            None if g is None else layout.to_grid(g)
+            for layout, g in zip(layouts, layer_gradients, strict=True)
+        ],
         input_gradient=gradients[-1] if needs_input_gradients else None,
         guided_gradient=guided_gradient,
     )
@@ -394,7 +395,7 @@ def _input_maps(
         gradients=None if shared.input_gradient is None else at_least_float32(shared.input_gradient),
         guided_gradients=None if shared.guided_gradient is None else at_least_float32(shared.guided_gradient),
     )
-    bad_images = ~finite_rows(inputs.detach()) | ~finite_rows(shared.logits.detach())
+    bad_images = ~finite_rows(inputs.detach()) | ~finite_rows(shared.scores.detach()[:, None])
     maps = dict(layer_maps)
     for method in needed:
         if method.kind == "layer":
@@ -414,12 +415,7 @@ def _checked_activations(
         if activation is None:
             raise ValueError(
                 f"target layer {name!r} did not run during the forward pass, or did not return a tensor; "
-                f"pick a layer that the model calls and that outputs [B, K, h, w]."
-            )
-        if activation.dim() != 4:
-            raise ValueError(
-                f"target layer {name!r} outputs shape {list(activation.shape)}; CAM methods need a 4-D "
-                f"output [B, K, h, w]. Pick a convolutional layer before global pooling."
+                f"pick a layer that the model calls and that outputs [B, K, h, w], [B, h, w, K] or [B, N, K]."
             )
         activations.append(activation)
     return activations
@@ -464,16 +460,16 @@ def _layer_maps(
     model: nn.Module,
     methods: Sequence[Method],
     layers: Sequence[tuple[str, nn.Module]],
-    activations: Sequence[Tensor],
-    gradients: Sequence[Tensor | None],
+    shared: _SharedPass,
     context: LayerInputs,
     method_kwargs: Mapping[str, Mapping[str, Any]],
     size: tuple[int, int],
     seconds: dict[str, float],
 ) -> dict[str, Tensor]:
     per_method: dict[str, list[Tensor]] = {method.name: [] for method in methods}
-    for (name, layer), activation, gradient in zip(layers, activations, gradients, strict=True):
-        activation = at_least_float32(activation.detach())
+    for index, (name, layer) in enumerate(layers):
+        activation = at_least_float32(shared.activations[index])
+        gradient = shared.layer_gradients[index]
         inputs = replace(
             context,
             activations=activation,
@@ -485,6 +481,7 @@ def _layer_maps(
             ),
             layer=layer,
             layer_name=name,
+            layout=shared.layouts[index],
         )
         bad_images = ~finite_rows(activation)
         for method in methods:

@@ -27,7 +27,8 @@ def series_key(*parts: str) -> str:
 @dataclass
 class AttentionHistory:
     """Previous maps (on the device, for drift), timelines (``uint8`` on the CPU) and, per mask-metric
-    key, the values at the first check, at the check of highest enrichment (the peak) and at the last."""
+    key, the values at the first check, at the check of highest enrichment (the peak) and at the last;
+    per method, its latest trust metrics and cost (``trust``)."""
 
     timeline_length: int = 8
     previous: dict[str, Tensor] = field(default_factory=dict)
@@ -35,6 +36,7 @@ class AttentionHistory:
     first: dict[str, dict[str, float]] = field(default_factory=dict)
     peak: dict[str, dict[str, float]] = field(default_factory=dict)
     last: dict[str, dict[str, float]] = field(default_factory=dict)
+    trust: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def swap_previous(self, key: str, maps: Tensor) -> Tensor | None:
         """Store ``maps`` as the latest for ``key``; return the ones they replace (``None`` the first time)."""
@@ -73,6 +75,7 @@ class AttentionHistory:
             "first": self.first,
             "peak": self.peak,
             "last": self.last,
+            "trust": self.trust,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -83,6 +86,7 @@ class AttentionHistory:
         self.first = dict(state.get("first", {}))
         self.last = dict(state.get("last", {}))
         self.peak = dict(state.get("peak", self.last))
+        self.trust = {method: dict(values) for method, values in state.get("trust", {}).items()}
 
 
 def _above(value: float, best: float) -> bool:

@@ -1,4 +1,4 @@
-"""Finding the logits in a model's output."""
+"""Finding the model's prediction in its output (a tensor, a tuple, a dict, or anything ``output_key`` reads)."""
 
 from __future__ import annotations
 
@@ -7,36 +7,24 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["OutputKey", "select_logits"]
+__all__ = ["OutputKey", "select_output"]
 
 OutputKey = int | str | Callable[[Any], Tensor] | None
 
 
-def select_logits(output: Any, output_key: OutputKey = None) -> Tensor:
-    """Pick the logits ``[B, num_classes]`` out of a model's output.
+def select_output(output: Any, output_key: OutputKey = None) -> Any:
+    """Pick the prediction out of a model's output.
 
     ``output_key=None`` takes a tensor as it is, the first element of a tuple or list, and the
-    ``"logits"`` entry of a dict; an int or a string indexes the output; a callable maps it.
+    ``"logits"`` entry of a dict; an int or a string indexes the output; a callable maps it. Anything
+    else is returned as it is, for a callable target to read (a detection model's list of dicts).
     """
     if callable(output_key):
-        logits = output_key(output)
-    elif output_key is not None:
-        logits = output[output_key]
-    elif isinstance(output, Tensor):
-        logits = output
-    elif isinstance(output, (tuple, list)) and output:
-        logits = output[0]
-    elif isinstance(output, dict) and "logits" in output:
-        logits = output["logits"]
-    else:
-        raise ValueError(
-            f"the model returned {type(output).__name__}; pass output_key (an index, a dict key or a "
-            f"function) to say where its logits [B, num_classes] are."
-        )
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(
-            f"the model's output must be logits [B, num_classes]; got {shape}. For a model with "
-            f"several outputs pass output_key to pick the logits."
-        )
-    return logits
+        return output_key(output)
+    if output_key is not None:
+        return output[output_key]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    if isinstance(output, dict) and "logits" in output:
+        return output["logits"]
+    return output

@@ -15,12 +15,12 @@ from torch import Tensor
 
 from lightning_cam import metrics
 from lightning_cam.batch import FixedBatch
-from lightning_cam.bias_report import BiasReport, bias_report
 from lightning_cam.check import CheckResult
 from lightning_cam.config import MonitorConfig
 from lightning_cam.faults import Faults
 from lightning_cam.history import AttentionHistory, series_key
 from lightning_cam.render import Grid, apply_colormap, display_images, render_grid, render_table
+from lightning_cam.reports import Report, bias_report, trust_report
 from lightning_cam.writers import PNGWriter, Writer, writer_for
 from lightning_cam.writers.background import BackgroundWriter
 
@@ -120,6 +120,8 @@ class Publisher:
         if self.config.bias_report and history.last:
             report = bias_report(history.first, history.peak, history.last)
             self.publish_report(f"{self.config.name}/bias_report", report, step)
+        if any(set(values) - {"seconds_per_image"} for values in history.trust.values()):
+            self.publish_report(f"{self.config.name}/trust_report", trust_report(history.trust), step)
 
     def summary_images(
         self, summary: SummaryInputs, shown: Tensor, labels: Tensor | None, history: AttentionHistory
@@ -140,7 +142,7 @@ class Publisher:
                     alpha=config.alpha,
                     min_tile=TIMELINE_TILE,
                 )
-            if config.class_means and labels is not None:
+            if config.class_means and labels is not None and summary.num_classes:
                 previous = history.previous[key].to(shown.device)
                 means, present = metrics.class_mean_maps(previous, labels, summary.num_classes)
                 names = [config.class_name(c) for c in range(summary.num_classes) if bool(present[c])]
@@ -160,11 +162,10 @@ class Publisher:
             with self.faults.guard(f"writer {type(writer).__name__}"):
                 writer.log_metrics(dict(scalars), step)
 
-    def publish_report(self, tag: str, report: BiasReport, step: int) -> None:
+    def publish_report(self, tag: str, report: Report, step: int) -> None:
         """A table (TensorBoard text, W&B table, Markdown file), printed too."""
-        rank_zero_info(
-            f"CAMMonitor bias report ({tag}: attention mass per method, mask and slice):\n{report.text}"
-        )
+        title = tag.rsplit("/", 1)[-1].replace("_", " ")
+        rank_zero_info(f"CAMMonitor {title} ({tag}):\n{report.text}")
         self._each_writer(
             lambda writer: partial(writer.log_report, tag, report.columns, report.rows, report.text, step)
         )

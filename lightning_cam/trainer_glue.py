@@ -74,7 +74,9 @@ def _check_network(network: nn.Module, config: MonitorConfig, faults: Faults) ->
     names = [config.target_layer] if isinstance(config.target_layer, str) else config.target_layer
     named = [name for name in names if name != "auto"]
     if named:  # a misspelt layer name fails here, before training starts, not at the first check
-        resolve_target_layers(network, named, sample=torch.empty(0))
+        resolve_target_layers(
+            network, named, sample=torch.empty(0), reshape_transform=config.reshape_transform
+        )
 
 
 def autocast_dtype(trainer: pl.Trainer, config: MonitorConfig) -> torch.dtype | None:

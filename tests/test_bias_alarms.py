@@ -20,7 +20,7 @@ from lit_helpers import TinyClassifier, loaders, read_tensorboard_images, read_t
 
 from lightning_cam import CAMMonitor, metrics
 from lightning_cam.alerts import Alert, crossed_alerts, parse_alerts
-from lightning_cam.bias_report import bias_report
+from lightning_cam.reports import bias_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CUE = "cam/gradcam/enrichment/cue"

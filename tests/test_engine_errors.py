@@ -60,7 +60,7 @@ CASES = [
         {"target_layer": "fc"},
         SmallCNN,
         IMAGES,
-        r"'fc' outputs shape \[2, 4\]; CAM methods need a 4-D output",
+        r"'fc' outputs shape \[2, 4\] for an input of spatial size \[16, 16\]; CAM methods need \[B, K, h, w\]",
     ),
     ("not a tensor", {}, SmallCNN, [[0.0]], r"images must be a float tensor \[B, C, H, W\]; got list"),
     (
@@ -104,7 +104,7 @@ CASES = [
         {"target_layer": "conv"},
         SpatialOutput,
         IMAGES,
-        r"logits \[B, num_classes\]; got \[2, 4, 14, 14\]",
+        r"output has shape \[2, 4, 14, 14\]; class targets need logits \[B, num_classes\].*segmentation\(class_index\)",
     ),
     (
         "cam without classifier",

@@ -80,7 +80,13 @@ def assert_bitwise_equal(a: object, b: object, path: str = "") -> None:
 def test_fit_is_bit_identical_with_and_without_the_monitor(tmp_path: Path) -> None:
     options = {"accumulate_grad_batches": 3, "val_check_interval": 2}  # validation inside a window
     without = fit_state(tmp_path / "without", [], **options)
-    every_epoch = CAMMonitor(methods=list(lc.METHODS), num_samples=4, strict=True)
+    every_epoch = CAMMonitor(
+        methods=list(lc.METHODS),
+        num_samples=4,
+        faithfulness=("deletion", "insertion", "road"),
+        sanity_every_n_checks=1,
+        strict=True,
+    )
     every_step = CAMMonitor(
         methods=["gradcam", "scorecam"], num_samples=4, every_n_train_steps=1, strict=True
     )

@@ -15,7 +15,16 @@ def cam(inputs: LayerInputs) -> Tensor:
     """CAM (Zhou et al., 2016): ``sum_k W[c, k] A_k`` with ``W`` the weights of the linear
     classifier that follows global average pooling and ``c`` the target class."""
     assert inputs.classifier_weight is not None, "the engine finds the classifier for methods that need it"
-    weights = inputs.classifier_weight[inputs.targets].to(inputs.activations)
+    kind = getattr(inputs.scorer, "kind", "class")
+    if kind == "callable":
+        raise ValueError(
+            "'cam' weighs channels by a class's classifier weights; with a callable target use gradcam."
+        )
+    if kind == "binary":  # one logit: class 1 explains +W, class 0 explains -W
+        sign = torch.where(inputs.targets == 1, 1.0, -1.0).to(inputs.activations)[:, None]
+        weights = sign * inputs.classifier_weight[0].to(inputs.activations)
+    else:
+        weights = inputs.classifier_weight[inputs.targets].to(inputs.activations)
     return torch.einsum("bk,bkhw->bhw", weights, inputs.activations)
 
 

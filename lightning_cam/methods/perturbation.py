@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from lightning_cam.capture import forward_hooks
-from lightning_cam.logits import select_logits
+from lightning_cam.logits import select_output
 from lightning_cam.methods.registry import LayerInputs, at_least_float32, register
 
 __all__ = ["ablationcam", "default_chunk_size", "run_in_chunks", "scorecam"]
@@ -120,8 +120,8 @@ def scorecam(
         low = upsampled.amin(dim=(2, 3), keepdim=True)
         masks = (upsampled - low) / (upsampled.amax(dim=(2, 3), keepdim=True) - low)
         with torch.inference_mode(), _forward_context(images.device, autocast_dtype):
-            logits = select_logits(model(images[rows] * masks.to(images.dtype)), inputs.output_key)
-        return at_least_float32(logits).softmax(dim=1).gather(1, inputs.targets[rows, None]).squeeze(1)
+            output = select_output(model(images[rows] * masks.to(images.dtype)), inputs.output_key)
+        return inputs.scorer.probability(at_least_float32(output), rows)
 
     rows = len(image_index)
     chunk = chunk_size or default_chunk_size(images[0], rows)
@@ -139,12 +139,12 @@ def scorecam(
 
 
 @contextmanager
-def _replaced_output(layer: nn.Module, replacement: Tensor) -> Iterator[None]:
-    """Within the block, ``layer``'s output is ``replacement`` (cast to the output's dtype)."""
+def _replaced_output(layer: nn.Module, replacement: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Within the block, ``layer``'s output is ``replacement(output)`` (cast to the output's dtype)."""
 
     def hook_for(_index: int) -> Callable[..., Tensor]:
         def replace(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor:
-            return replacement.to(dtype=output.dtype, memory_format=torch.preserve_format)
+            return replacement(output).to(dtype=output.dtype, memory_format=torch.preserve_format)
 
         return replace
 
@@ -174,8 +174,8 @@ def ablationcam(
         chunk_size: ablated copies per forward (default: fits a 512 MiB budget).
         autocast_dtype: run the ablated forwards under autocast with this dtype.
     """
-    assert inputs.layer is not None and inputs.logits is not None
-    scores = inputs.logits.gather(1, inputs.targets[:, None]).squeeze(1)
+    assert inputs.layer is not None and inputs.scores is not None
+    scores = inputs.scores
     try:
         ablated = _checked_ablation(inputs, scores, chunk_size, autocast_dtype, one_image_per_forward=False)
     except (RuntimeError, _AblationMismatchError):
@@ -225,13 +225,17 @@ def _ablated_scores(
         image_rows, copy_rows = rows // per_image, rows % per_image
         copies = activations[image_rows] * keep[copy_rows]
         first, last = start // per_image, (stop - 1) // per_image
+
+        def in_layout(output: Tensor) -> Tensor:  # the copies in the layer's own layout
+            return inputs.layout.from_grid(copies, output, image_rows - first)
+
         try:
             with (
-                _replaced_output(inputs.layer, copies),
+                _replaced_output(inputs.layer, in_layout),
                 torch.inference_mode(),
                 _forward_context(images.device, autocast_dtype),
             ):
-                logits = select_logits(model(images[first : last + 1]), inputs.output_key)
+                output = select_output(model(images[first : last + 1]), inputs.output_key)
         except RuntimeError as error:
             if not one_image_per_forward:
                 raise  # mixing images in one forward failed: the caller retries one image at a time
@@ -241,12 +245,12 @@ def _ablated_scores(
                 f"this model cannot ({error}). It may reshape with a fixed batch size or combine the layer's "
                 f"output with tensors computed before it. Pick another target layer, or use scorecam."
             ) from error
-        if logits.shape[0] != stop - start:
+        if len(output) != stop - start:
             raise ValueError(
-                f"ablationcam: the layers after {inputs.layer_name!r} returned {logits.shape[0]} rows for "
+                f"ablationcam: the layers after {inputs.layer_name!r} returned {len(output)} rows for "
                 f"{stop - start} ablated copies; they must keep the batch dimension. Use scorecam."
             )
-        return at_least_float32(logits).gather(1, inputs.targets[image_rows, None]).squeeze(1)
+        return inputs.scorer.score(at_least_float32(output), image_rows)
 
     chunk = chunk_size or default_chunk_size(activations[0], batch * per_image)
     align = per_image if one_image_per_forward else None

@@ -46,8 +46,12 @@ class LayerInputs:
         images: the model's input ``[B, C, H, W]`` (the model's dtype, no autograd history).
         layer: the target layer module.
         layer_name: its dotted name.
-        logits: the logits of the pass ``[B, num_classes]`` (at least float32, detached).
-        output_key: how to find the logits in the model's output (see ``select_logits``).
+        logits: the model's output of the pass (at least float32, detached).
+        output_key: how to find the prediction in the model's output (see ``select_output``).
+        scorer: turns an output into the explained scores (and probabilities), per image or per row.
+        scores: the explained score of each image ``[B]`` (at least float32, detached).
+        layout: how the layer's own output maps to ``[B, K, h, w]`` (and back, for methods that
+            write activations into the layer).
     """
 
     activations: Tensor
@@ -60,6 +64,9 @@ class LayerInputs:
     layer_name: str = ""
     logits: Tensor | None = None
     output_key: Any = None
+    scorer: Any = None
+    scores: Tensor | None = None
+    layout: Any = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam.capture import model_device_dtype, preserved_state
-from lightning_cam.logits import OutputKey, select_logits
+from lightning_cam.logits import OutputKey, select_output
+from lightning_cam.targets import Scorer, make_scorer
 
 __all__ = [
     "as_distribution",
@@ -103,19 +104,24 @@ def masked_confidence(
     model: nn.Module,
     images: Tensor,
     maps: Mapping[str, Tensor],
-    targets: Tensor,
+    targets: Tensor | Scorer,
     output_key: OutputKey = None,
 ) -> dict[str, Tensor]:
-    """The target-class probability on ``images * map`` for every method's maps, in **one** batched
-    forward (under the state guard, in inference mode)."""
+    """The target's probability on ``images * map`` for every method's maps, in **one** batched
+    forward (under the state guard, in inference mode). ``targets``: class indices ``[B]`` (softmax
+    probabilities) or the :class:`~lightning_cam.targets.Scorer` of an explanation."""
     names = list(maps)
     if not names:
         return {}
     device, dtype = model_device_dtype(model, images)
     with preserved_state(model, device.type), torch.inference_mode():
         batch = torch.cat([images * maps[name][:, None].to(images) for name in names]).to(device, dtype)
-        probabilities = select_logits(model(batch), output_key).float().softmax(dim=1)
-    chosen = probabilities.gather(1, targets.to(device).repeat(len(names))[:, None]).squeeze(1)
+        output = select_output(model(batch), output_key)
+        scorer = (
+            targets if isinstance(targets, Scorer) else make_scorer(targets.to(device), output[: len(images)])
+        )
+        rows = torch.arange(len(images), device=device).repeat(len(names))
+        chosen = scorer.probability(output, rows)
     return dict(zip(names, chosen.to(images.device).chunk(len(names)), strict=True))
 
 

@@ -1,5 +1,7 @@
-"""The bias report: attention mass and enrichment per method and mask at the first, the peak and the last
-check, for all fixed samples and per class and group, as a table and as sentences."""
+"""The end-of-fit reports, each a table and sentences: the **bias report** (attention mass and
+enrichment per method and mask at the first, the peak and the last check, for all fixed samples and
+per class and group) and the **trust table** (which method's maps to believe: faithfulness and
+sanity at the last check, and each method's cost)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["BiasReport", "bias_report", "format_table"]
+__all__ = ["TRUST_METRICS", "Report", "bias_report", "format_table", "trust_report"]
 
 COLUMNS = [
     "method",
@@ -29,8 +31,8 @@ Record = Mapping[str, float]
 
 
 @dataclass(frozen=True)
-class BiasReport:
-    """A table (``columns``, ``rows``) and one plain-words reading per method and mask (and group)."""
+class Report:
+    """A table (``columns``, ``rows``) and plain-words readings."""
 
     columns: list[str]
     rows: list[list[object]]
@@ -85,7 +87,7 @@ def _reading(key: str, first: Record, peak: Record, last: Record) -> str:
 
 def bias_report(
     first: Mapping[str, Record], peak: Mapping[str, Record], last: Mapping[str, Record]
-) -> BiasReport:
+) -> Report:
     """The report of the records kept by :class:`~lightning_cam.history.AttentionHistory`, keyed
     ``"<method>/<mask>/<slice>"``; each record holds ``mass``, ``enrichment``, ``area``, ``count``,
     ``accuracy`` and ``step``. Readings are given for every ``all`` row and every group row.
@@ -103,7 +105,7 @@ def bias_report(
         for key in keys
         if not key.split("/", 2)[2].startswith("class=")
     ]
-    return BiasReport(list(COLUMNS), rows, readings)
+    return Report(list(COLUMNS), rows, readings)
 
 
 def format_table(columns: list[str], rows: list[list[object]]) -> str:
@@ -111,3 +113,59 @@ def format_table(columns: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+TRUST_METRICS: dict[str, tuple[str, bool]] = {
+    "deletion_auc": ("deletion AUC", False),
+    "insertion_auc": ("insertion AUC", True),
+    "road": ("ROAD", True),
+    "randomization_spearman": ("randomization Spearman", False),
+}
+"""Each trust metric's name in the table and whether higher is better."""
+
+
+def trust_report(trust: Mapping[str, Mapping[str, float]]) -> Report:
+    """Which method to trust: per method (``trust[method]``), each metric at the last check where it
+    was computed and ``seconds_per_image`` (the method's own work at the last check), with one reading
+    per metric naming the best method.
+
+    Example::
+
+        >>> trust_report({"gradcam": {"road": 0.2, "seconds_per_image": 0.001},
+        ...               "scorecam": {"road": 0.1, "seconds_per_image": 0.3}}).readings
+        ['ROAD (higher is more faithful): gradcam is best (0.2), then scorecam (0.1)']
+    """
+    metrics = [key for key in TRUST_METRICS if any(key in values for values in trust.values())]
+    columns = [
+        "method",
+        *(
+            f"{TRUST_METRICS[key][0]} ({'higher' if TRUST_METRICS[key][1] else 'lower'} is better)"
+            for key in metrics
+        ),
+        "seconds per image",
+    ]
+    rows = [
+        [
+            method,
+            *(_rounded(values.get(key, math.nan), 4) for key in metrics),
+            _rounded(values.get("seconds_per_image", math.nan), 5),
+        ]
+        for method, values in sorted(trust.items())
+    ]
+    readings = []
+    for key in metrics:
+        name, higher = TRUST_METRICS[key]
+        scored = sorted(
+            (
+                (values[key], method)
+                for method, values in trust.items()
+                if not math.isnan(values.get(key, math.nan))
+            ),
+            reverse=higher,
+        )
+        if scored:
+            ranking = ", then ".join(f"{method} ({value:.3g})" for value, method in scored[1:])
+            best = f"{scored[0][1]} is best ({scored[0][0]:.3g})" + (f", then {ranking}" if ranking else "")
+            meaning = "more faithful" if key != "randomization_spearman" else "more model-dependent"
+            readings.append(f"{name} ({'higher' if higher else 'lower'} is {meaning}): {best}")
+    return Report(columns, rows, readings)

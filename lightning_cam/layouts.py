@@ -1,0 +1,193 @@
+"""Any target layer's output as ``[B, K, *grid]``: convolutional, channels-last, or tokens.
+
+A layer's output comes in one of three layouts, found from its shape, the input's size and the
+model's own metadata (:func:`infer_layout`); activations **and** gradients go through the same
+:class:`Layout`, so every layer method sees ``[B, K, h, w]``:
+
+- ``grid``: ``[B, K, h, w]`` (a convolution's output);
+- ``channels_last``: ``[B, h, w, K]`` (torchvision ``swin_t`` stages, timm Swin blocks);
+- ``tokens``: ``[B, N, K]``, ``P`` prefix tokens first (class, distillation, register tokens), then
+  the ``h * w`` patch tokens in row-major order (ViT, DeiT).
+
+It never guesses: a shape that fits more than one reading (or none) raises ``ValueError`` naming
+``reshape_transform``, which takes a callable ``tensor -> [B, K, h, w]`` (pytorch-grad-cam's signature).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Layout", "ReshapeTransform", "infer_layout"]
+
+ReshapeTransform = Literal["auto"] | Callable[[Tensor], Tensor]
+MAX_PREFIX_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a layer's output maps to ``[B, K, *grid]`` and back."""
+
+    kind: Literal["grid", "channels_last", "tokens", "callable"]
+    grid: tuple[int, ...] = ()
+    prefix: int = 0
+    transform: Callable[[Tensor], Tensor] | None = None
+
+    def to_grid(self, output: Tensor) -> Tensor:
+        """``[B, K, *grid]`` from the layer's output."""
+        if self.kind == "grid":
+            return output
+        if self.kind == "channels_last":
+            return output.movedim(-1, 1)
+        if self.kind == "tokens":
+            patches = output[:, self.prefix :]
+            return patches.transpose(1, 2).reshape(output.shape[0], output.shape[2], *self.grid)
+        assert self.transform is not None
+        return self.transform(output)
+
+    def from_grid(self, grid: Tensor, original: Tensor, rows: Tensor) -> Tensor:
+        """The layer's layout from ``[n, K, *grid]``; token layouts take their prefix tokens from
+        ``original`` (the layer's output), row ``i`` from image ``rows[i]`` of it."""
+        if self.kind == "grid":
+            return grid
+        if self.kind == "channels_last":
+            return grid.movedim(1, -1)
+        if self.kind == "tokens":
+            prefix = original[:, : self.prefix][rows]
+            return torch.cat([prefix.to(grid.dtype), grid.flatten(2).transpose(1, 2)], dim=1)
+        raise ValueError(
+            "this method writes modified activations back into the layer, which a callable reshape_transform "
+            "cannot invert; use reshape_transform='auto' for this layer, or a method that only reads activations."
+        )
+
+
+def _strides_agree(grid: tuple[int, ...], size: tuple[int, ...]) -> bool:
+    """Whether ``grid`` is ``size`` divided by about the same stride in every dimension."""
+    if len(grid) != len(size) or any(g < 1 or g > s for g, s in zip(grid, size, strict=True)):
+        return False
+    strides = [s / g for g, s in zip(grid, size, strict=True)]
+    return max(strides) / min(strides) < 1.25
+
+
+def _model_prefix_and_patch(model: nn.Module) -> tuple[int | None, tuple[int, ...] | None]:
+    """Prefix-token count and patch size from timm (``num_prefix_tokens``, ``patch_embed.patch_size``)
+    or torchvision (``VisionTransformer.patch_size``, one class token) metadata, where present."""
+    for module in model.modules():
+        prefix = getattr(module, "num_prefix_tokens", None)
+        if isinstance(prefix, int):
+            patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
+            return prefix, tuple(patch) if isinstance(patch, (tuple, list)) else None
+        if type(module).__name__ == "VisionTransformer" and isinstance(
+            getattr(module, "patch_size", None), int
+        ):
+            return 1, (module.patch_size, module.patch_size)
+    return None, None
+
+
+def _token_layout(shape: tuple[int, ...], size: tuple[int, ...], model: nn.Module, name: str) -> Layout:
+    tokens = shape[1]
+    prefix, patch = _model_prefix_and_patch(model)
+    if prefix is not None and patch is not None and len(patch) == len(size):
+        grid = tuple(s // p for s, p in zip(size, patch, strict=True))
+        if math.prod(grid) == tokens - prefix:
+            return Layout("tokens", grid, prefix)
+    fits = []
+    for extra in [prefix] if prefix is not None else range(MAX_PREFIX_TOKENS + 1):
+        count = tokens - extra
+        for rows in range(1, count + 1):
+            if count % rows == 0 and rows * size[1] == (count // rows) * size[0]:
+                fits.append(Layout("tokens", (rows, count // rows), extra))
+    if len(fits) == 1:
+        return fits[0]
+    readings = ", ".join(f"{f.prefix} prefix + {f.grid[0]}x{f.grid[1]} patches" for f in fits) or "none"
+    raise ValueError(
+        f"target layer {name!r} outputs tokens {list(shape)} for an input of {list(size)}, which do not read as "
+        f"one grid of patches with the input's aspect ratio (readings: {readings}). Pass reshape_transform="
+        f"a function tensor -> [B, K, h, w] (e.g. lambda t: t[:, 1:].transpose(1, 2).reshape(B, K, h, w))."
+    )
+
+
+def _features(module: nn.Module) -> int | None:
+    """The feature size a layer norm or linear layer produces along the last dimension."""
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        return module.normalized_shape[0]
+    return module.out_features if isinstance(module, nn.Linear) else None
+
+
+def _evidence(modules: list[nn.Module], shape: tuple[int, ...], linear: bool) -> set[str]:
+    """Which layouts the modules' own types vouch for: a convolution or batch/group norm with ``K =
+    shape[1]`` channels for channels first, a layer norm (or, with ``linear``, a linear layer) over
+    ``K = shape[-1]`` features for channels last."""
+    found = set()
+    for module in modules:
+        if isinstance(module, nn.Linear) and not linear:
+            continue
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            channels = (
+                getattr(module, "out_channels", None)
+                or getattr(module, "num_features", None)
+                or module.num_channels
+            )
+            if channels == shape[1]:
+                found.add("grid")
+        elif _features(module) == shape[-1]:
+            found.add("channels_last")
+    return found
+
+
+def _grid_layout(
+    shape: tuple[int, ...], size: tuple[int, ...], model: nn.Module, layer: nn.Module, name: str
+) -> Layout:
+    """Channels first or channels last: the reading whose grid divides the input by one stride; where
+    both or neither do, the one the layer's (else the model's) module types vouch for; else raise."""
+    readings = {"grid": Layout("grid", shape[2:]), "channels_last": Layout("channels_last", shape[1:-1])}
+    agreeing = [kind for kind, layout in readings.items() if _strides_agree(layout.grid, size)]
+    if len(agreeing) == 1:
+        return readings[agreeing[0]]
+    candidates = agreeing or [
+        kind
+        for kind, layout in readings.items()
+        if all(g <= s for g, s in zip(layout.grid, size, strict=True))
+    ]
+    for modules, linear in ((list(layer.modules()), True), (list(model.modules()), False)):
+        vouched = _evidence(modules, shape, linear) & set(candidates)
+        if len(vouched) == 1:
+            return readings[vouched.pop()]
+    raise ValueError(
+        f"target layer {name!r} outputs {list(shape)} for an input of {list(size)}: it reads as channels "
+        f"first [B, K, *grid] and as channels last [B, *grid, K], and the model's layers do not say which. "
+        f"Pass reshape_transform=lambda t: t (channels first) or lambda t: t.movedim(-1, 1) (channels last)."
+    )
+
+
+def infer_layout(
+    output: Tensor,
+    size: tuple[int, ...],
+    model: nn.Module,
+    layer: nn.Module,
+    name: str,
+    reshape_transform: ReshapeTransform = "auto",
+) -> Layout:
+    """The layout of target layer ``name``'s (``layer``'s) ``output`` for inputs of spatial ``size``
+    ((H, W), or (D, H, W) for volumes)."""
+    if callable(reshape_transform):
+        return Layout("callable", transform=reshape_transform)
+    if reshape_transform != "auto":
+        raise ValueError(
+            f"reshape_transform must be 'auto' or a callable tensor -> [B, K, h, w]; got {reshape_transform!r}."
+        )
+    shape, spatial = tuple(output.shape), len(size)
+    if len(shape) == 3 and spatial == 2:
+        return _token_layout(shape, size, model, name)
+    if len(shape) == spatial + 2:
+        return _grid_layout(shape, size, model, layer, name)
+    raise ValueError(
+        f"target layer {name!r} outputs shape {list(shape)} for an input of spatial size {list(size)}; CAM methods "
+        f"need [B, K, h, w] (convolutions), [B, h, w, K] (channels last) or [B, N, K] (tokens). Pick a "
+        f"layer before global pooling, or pass reshape_transform=a function tensor -> [B, K, h, w]."
+    )

@@ -1,0 +1,296 @@
+"""Trust metrics: deletion / insertion, ROAD and the model-randomisation sanity check, against the
+peers' implementations, direct solves and hand-computed values, and in CAMMonitor."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from conftest import SmallCNN
+from cue_helpers import CueClassifier, CueData, cue_loaders
+from lightning.pytorch.loggers import TensorBoardLogger
+from lit_helpers import TinyClassifier, loaders, read_tensorboard_scalars, trainer
+from torch import nn
+
+import lightning_cam as lc
+from lightning_cam import CAMMonitor
+from lightning_cam.metrics import (
+    deletion_insertion,
+    learnable_layers,
+    model_randomization,
+    noisy_linear_imputation,
+    road,
+    spearman,
+)
+
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+class GivenMaps:
+    """A torch-cam CAM extractor that hands back fixed maps, so torch-cam scores our maps."""
+
+    def __init__(self, model: nn.Module, maps: torch.Tensor) -> None:
+        self.model, self.maps = model, maps
+
+    def __call__(
+        self, class_idx: object = None, scores: object = None, normalized: bool = True, **_: object
+    ) -> list:
+        return [self.maps]
+
+    def fuse_cams(self, cams: list[torch.Tensor]) -> torch.Tensor:
+        return cams[0]
+
+    @contextmanager
+    def _hooks_off(self):
+        yield
+
+
+@pytest.fixture(scope="module")
+def small_model() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return SmallCNN().eval(), torch.rand(4, 3, 16, 16)
+
+
+def test_deletion_insertion_equal_torchcam_per_image(small_model: tuple[nn.Module, torch.Tensor]) -> None:
+    from torchcam.metrics import DeletionInsertionMetric
+
+    model, images = small_model
+    maps = lc.explain(model, images, ("gradcam", "layercam"), "features.4")
+    ours = deletion_insertion(model, images, maps)
+    for method, value in maps.items():
+        for image in range(len(images)):
+            metric = DeletionInsertionMetric(
+                GivenMaps(model, value[image : image + 1]), partial(torch.softmax, dim=-1)
+            )
+            metric.update(images[image : image + 1])
+            theirs = metric.summary()
+            assert ours[method][0][image].item() == pytest.approx(theirs["deletion_auc"], abs=1e-4)
+            assert ours[method][1][image].item() == pytest.approx(theirs["insertion_auc"], abs=1e-4)
+
+
+def test_deletion_insertion_by_hand_on_a_linear_model() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]))
+    image = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]]])
+    the_map = torch.tensor(
+        [[[0.1, 0.9], [0.5, 0.5]]]
+    )  # order: pixel 1, then 2 and 3 (tie: by position), then 0
+    deletion, insertion = deletion_insertion(model, image, the_map, targets=0, steps=4)
+
+    def p(logit: float) -> float:
+        return torch.softmax(torch.tensor([logit, 0.0]), 0)[0].item()
+
+    kept_after_deletion = [10.0, 8.0, 5.0, 1.0, 0.0]  # logit of class 0 after removing 0..4 top pixels
+    kept_after_insertion = [0.0, 2.0, 5.0, 9.0, 10.0]
+    expected_deletion = sum((p(a) + p(b)) / 2 * 0.25 for a, b in itertools.pairwise(kept_after_deletion))
+    expected_insertion = sum((p(a) + p(b)) / 2 * 0.25 for a, b in itertools.pairwise(kept_after_insertion))
+    assert deletion.item() == pytest.approx(expected_deletion, abs=1e-6)
+    assert insertion.item() == pytest.approx(expected_insertion, abs=1e-6)
+
+
+def direct_imputation(image: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """The same imputation by a dense solve in float64: one equation per removed pixel."""
+    channels, height, width = image.shape
+    index = {(y, x): i for i, (y, x) in enumerate(removed.nonzero().tolist())}
+    matrix = torch.zeros(len(index), len(index), dtype=torch.float64)
+    right = torch.zeros(len(index), channels, dtype=torch.float64)
+    for (y, x), row in index.items():
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                ny, nx = y + dy, x + dx
+                if (dy, dx) == (0, 0) or not (0 <= ny < height and 0 <= nx < width):
+                    continue
+                weight = 1 / 12 if dy and dx else 1 / 6
+                matrix[row, row] += weight
+                if (ny, nx) in index:
+                    matrix[row, index[(ny, nx)]] -= weight
+                else:
+                    right[row] += weight * image[:, ny, nx].double()
+    solution = torch.linalg.solve(matrix, right)
+    filled = image.double().clone()
+    for (y, x), row in index.items():
+        filled[:, y, x] = solution[row]
+    return filled
+
+
+def test_imputation_equals_a_direct_solve_with_borders_and_a_full_block() -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 9, 11, generator=generator)
+    removed = torch.zeros(4, 9, 11, dtype=torch.bool)
+    removed[0] = torch.rand(9, 11, generator=generator) < 0.5  # scattered, touching the borders
+    removed[1, :, :4] = True  # the whole left border strip
+    removed[2, 1:8, 2:9] = True  # a removed block
+    removed[3] = True
+    removed[3, 4, 5] = False  # everything but one pixel
+    filled = noisy_linear_imputation(images, removed, noise=0.0)
+    for image in range(4):
+        expected = direct_imputation(images[image], removed[image])
+        assert (filled[image].double() - expected).abs().max() < 1e-4, image
+    assert torch.equal(
+        filled[~removed[:, None].expand_as(images)], images[~removed[:, None].expand_as(images)]
+    )
+
+
+def test_imputation_noise_comes_from_its_own_generator() -> None:
+    images, removed = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8) < 0.3
+    state = torch.random.get_rng_state()
+    first = noisy_linear_imputation(images, removed, 0.01, torch.Generator().manual_seed(1))
+    second = noisy_linear_imputation(images, removed, 0.01, torch.Generator().manual_seed(1))
+    assert torch.equal(first, second) and torch.equal(torch.random.get_rng_state(), state)
+    assert (
+        0.003
+        < (first - noisy_linear_imputation(images, removed))[removed[:, None].expand_as(images)].std()
+        < 0.03
+    )
+
+
+def test_road_equals_pytorch_grad_cam_with_zero_noise(small_model: tuple[nn.Module, torch.Tensor]) -> None:
+    from pytorch_grad_cam.metrics.perturbation_confidence import (
+        PerturbationConfidenceMetric,
+        RemoveLeastRelevantFirst,
+        RemoveMostRelevantFirst,
+    )
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    model, images = small_model
+    maps = torch.rand(len(images), 16, 16, generator=torch.Generator().manual_seed(2))  # no ties
+    targets = [1, 0, 3, 2]
+    ours = road(model, images, maps, targets, noise=0.0)
+    wrapped = [ClassifierOutputSoftmaxTarget(t) for t in targets]
+
+    def theirs(removal: type) -> np.ndarray:
+        # Their percentile p removes the top (or bottom) 100 - p %: over 10..90 the same nine fractions.
+        return np.mean(
+            [
+                PerturbationConfidenceMetric(removal(100 * p, NoisyLinearImputer(noise=0)))(
+                    images, maps.numpy(), wrapped, model
+                )
+                for p in FRACTIONS
+            ],
+            axis=0,
+        )
+
+    np.testing.assert_allclose(ours["morf"].numpy(), theirs(RemoveMostRelevantFirst), atol=0.01)
+    np.testing.assert_allclose(ours["lerf"].numpy(), theirs(RemoveLeastRelevantFirst), atol=0.01)
+    np.testing.assert_allclose(ours["combined"].numpy(), ((ours["lerf"] - ours["morf"]) / 2).numpy())
+
+
+@pytest.fixture(scope="module")
+def cue_model() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A CNN trained until it reads the corner cue (the only way to the label), and 8 of its images."""
+    pl.seed_everything(0, verbose=False)
+    train, _ = cue_loaders(True)
+    model = CueClassifier()
+    pl.Trainer(
+        max_epochs=8,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    ).fit(model, train)
+    data = CueData(8, 1, True)
+    return model.net.eval(), {key: data.data[key] for key in ("image", "label", "cue", "object")}
+
+
+@pytest.mark.slow
+def test_the_map_on_the_cue_is_the_faithful_one(cue_model: tuple[nn.Module, dict[str, torch.Tensor]]) -> None:
+    model, data = cue_model
+    images, labels = data["image"], data["label"]
+    assert (model(images).argmax(1) == labels).float().mean() == 1.0
+    jitter = 1e-3 * torch.rand(data["cue"].shape, generator=torch.Generator().manual_seed(0))  # no ties
+    maps = {"on_cue": data["cue"] + jitter, "off_cue": 1 - data["cue"] + jitter}
+    deletion = {name: value[0] for name, value in deletion_insertion(model, images, maps, labels).items()}
+    roads = {name: value["combined"] for name, value in road(model, images, maps, labels).items()}
+    assert bool((deletion["on_cue"] < deletion["off_cue"]).all()), deletion  # deleting the cue first hurts more
+    assert bool((roads["on_cue"] > roads["off_cue"]).all()), roads
+    assert roads["on_cue"].mean() > roads["off_cue"].mean() + 0.1, roads
+
+
+@pytest.mark.slow
+def test_randomization_is_low_for_gradcam_and_leaves_everything_as_it_was(
+    cue_model: tuple[nn.Module, dict[str, torch.Tensor]],
+) -> None:
+    model, data = cue_model
+    images = data["image"]
+    for parameter in model.parameters():
+        parameter.grad = torch.full_like(parameter, 0.5)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    rngs = (torch.random.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    final = model_randomization(model, images, ("gradcam", "layercam"), "features.9")
+    curve = model_randomization(model, images, "gradcam", "features.9", curve=True)["gradcam"]
+    assert final["gradcam"].mean() < 0.5 and final["layercam"].mean() < 0.5
+    assert curve.shape == (len(learnable_layers(model)), len(images))
+    assert torch.equal(curve[-1], final["gradcam"])  # the last stage is the whole cascade
+    assert curve[0].mean() > curve[-1].mean()  # the classifier alone changes less than all layers
+    assert all(torch.equal(state[name], value) for name, value in model.state_dict().items())
+    assert all(p.grad is grads[name] and bool((p.grad == 0.5).all()) for name, p in model.named_parameters())
+    assert torch.equal(torch.random.get_rng_state(), rngs[0]) and np.array_equal(
+        np.random.get_state()[1], rngs[1]
+    )
+    assert random.getstate() == rngs[2] and not model.training
+
+
+def test_learnable_layers_run_from_the_output_down() -> None:
+    assert learnable_layers(SmallCNN()) == ["fc", "features.5", "features.4", "features.1", "features.0"]
+
+
+def test_spearman_by_hand() -> None:
+    a = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[1.0, 1.0], [2.0, 3.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    b = torch.tensor([[[4.0, 3.0], [2.0, 1.0]], [[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [1.0, 0.0]]])
+    rho = spearman(a, b)
+    # second pair: ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3), centred (-1, -1, 0.5, 1.5) and
+    # (-1.5, -0.5, 0.5, 1.5): 4.5 / sqrt(4.5 * 5)
+    assert rho[0].item() == pytest.approx(-1.0) and rho[1].item() == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
+    assert rho[2].item() == 0.0 and spearman(a[2:], a[2:]).item() == 1.0  # a flat map: 1 with itself, else 0
+
+
+def test_cam_monitor_logs_trust_metrics_and_a_trust_table(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.manual_seed(0)
+    train, val = loaders()
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    monitor = CAMMonitor(
+        methods=["gradcam", "layercam"],
+        num_samples=4,
+        faithfulness=("deletion", "road"),
+        faithfulness_every_n_checks=2,
+        sanity_every_n_checks=3,
+        strict=True,
+    )
+    with caplog.at_level("INFO"):
+        trainer(tmp_path, [monitor], logger=logger, max_epochs=3).fit(TinyClassifier(), train, val)
+    assert [s for s, _ in read_tensorboard_scalars(logger.log_dir, "cam/gradcam/deletion_auc")] == [8]
+    assert [s for s, _ in read_tensorboard_scalars(logger.log_dir, "cam/layercam/road")] == [8]
+    assert not read_tensorboard_scalars(logger.log_dir, "cam/gradcam/insertion_auc")  # not asked for
+    sanity = read_tensorboard_scalars(logger.log_dir, "cam/gradcam/randomization_spearman")
+    assert [s for s, _ in sanity] == [12] and -1 <= sanity[0][1] <= 1
+    assert monitor.history.trust["gradcam"]["road"] == pytest.approx(
+        read_tensorboard_scalars(logger.log_dir, "cam/gradcam/road")[0][1]
+    )
+    assert "CAMMonitor trust report" in caplog.text and "ROAD (higher is more faithful)" in caplog.text
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert "cam/trust_report/text_summary" in accumulator.Tags()["tensors"]
+
+
+def test_trust_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown faithfulness metric"):
+        CAMMonitor(faithfulness=["deletion", "roads"])
+    with pytest.raises(ValueError, match="sanity_every_n_checks must be a positive integer"):
+        CAMMonitor(sanity_every_n_checks=0)
+    with pytest.raises(ValueError, match="fractions must be in"):
+        road(nn.Linear(1, 1), torch.rand(1, 1, 2, 2), torch.rand(1, 2, 2), fractions=(0.0, 1.0))
