@@ -283,7 +283,7 @@ def explain_batch(
             targets=shared.scorer.classes,
             model=model,
             images=inputs.detach(),
-            logits=at_least_float32(shared.output.detach()),
+            logits=at_least_float32(shared.prediction.detach()),
             output_key=output_key,
             scorer=shared.scorer,
             scores=at_least_float32(shared.scores.detach()),
@@ -292,7 +292,7 @@ def explain_batch(
         maps |= _input_maps(needed, shared, maps, inputs, size, seconds)
     return Explanation(
         maps={m.name: maps[m.name].to(device=images.device, dtype=torch.float32) for m in requested},
-        logits=shared.output.detach().float().to(images.device),
+        logits=shared.prediction.detach().float().to(images.device),
         targets=shared.scorer.classes.to(images.device),
         seconds=seconds,
         scorer=shared.scorer,
@@ -304,7 +304,7 @@ class _SharedPass:
     """What the one forward pass and its gradient calls give every method: the output, the scores it
     explains, and per target layer its layout, activations and gradients as ``[B, K, h, w]``."""
 
-    output: Tensor
+    output: Any
     scorer: Scorer
     scores: Tensor
     layouts: list[Layout]
@@ -312,6 +312,11 @@ class _SharedPass:
     layer_gradients: list[Tensor | None]
     input_gradient: Tensor | None
     guided_gradient: Tensor | None
+
+    @property
+    def prediction(self) -> Tensor:
+        """The output where it is a tensor; else (a callable target on a list or dict) the scores ``[B, 1]``."""
+        return self.output if isinstance(self.output, Tensor) else self.scores[:, None]
 
 
 def _shared_pass(

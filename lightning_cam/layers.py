@@ -80,7 +80,7 @@ def _probe(model: nn.Module, sample: Tensor, output_key: OutputKey) -> tuple[lis
 
     with forward_hooks([module for _, module in named], hook_for), torch.enable_grad():
         output = select_output(model(sample[:1]), output_key)
-    score = output.flatten().max() if isinstance(output, Tensor) and output.requires_grad else None
+        score = output.flatten().max() if isinstance(output, Tensor) and output.requires_grad else None
     return probes, score
 
 
@@ -117,7 +117,8 @@ def _transformer_choice(model: nn.Module, probes: list[_Probe], score: Tensor) -
     """The first shape-keeping layer of the last block whose patch positions carry the score's
     gradient (ViT / DeiT: the last block's first norm; Swin: the last block's ``norm1``)."""
     spatial = [p for p in probes if p.layout is not None and p.layout.kind in ("tokens", "channels_last")]
-    gradients = torch.autograd.grad(score, [p.output for p in spatial], allow_unused=True, retain_graph=True)
+    with torch.enable_grad():
+        gradients = torch.autograd.grad(score, [p.output for p in spatial], allow_unused=True, retain_graph=True)
     carrying = [
         p
         for p, g in zip(spatial, gradients, strict=True)
@@ -125,6 +126,7 @@ def _transformer_choice(model: nn.Module, probes: list[_Probe], score: Tensor) -
     ]
     parents = dict(model.named_modules())
     blocks = [p for p in spatial if _is_block(p, parents)]
+    blocks = [b for b in blocks if not any(other.name.startswith(b.name + ".") for other in blocks)]  # innermost
     if blocks:
         last = blocks[-1]
         inside = [

@@ -143,9 +143,7 @@ def make_scorer(targets: Targets, output: Any) -> Scorer:
             raise ValueError(
                 f"a callable target must return one score per image [{len(output)}]; it returned {shape}."
             )
-        return Scorer(
-            "callable", torch.full((len(output),), -1, dtype=torch.long, device=output.device), targets
-        )
+        return Scorer("callable", torch.full((len(output),), -1, dtype=torch.long, device=scores.device), targets)
     if not isinstance(output, Tensor):
         raise ValueError(
             f"the model returned {type(output).__name__}; pass output_key to pick its logits, or targets=a callable "

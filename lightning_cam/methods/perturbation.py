@@ -24,14 +24,17 @@ from lightning_cam.methods.registry import LayerInputs, at_least_float32, regist
 __all__ = ["ablationcam", "default_chunk_size", "run_in_chunks", "scorecam"]
 
 MEMORY_BUDGET_BYTES = 512 * 2**20
+CPU_ROWS = 128  # on the CPU larger batches are slower per row (cache): 84 ms vs 59 ms for 336 rows measured
 _PERTURBATION_OPTIONS = {"chunk_size": None, "autocast_dtype": None}
 
 
 def default_chunk_size(sample: Tensor, rows: int, budget_bytes: int = MEMORY_BUDGET_BYTES) -> int:
     """Rows per chunk for a memory budget: a row is counted as 16 times the bytes of ``sample``
-    (one input plus the activations a forward keeps alive), at most ``rows``."""
+    (one input plus the activations a forward keeps alive), at most ``rows``, and at most
+    ``CPU_ROWS`` on the CPU."""
     per_row = max(1, sample.numel() * 4 * 16)
-    return max(1, min(rows, budget_bytes // per_row))
+    cap = CPU_ROWS if sample.device.type == "cpu" else rows
+    return max(1, min(rows, cap, budget_bytes // per_row))
 
 
 def run_in_chunks(

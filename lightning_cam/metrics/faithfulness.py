@@ -38,7 +38,6 @@ __all__ = ["deletion_insertion", "noisy_linear_imputation", "pixel_ranks", "road
 
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 Maps = Tensor | Mapping[str, Tensor]
-_NEIGHBOURS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
 
 
 def pixel_ranks(maps: Tensor) -> Tensor:
@@ -191,46 +190,64 @@ def noisy_linear_imputation(
     removed: Tensor,
     noise: float = 0.0,
     generator: torch.Generator | None = None,
-    tolerance: float = 1e-6,
+    tolerance: float = 1e-5,
 ) -> Tensor:
     """Fill the ``removed`` pixels (``[n, H, W]`` bool) of ``images`` ``[n, C, H, W]``: each removed
     pixel equals the weighted mean of its in-image 8 neighbours (1/6 edge, 1/12 diagonal), all
     removed pixels of all images and channels solved jointly by preconditioned conjugate gradients
     (the system is symmetric positive definite wherever an image keeps a pixel), to a relative
-    residual of ``tolerance``; then Gaussian noise of std ``noise`` on the filled pixels."""
-    height, width = images.shape[-2:]
+    residual of ``tolerance``, starting from the same problem solved at half the resolution (so a
+    large removed block costs few iterations); then Gaussian noise of std ``noise`` on the filled
+    pixels."""
     dtype = torch.promote_types(images.dtype, torch.float32)
-    kernel = torch.tensor(_NEIGHBOURS, dtype=dtype, device=images.device).view(1, 1, 3, 3)
-
-    def neighbour_sum(x: Tensor) -> Tensor:
-        return F.conv2d(x.reshape(-1, 1, height, width), kernel, padding=1).view(x.shape)
-
     mask = removed[:, None].to(dtype)
-    values = images.to(dtype)
-    weights = neighbour_sum(torch.ones(1, 1, height, width, dtype=dtype, device=images.device)).clamp(
-        min=1e-12
-    )
-    right = mask * neighbour_sum(values * (1 - mask))
-    filled = _conjugate_gradients(
-        lambda u: mask * (weights * u - neighbour_sum(u)), right, weights, tolerance
-    )
+    filled = _impute(images.to(dtype), mask, tolerance)
     if noise > 0:
-        filled = filled + noise * torch.randn(
-            filled.shape, generator=generator, device=filled.device, dtype=dtype
-        )
-    return torch.where(mask > 0, filled, values).to(images.dtype)
+        filled = filled + noise * torch.randn(filled.shape, generator=generator, device=filled.device, dtype=dtype)
+    return torch.where(mask > 0, filled, images.to(dtype)).to(images.dtype)
+
+
+def _neighbour_sum(x: Tensor) -> Tensor:
+    """Each pixel's in-image neighbours weighted 1/6 (edges) and 1/12 (diagonals); zero outside."""
+    p = F.pad(x, (1, 1, 1, 1))
+    edges = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+    diagonals = p[..., :-2, :-2] + p[..., :-2, 2:] + p[..., 2:, :-2] + p[..., 2:, 2:]
+    return edges / 6 + diagonals / 12
+
+
+def _impute(values: Tensor, mask: Tensor, tolerance: float) -> Tensor:
+    """The images with their removed pixels (``mask`` ``[n, 1, H, W]``, 1 = removed) solved for;
+    the initial guess is the half-resolution solution, upsampled (cascadic multigrid)."""
+    height, width = values.shape[-2:]
+    known = 1 - mask
+    if min(height, width) >= 16:
+        pooled_known = F.avg_pool2d(known, 2, ceil_mode=True)
+        coarse = F.avg_pool2d(values * known, 2, ceil_mode=True) / pooled_known.clamp(min=1e-12)
+        coarse = _impute(coarse, (pooled_known == 0).to(mask.dtype), tolerance)
+        guess = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    else:
+        guess = (values * known).sum((-2, -1), keepdim=True) / known.sum((-2, -1), keepdim=True).clamp(min=1)
+        guess = guess.expand_as(values)
+    weights = _neighbour_sum(torch.ones(1, 1, height, width, dtype=values.dtype, device=values.device))
+    right = mask * _neighbour_sum(values * known)
+    solution = _conjugate_gradients(
+        lambda u: mask * (weights * u - _neighbour_sum(u)), right, weights, tolerance, guess * mask
+    )
+    return torch.where(mask > 0, solution, values)
 
 
 def _conjugate_gradients(
-    operator: Callable[[Tensor], Tensor], right: Tensor, diagonal: Tensor, tolerance: float
+    operator: Callable[[Tensor], Tensor], right: Tensor, diagonal: Tensor, tolerance: float, initial: Tensor
 ) -> Tensor:
     """Solve ``operator(x) = right`` for every ``[H, W]`` system of ``right`` ``[n, C, H, W]`` at once
-    (Jacobi-preconditioned CG); convergence is checked every 8 iterations (one host sync each)."""
+    (Jacobi-preconditioned CG from ``initial``); convergence is checked every 8 iterations (one host
+    sync each)."""
 
     def dot(a: Tensor, b: Tensor) -> Tensor:
         return (a * b).sum(dim=(-2, -1), keepdim=True)
 
-    solution, residual = torch.zeros_like(right), right.clone()
+    solution = initial.clone()
+    residual = right - operator(solution)
     preconditioned = residual / diagonal
     direction, rz = preconditioned.clone(), dot(residual, preconditioned)
     limit = tolerance * right.flatten(-2).norm(dim=-1)[..., None, None].clamp(min=1e-30)

@@ -1,0 +1,361 @@
+"""Every model a team trains: vision transformers (torchvision and timm, prefix and register tokens,
+non-square inputs), channels-last layers (Swin), and targets beyond one class logit, checked against
+pytorch-grad-cam with its documented ``reshape_transform`` and its target classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+import lightning_cam as lc
+from lightning_cam.layers import find_auto_layer
+from lightning_cam.layouts import infer_layout
+from lightning_cam.targets import segmentation
+
+LAYER_METHODS = (
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "eigencam",
+    "scorecam",
+    "ablationcam",
+)
+
+
+def pearson(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+def grad_cam_maps(
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: list, transform: object
+) -> np.ndarray:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    wrapped = [t if callable(t) else ClassifierOutputTarget(t) for t in targets]
+    with GradCAM(model=model, target_layers=[layer], reshape_transform=transform) as cam:
+        return cam(input_tensor=images, targets=wrapped)
+
+
+def tokens_to_grid(prefix: int, rows: int, columns: int):
+    """pytorch-grad-cam's documented ViT reshape_transform."""
+
+    def transform(tensor: torch.Tensor) -> torch.Tensor:
+        result = tensor[:, prefix:, :].reshape(tensor.size(0), rows, columns, tensor.size(2))
+        return result.transpose(2, 3).transpose(1, 2)
+
+    return transform
+
+
+def channels_last_to_grid(tensor: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's documented Swin reshape_transform (for NHWC stage outputs)."""
+    return tensor.permute(0, 3, 1, 2)
+
+
+def torchvision_vit() -> nn.Module:
+    model = torchvision.models.vit_b_16(num_classes=10).eval()
+    nn.init.normal_(
+        model.heads.head.weight, std=0.02
+    )  # torchvision starts with a zero head: every map is flat
+    return model
+
+
+TRANSFORMERS = {
+    # name: (model factory, image size, target layer name, auto layer, prefix tokens or None for NHWC, grid)
+    "torchvision vit_b_16": (
+        torchvision_vit,
+        (224, 224),
+        "encoder.layers.encoder_layer_11.ln_1",
+        1,
+        (14, 14),
+    ),
+    "timm deit distilled": (
+        lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=10).eval(),
+        (224, 224),
+        "blocks.11.norm1",
+        2,
+        (14, 14),
+    ),
+    "timm vit registers, 64x96": (
+        lambda: timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, num_classes=10, reg_tokens=4, img_size=(64, 96)
+        ).eval(),
+        (64, 96),
+        "blocks.11.norm1",
+        5,
+        (4, 6),
+    ),
+    "timm swin": (
+        lambda: timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=10).eval(),
+        (224, 224),
+        "layers.3.blocks.1.norm1",
+        None,
+        (7, 7),
+    ),
+    "torchvision swin_t": (
+        lambda: torchvision.models.swin_t(num_classes=10).eval(),
+        (224, 224),
+        "features.7.1.norm1",
+        None,
+        (7, 7),
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(TRANSFORMERS), ids=list(TRANSFORMERS))
+def transformer(request: pytest.FixtureRequest) -> tuple[str, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    factory, size, *_ = TRANSFORMERS[request.param]
+    return request.param, factory(), torch.rand(2, 3, *size)
+
+
+def non_flat_targets(model: nn.Module, images: torch.Tensor, layer: str) -> list[int]:
+    """Per image, the first class whose Grad-CAM map is not all zero (with random weights a class's
+    map is often entirely negative, and ReLU leaves nothing to compare)."""
+    maps = torch.stack([lc.explain(model, images, "gradcam", layer, targets=c)["gradcam"] for c in range(10)])
+    present = maps.flatten(2).amax(2) > 0  # [classes, B]
+    assert bool(present.any(0).all()), "some image has no class with a non-flat map"
+    return present.float().argmax(0).tolist()
+
+
+@pytest.mark.slow
+def test_gradcam_on_transformers_equals_pytorch_grad_cam(
+    transformer: tuple[str, nn.Module, torch.Tensor],
+) -> None:
+    name, model, images = transformer
+    _, _, layer_name, prefix, grid = TRANSFORMERS[name]
+    layer = dict(model.named_modules())[layer_name]
+    transform = channels_last_to_grid if prefix is None else tokens_to_grid(prefix, *grid)
+    targets = non_flat_targets(model, images, layer_name)
+    ours = lc.explain(model, images, "gradcam", layer_name, targets=targets)["gradcam"]
+    theirs = grad_cam_maps(model, layer, images, targets, transform)
+    assert ours.shape == (2, *images.shape[-2:])
+    correlation = pearson(ours, theirs)
+    assert correlation.mean() >= 0.99, correlation
+
+
+@pytest.mark.slow
+def test_auto_layer_on_transformers_is_in_the_last_block(
+    transformer: tuple[str, nn.Module, torch.Tensor],
+) -> None:
+    name, model, images = transformer
+    expected = TRANSFORMERS[name][2]
+    with torch.no_grad():
+        chosen = find_auto_layer(model, images[:1])
+    assert chosen == expected
+    maps = lc.explain(model, images, "gradcam", targets=non_flat_targets(model, images, expected))["gradcam"]
+    assert bool(torch.isfinite(maps).all()) and bool((maps.flatten(1).amax(1) > 0).all())
+
+
+@pytest.mark.slow
+def test_every_layer_method_on_a_token_layer_gives_finite_non_flat_maps() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=4,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        reg_tokens=1,
+    ).eval()
+    images = torch.rand(2, 3, 32, 32)
+    for method in LAYER_METHODS:  # some class gives each image a map (random weights make some all-negative)
+        options = {"topk": 16} if method == "scorecam" else {}
+        maps = torch.stack(
+            [lc.explain(model, images, method, "blocks.1.norm1", c, **options)[method] for c in range(4)]
+        )
+        assert maps.shape == (4, 2, 32, 32) and bool(torch.isfinite(maps).all()), method
+        assert bool((maps.flatten(2).amax(2) > 0).any(0).all()), method
+
+
+def test_ablationcam_on_tokens_zeroes_a_channel_of_the_patch_tokens() -> None:
+    torch.manual_seed(0)
+    model = (
+        timm.create_model(
+            "vit_tiny_patch16_224",
+            pretrained=False,
+            num_classes=4,
+            img_size=16,
+            patch_size=8,
+            depth=1,
+            embed_dim=12,
+            num_heads=2,
+        )
+        .eval()
+        .double()
+    )
+    images, layer = torch.rand(3, 3, 16, 16, dtype=torch.float64), model.blocks[0].norm1
+    targets = [0, 3, 1]
+    with torch.no_grad():
+        logits = model(images)
+        ablated = []
+        for channel in range(12):
+
+            def zero(_m: nn.Module, _i: object, out: torch.Tensor, channel: int = channel) -> torch.Tensor:
+                out = out.clone()
+                out[:, 1:, channel] = 0  # patch tokens only; the class token stays
+                return out
+
+            handle = layer.register_forward_hook(zero)
+            ablated.append(model(images)[torch.arange(3), targets])
+            handle.remove()
+        score = logits[torch.arange(3), targets]
+        weights = (score[:, None] - torch.stack(ablated, 1)) / score[:, None]
+        tokens = {}
+        handle = layer.register_forward_hook(lambda _m, _i, out: tokens.setdefault("a", out))
+        model(images)
+        handle.remove()
+    grid = tokens["a"][:, 1:].transpose(1, 2).reshape(3, 12, 2, 2)
+    raw = torch.einsum("bk,bkhw->bhw", weights, grid)
+    expected = lc.engine.normalize_maps(raw, (16, 16))
+    maps = lc.explain(model, images, "ablationcam", "blocks.0.norm1", targets)["ablationcam"]
+    torch.testing.assert_close(maps.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_token_and_channels_last_layouts_by_hand() -> None:
+    model = nn.Identity()
+    tokens = torch.arange(2 * 7 * 3, dtype=torch.float32).reshape(2, 7, 3)  # 1 prefix token, 2x3 patches
+    layout = infer_layout(tokens, (20, 30), model, model, "x")
+    assert (layout.kind, layout.prefix, layout.grid) == ("tokens", 1, (2, 3))
+    grid = layout.to_grid(tokens)
+    assert grid.shape == (2, 3, 2, 3) and torch.equal(grid[1, 2, 1, 0], tokens[1, 1 + 3, 2])
+    assert torch.equal(layout.from_grid(grid, tokens, torch.tensor([0, 1])), tokens)
+    nhwc = torch.rand(2, 7, 7, 96)
+    layout = infer_layout(nhwc, (224, 224), model, nn.LayerNorm(96), "x")
+    assert layout.kind == "channels_last" and torch.equal(layout.to_grid(nhwc), nhwc.permute(0, 3, 1, 2))
+
+
+AMBIGUOUS = [
+    (
+        "tokens with two readings",
+        torch.rand(1, 17, 8),
+        (10, 10),
+        nn.Identity(),
+        r"tokens \[1, 17, 8\].*1 prefix \+ 4x4 patches, 8 prefix \+ 3x3 patches.*reshape_transform",
+    ),
+    ("no grid", torch.rand(1, 7, 8), (10, 10), nn.Identity(), r"do not read as one grid.*reshape_transform"),
+    (
+        "channels first or last",
+        torch.rand(1, 8, 8, 8),
+        (16, 16),
+        nn.ReLU(),
+        r"reads as channels first \[B, K, \*grid\] and as channels last.*reshape_transform=lambda t: t",
+    ),
+    (
+        "a vector",
+        torch.rand(1, 8),
+        (16, 16),
+        nn.Identity(),
+        r"CAM methods need \[B, K, h, w\].*reshape_transform",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "output", "size", "layer", "message"), AMBIGUOUS, ids=[a[0] for a in AMBIGUOUS]
+)
+def test_ambiguous_or_unsupported_layer_outputs_raise(
+    case: str, output: torch.Tensor, size: tuple, layer: nn.Module, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        infer_layout(output, size, nn.Sequential(layer), layer, "x")
+
+
+class Segmenter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_segmentation_target_equals_semantic_segmentation_target() -> None:
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    torch.manual_seed(0)
+    model, images = Segmenter().eval(), torch.rand(2, 3, 16, 16)
+    mask = (torch.rand(16, 16) > 0.5).float()
+    ours = lc.explain(model, images, "gradcam", "features.2", targets=segmentation(2, mask))["gradcam"]
+    theirs = grad_cam_maps(
+        model, model.features[2], images, [SemanticSegmentationTarget(2, mask.numpy())] * 2, None
+    )
+    np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-4)
+    predicted = lc.explain(model, images, "gradcam", "features.2", targets=segmentation(2))["gradcam"]
+    region = (model(images).argmax(1) == 2).float()
+    expected = [
+        grad_cam_maps(
+            model,
+            model.features[2],
+            images[i : i + 1],
+            [SemanticSegmentationTarget(2, region[i].numpy())],
+            None,
+        )
+        for i in range(2)
+    ]
+    np.testing.assert_allclose(predicted.numpy(), np.concatenate(expected), atol=1e-4)
+
+
+def test_binary_rule_equals_binary_classifier_output_target() -> None:
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1)
+    )
+    images = torch.rand(4, 3, 16, 16)
+    targets = [0, 1, 0, 1]
+    ours = lc.explain(model, images, ("gradcam", "cam", "scorecam"), "1", targets=targets)
+    theirs = grad_cam_maps(model, model[1], images, [BinaryClassifierOutputTarget(t) for t in targets], None)
+    np.testing.assert_allclose(ours["gradcam"].numpy(), theirs, atol=1e-4)
+    np.testing.assert_allclose(ours["cam"].numpy(), ours["gradcam"].numpy(), atol=1e-4)  # CAM = Grad-CAM here
+    predicted = lc.explain_batch(model, images, "gradcam", "1")
+    assert torch.equal(predicted.targets, (model(images).squeeze(1) > 0).long())
+
+
+def test_a_callable_target_equal_to_a_class_gives_the_same_maps() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    images = torch.rand(2, 3, 64, 64)
+    by_index = lc.explain(
+        model, images, ("gradcam", "gradcam++", "scorecam"), "layer4", targets=3, chunk_size=64
+    )
+    by_callable = lc.explain(
+        model, images, ("gradcam", "gradcam++"), "layer4", targets=lambda output: output[:, 3]
+    )
+    for method, value in by_callable.items():
+        torch.testing.assert_close(value, by_index[method])
+
+
+def test_outputs_without_a_target_say_what_would_work() -> None:
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+            features = self.conv(x)
+            return [{"scores": f.mean((1, 2)), "boxes": f[:2, :2, :2].flatten()} for f in features]
+
+    model, images = Detector(), torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"returned list.*targets=a callable output -> \[B\] scores"):
+        lc.explain(model, images, "gradcam", "conv")
+    maps = lc.explain(
+        model, images, "gradcam", "conv", targets=lambda out: torch.stack([d["scores"][0] for d in out])
+    )
+    assert maps["gradcam"].shape == (2, 16, 16)
+    with pytest.raises(ValueError, match=r"callable target must return one score per image \[2\]"):
+        lc.explain(model, images, "gradcam", "conv", targets=lambda out: out[0]["scores"])
