@@ -38,8 +38,10 @@ def main() -> None:
     args = parser.parse_args()
     import_seconds(args.source, 1)  # warm the file cache
     seconds, imports_lightning = import_seconds(args.source, args.runs)
-    print(f"{args.source}: from lightning_cam import explain: {seconds * 1000:.0f} ms (median of {args.runs}); "
-          f"imports Lightning: {imports_lightning}")
+    print(
+        f"{args.source}: from lightning_cam import explain: {seconds * 1000:.0f} ms (median of {args.runs}); "
+        f"imports Lightning: {imports_lightning}"
+    )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ class GivenMaps:
         yield
 
 
-def grad_cam_road(model: torch.nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: list[int]) -> dict:
+def grad_cam_road(
+    model: torch.nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: list[int]
+) -> dict:
     from pytorch_grad_cam.metrics.perturbation_confidence import (
         PerturbationConfidenceMetric,
         RemoveLeastRelevantFirst,
@@ -58,7 +60,9 @@ def grad_cam_road(model: torch.nn.Module, images: torch.Tensor, maps: torch.Tens
     cams = maps.numpy()
     scores = {}
     for name, removal in (("morf", RemoveMostRelevantFirst), ("lerf", RemoveLeastRelevantFirst)):
-        metrics = [PerturbationConfidenceMetric(removal(100 * p, NoisyLinearImputer(noise=0))) for p in FRACTIONS]
+        metrics = [
+            PerturbationConfidenceMetric(removal(100 * p, NoisyLinearImputer(noise=0))) for p in FRACTIONS
+        ]
         scores[name] = np.mean([metric(images, cams, wrapped, model) for metric in metrics], axis=0)
     return scores
 
@@ -121,7 +125,9 @@ def option_costs(repeats: int) -> None:
     times = interleaved_medians(
         {
             "one plain forward": forward,
-            "explain (gradcam + gradcam++)": lambda: lc.explain(model, images, ("gradcam", "gradcam++"), "features.9"),
+            "explain (gradcam + gradcam++)": lambda: lc.explain(
+                model, images, ("gradcam", "gradcam++"), "features.9"
+            ),
             "deletion + insertion": lambda: deletion_insertion(model, images, maps, targets),
             "road": lambda: road(model, images, maps, targets),
             "randomization (sanity)": lambda: model_randomization(

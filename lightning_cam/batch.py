@@ -9,7 +9,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Capture", "FixedBatch", "Groups", "Masks", "SampleBuffer", "Unpacked", "describe", "unpack_batch"]
+__all__ = [
+    "Capture",
+    "FixedBatch",
+    "Groups",
+    "Masks",
+    "SampleBuffer",
+    "Unpacked",
+    "describe",
+    "primary_classes",
+    "unpack_batch",
+]
 
 Masks = dict[str, Tensor]
 Groups = list[int | str]
@@ -94,6 +104,30 @@ def _split(
     )
 
 
+def primary_classes(labels: Tensor) -> Tensor:
+    """One class per image, to balance the captured samples: the label; a multi-hot row's first
+    positive class; a label map's largest class other than 0 (background), else 0."""
+    if labels.dim() == 1:
+        return labels.long()
+    if labels.dim() == 2:
+        return (labels > 0.5).float().argmax(dim=1)
+    size = max(2, int(labels.max()) + 1)
+    counts = torch.stack([torch.bincount(row.flatten().long(), minlength=size) for row in labels])
+    foreground = counts[:, 1:].argmax(dim=1) + 1
+    return torch.where(counts[:, 1:].amax(dim=1) > 0, foreground, torch.zeros_like(foreground))
+
+
+def _readable_labels(labels: object, images: Tensor) -> bool:
+    """Class indices ``[B]``, multi-hot rows ``[B, C]`` (0/1, any dtype) or integer label maps ``[B, H, W]``."""
+    if not isinstance(labels, Tensor) or labels.dim() not in (1, 2, 3) or len(labels) != len(images):
+        return False
+    if labels.dim() == 2:
+        return bool(((labels == 0) | (labels == 1)).all())
+    if labels.dim() == 3 and tuple(labels.shape[1:]) != tuple(images.shape[-2:]):
+        return False
+    return not labels.is_floating_point()
+
+
 def unpack_batch(
     batch: Any,
     unpack: Callable[[Any], Unpacked] | None = None,
@@ -121,15 +155,11 @@ def unpack_batch(
             f"CAMMonitor needs images as a float tensor [B, C, H, W]; the batch {describe(batch)} gave "
             f"{describe(images)}. Pass unpack=a function batch -> (images, labels, masks)."
         )
-    if labels is not None and (
-        not isinstance(labels, Tensor)
-        or labels.dim() != 1
-        or labels.is_floating_point()
-        or len(labels) != len(images)
-    ):
+    if labels is not None and not _readable_labels(labels, images):
         raise ValueError(
-            f"CAMMonitor needs labels as integer class indices [B] ({len(images)}); got {describe(labels)}. "
-            f"Pass unpack=a function batch -> (images, labels or None, masks)."
+            f"CAMMonitor needs labels as integer class indices [B] ({len(images)}), multi-hot rows [B, C] or "
+            f"label maps [B, H, W] of the images' size; got {describe(labels)}. Pass unpack=a function "
+            f"batch -> (images, labels or None, masks)."
         )
     return FixedBatch(images, labels, _as_masks(masks, mask_key), _as_groups(groups, len(images)))
 
@@ -176,7 +206,7 @@ class SampleBuffer:
     def add(self, batch: FixedBatch) -> None:
         """Keep copies of the rows of ``batch`` that make the selection more balanced."""
         classes: list[int | None] = (
-            [None] * len(batch.images) if batch.labels is None else batch.labels.tolist()
+            [None] * len(batch.images) if batch.labels is None else primary_classes(batch.labels).tolist()
         )
         with torch.inference_mode(False), torch.no_grad():
             for row, label in enumerate(classes):
@@ -192,7 +222,8 @@ class SampleBuffer:
                     None if batch.masks is None else {name: m[row].clone() for name, m in batch.masks.items()}
                 )
                 group = None if batch.groups is None else batch.groups[row]
-                kept.append((batch.images[row].clone(), masks, group))
+                label = None if batch.labels is None else batch.labels[row].clone()
+                kept.append((batch.images[row].clone(), label, masks, group))
 
     def is_complete(self, num_classes: int | None) -> bool:
         """Whether more batches could not make the selection more balanced."""
@@ -205,7 +236,7 @@ class SampleBuffer:
 
     def select(self) -> FixedBatch:
         """Up to ``num_samples`` samples, taking one of each class in turn (classes by first appearance)."""
-        chosen: list[tuple[int | None, Tensor, Masks | None, int | str | None]] = []
+        chosen: list[tuple[int | None, Tensor, Tensor | None, Masks | None, int | str | None]] = []
         depth = 0
         while len(chosen) < self.num_samples and depth < self.num_samples:
             for label, items in self.samples.items():
@@ -216,11 +247,11 @@ class SampleBuffer:
             raise ValueError("no samples were captured")
         first_seen = {label: index for index, label in enumerate(self.samples)}
         chosen.sort(key=lambda item: first_seen[item[0]])  # rows grouped by class, stable
-        labels, images, masks, groups = zip(*chosen, strict=True)
+        _, images, labels, masks, groups = zip(*chosen, strict=True)
         stacked = torch.stack(images)
         return FixedBatch(
             stacked,
-            None if labels[0] is None else torch.tensor(labels, device=stacked.device),
+            None if labels[0] is None else torch.stack(labels),
             None if masks[0] is None else {name: torch.stack([m[name] for m in masks]) for name in masks[0]},
             None if groups[0] is None else list(groups),
         )

@@ -68,6 +68,9 @@ class CAMMonitor(Callback):
         output_key: where the logits are in a tuple or dict output.
         reshape_transform: ``"auto"`` (convolutional, channels-last and token layers), or a function (or
             its import path) tensor -> ``[B, K, h, w]`` for any other layer output.
+        task: ``"multiclass"``, ``"binary"``, ``"multilabel"`` (a row per image and positive class) or
+            ``"segmentation"`` (each image's largest labelled class, its region outlined and used as mask
+            ``label``); ``None`` infers it from the labels' shape and the model's output.
         method_options: per method, e.g. ``{"scorecam": {"topk": 64}}``.
         perturbation_autocast: run Score-CAM's and Ablation-CAM's forwards under the trainer's mixed precision.
         confidence_metrics: log average drop and increase in confidence (one batched forward).
@@ -120,6 +123,7 @@ class CAMMonitor(Callback):
         model_attr: str | None = None,
         output_key: int | str | None = None,
         reshape_transform: str | Callable[[Any], Any] = "auto",
+        task: str | None = None,
         method_options: dict[str, dict[str, Any]] | None = None,
         perturbation_autocast: bool = False,
         confidence_metrics: bool = True,
@@ -258,7 +262,7 @@ class CAMMonitor(Callback):
             result = run_check(
                 network, fixed, self.config, self.history, self.faults, step, dtype, self.checks
             )
-            self.publisher.publish_check(result, self.history, fixed.labels, self.checks)
+            self.publisher.publish_check(result, self.history, self.checks)
             scalars = result.scalars
         scalars[f"{self.config.name}/check_seconds"] = time.perf_counter() - start
         self.publisher.publish_scalars(scalars, step)

@@ -22,7 +22,8 @@ from lightning_cam.faults import Faults
 from lightning_cam.history import AttentionHistory, series_key
 from lightning_cam.render import display_images
 from lightning_cam.reports import TRUST_METRICS
-from lightning_cam.targets import num_classes, prediction
+from lightning_cam.targets import Targets, num_classes, prediction
+from lightning_cam.tasks import infer_task, task_view
 
 __all__ = ["CheckResult", "TargetResult", "explain_target", "run_check"]
 
@@ -39,10 +40,13 @@ class TargetResult:
 
 @dataclass
 class CheckResult:
-    """What one check produced: the images as displayed, the maps per target choice, the scalars."""
+    """What one check produced: the rows' images as displayed, their labels and label regions (to
+    outline, for segmentation), the maps per target choice, the scalars."""
 
     step: int
     shown: Tensor
+    labels: Tensor | None = None
+    regions: Tensor | None = None
     targets: list[TargetResult] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
 
@@ -82,9 +86,11 @@ def explain_target(
     config: MonitorConfig,
     faults: Faults,
     autocast_dtype: torch.dtype | None = None,
+    task_target: Targets = None,
 ) -> Explanation | None:
-    """The maps of every method not failed so far for one target choice; a method that fails is
-    reported once and left out (all of them at once when ``strict``); ``None`` when none is left."""
+    """The maps of every method not failed so far for one target choice (or the task's own target,
+    ``task_target``); a method that fails is reported once and left out (all of them at once when
+    ``strict``); ``None`` when none is left."""
     if choice == "label" and fixed.labels is None:
         faults.warn_once(
             "label", "CAMMonitor: targets='label' needs labels in the batch; that grid is skipped."
@@ -93,7 +99,15 @@ def explain_target(
     methods = [name for name in config.methods if name not in faults.failed_methods]
     if not methods:
         return None
-    targets = None if choice == "predicted" else fixed.labels if choice == "label" else choice
+    targets = (
+        task_target
+        if task_target is not None
+        else None
+        if choice == "predicted"
+        else fixed.labels
+        if choice == "label"
+        else choice
+    )
     perturbing = autocast_dtype is not None and any(m in ("scorecam", "ablationcam") for m in methods)
 
     def run(names: list[str]) -> Explanation:
@@ -154,7 +168,13 @@ def captions(fixed: FixedBatch, explanation: Explanation, config: MonitorConfig,
     labels = [int(label) for label in values[2]] if fixed.labels is not None else [None] * len(values[0])
     return [
         (f"true: {config.class_name(label)}\n" if label is not None else "")
-        + (f"pred: {config.class_name(int(pred))} {conf:.0%}" if pred >= 0 else "")
+        + (
+            f"pred: {config.class_name(int(pred))} {conf:.0%}"
+            if pred >= 0
+            else ""
+            if conf != conf
+            else f"p = {conf:.0%}"
+        )
         for label, pred, conf in zip(labels, values[1], values[0], strict=True)
     ]
 
@@ -182,9 +202,11 @@ def _map_values(
     slices: Slices,
     history: AttentionHistory,
 ) -> dict[str, Tensor]:
-    """Drift and, per mask, mass and enrichment per slice (``[S]``) and the pointing game, on the device."""
+    """The share of all-zero maps (an untrained transformer's zero head gives only those), drift and,
+    per mask, mass and enrichment per slice (``[S]``) and the pointing game, on the device."""
     values: dict[str, Tensor] = {}
     for method, maps in explanation.maps.items():
+        values[f"{prefix}/{method}/flat_fraction"] = (maps.flatten(1).amax(dim=1) <= 0).float().mean()
         previous = history.swap_previous(series_key(target, method), maps)
         if previous is not None and previous.shape == maps.shape:
             values[f"{prefix}/{method}/drift"] = metrics.nanmean(metrics.drift(maps, previous))
@@ -308,21 +330,28 @@ def run_check(
 ) -> CheckResult:
     """Explain ``fixed`` for every target choice; compute and return the scalars; update ``history``.
 
+    The task (:mod:`lightning_cam.tasks`) decides the rows: multi-label images get a row per positive
+    class, segmentation images their largest labelled class (its region is the mask ``label``).
     Scalars of the first target choice are tagged ``<name>/<method>/...``, those of a later choice
     ``<name>/<target>/<method>/...``; mask metrics also per group (``.../<mask>/<group>``). The trust
     metrics (first target choice only) run when ``check_index`` (this check's number, from 1) is due.
     """
-    result = CheckResult(step, display_images(fixed.images, config.image_mean, config.image_std))
+    view = task_view(fixed, infer_task(config.task, fixed.labels), config.num_samples)
+    fixed = view.fixed
+    regions = (fixed.masks or {}).get("label") if view.task == "segmentation" else None
+    result = CheckResult(
+        step, display_images(fixed.images, config.image_mean, config.image_std), fixed.labels, regions
+    )
     masks, slices = _fitting_masks(fixed, faults), Slices.of(fixed, config)
     values: dict[str, Tensor] = {}
-    for index, choice in enumerate(config.targets):
-        explanation = explain_target(network, fixed, choice, config, faults, autocast_dtype)
+    choices = config.targets if view.target is None else ("label",)
+    for index, choice in enumerate(choices):
+        explanation = explain_target(network, fixed, choice, config, faults, autocast_dtype, view.target)
         if explanation is None:
             continue
         name = config.target_name(choice)
         prefix = config.name if index == 0 else f"{config.name}/{name}"
-        values |= _map_values(explanation, prefix, name, masks, slices, history)
-        values |= _confidence_values(network, fixed, explanation, prefix, config)
+        values |= _target_values(network, fixed, explanation, prefix, name, masks, slices, history, config)
         result.scalars |= _seconds(explanation, prefix)
         result.targets.append(
             TargetResult(name, prefix, explanation, captions(fixed, explanation, config, faults))
@@ -331,16 +360,29 @@ def run_check(
             values |= _trust_values(network, fixed, explanation, prefix, config, check_index)
             for method, maps in explanation.maps.items():
                 history.add_to_timeline(series_key(name, method), step, maps)
-            values |= {
-                f"slice/{key}": value
-                for key, value in _slice_values(fixed, explanation, masks, slices).items()
-            }
+            values |= {f"slice/{k}": v for k, v in _slice_values(fixed, explanation, masks, slices).items()}
     host = _to_host(values)
     result.scalars |= _scalars(host, slices, config)
     if result.targets and result.targets[0].prefix == config.name:
         _record(history, result, host, slices, masks)
         _record_trust(history, result, len(fixed.images))
     return result
+
+
+def _target_values(
+    network: nn.Module,
+    fixed: FixedBatch,
+    explanation: Explanation,
+    prefix: str,
+    name: str,
+    masks: dict[str, Tensor],
+    slices: Slices,
+    history: AttentionHistory,
+    config: MonitorConfig,
+) -> dict[str, Tensor]:
+    return _map_values(explanation, prefix, name, masks, slices, history) | _confidence_values(
+        network, fixed, explanation, prefix, config
+    )
 
 
 def _seconds(explanation: Explanation, prefix: str) -> dict[str, float]:

@@ -76,6 +76,7 @@ class MonitorConfig:
     model_attr: str | None = None
     output_key: OutputKey = None
     reshape_transform: ReshapeTransform | str = "auto"
+    task: str | None = None
     method_options: Mapping[str, Mapping[str, Any]] | None = None
     perturbation_autocast: bool = False
     confidence_metrics: bool = True
@@ -114,6 +115,10 @@ class MonitorConfig:
                 f"name is the first part of every tag, e.g. 'cam' or 'cam_fast'; got {self.name!r}."
             )
         self.alert_rules = parse_alerts(self.alerts or {})
+        if self.task is not None and self.task not in ("multiclass", "binary", "multilabel", "segmentation"):
+            raise ValueError(
+                f"unknown task {self.task!r}; choose multiclass, binary, multilabel or segmentation (or None)."
+            )
         self._check_trust()
 
     def _check_schedule(self) -> None:

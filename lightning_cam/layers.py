@@ -118,7 +118,9 @@ def _transformer_choice(model: nn.Module, probes: list[_Probe], score: Tensor) -
     gradient (ViT / DeiT: the last block's first norm; Swin: the last block's ``norm1``)."""
     spatial = [p for p in probes if p.layout is not None and p.layout.kind in ("tokens", "channels_last")]
     with torch.enable_grad():
-        gradients = torch.autograd.grad(score, [p.output for p in spatial], allow_unused=True, retain_graph=True)
+        gradients = torch.autograd.grad(
+            score, [p.output for p in spatial], allow_unused=True, retain_graph=True
+        )
     carrying = [
         p
         for p, g in zip(spatial, gradients, strict=True)
@@ -126,7 +128,9 @@ def _transformer_choice(model: nn.Module, probes: list[_Probe], score: Tensor) -
     ]
     parents = dict(model.named_modules())
     blocks = [p for p in spatial if _is_block(p, parents)]
-    blocks = [b for b in blocks if not any(other.name.startswith(b.name + ".") for other in blocks)]  # innermost
+    blocks = [
+        b for b in blocks if not any(other.name.startswith(b.name + ".") for other in blocks)
+    ]  # innermost
     if blocks:
         last = blocks[-1]
         inside = [

@@ -21,6 +21,8 @@ from lightning_cam.faults import Faults
 from lightning_cam.history import AttentionHistory, series_key
 from lightning_cam.render import Grid, apply_colormap, display_images, render_grid, render_table
 from lightning_cam.reports import Report, bias_report, trust_report
+from lightning_cam.targets import num_classes
+from lightning_cam.tasks import infer_task, task_view
 from lightning_cam.writers import PNGWriter, Writer, writer_for
 from lightning_cam.writers.background import BackgroundWriter
 
@@ -81,9 +83,7 @@ class Publisher:
         directory = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or root
         return PNGWriter(str(directory), logger)
 
-    def publish_check(
-        self, result: CheckResult, history: AttentionHistory, labels: Tensor | None, checks: int
-    ) -> None:
+    def publish_check(self, result: CheckResult, history: AttentionHistory, checks: int) -> None:
         """The grid of every target choice and, every ``summary_every_n_checks`` checks, the timelines
         and class means; otherwise their inputs are kept (on the host) for :meth:`publish_end`."""
         images = {
@@ -93,6 +93,7 @@ class Publisher:
                 target.captions,
                 colormap=self.config.colormap,
                 alpha=self.config.alpha,
+                regions=result.regions,
             )
             for target in result.targets
         }
@@ -101,10 +102,14 @@ class Publisher:
         if first is not None and first.prefix == self.config.name:
             maps = first.explanation.maps
             summary = SummaryInputs(
-                result.step, first.name, tuple(maps), first.captions, first.explanation.logits.shape[1]
+                result.step,
+                first.name,
+                tuple(maps),
+                first.captions,
+                num_classes(first.explanation.scorer, first.explanation.logits),
             )
             if checks % self.config.summary_every_n_checks == 0:
-                images |= self.summary_images(summary, result.shown, labels, history)
+                images |= self.summary_images(summary, result.shown, result.labels, history)
             else:
                 self._unsummarised = summary
         self._publish_images(images, result.step)
@@ -115,8 +120,11 @@ class Publisher:
         summary, self._unsummarised = self._unsummarised, None
         if summary is not None and fixed is not None:
             with self.faults.guard("summary images"):
-                shown = display_images(fixed.images, self.config.image_mean, self.config.image_std)
-                self._publish_images(self.summary_images(summary, shown, fixed.labels, history), summary.step)
+                rows = task_view(
+                    fixed, infer_task(self.config.task, fixed.labels), self.config.num_samples
+                ).fixed
+                shown = display_images(rows.images, self.config.image_mean, self.config.image_std)
+                self._publish_images(self.summary_images(summary, shown, rows.labels, history), summary.step)
         if self.config.bias_report and history.last:
             report = bias_report(history.first, history.peak, history.last)
             self.publish_report(f"{self.config.name}/bias_report", report, step)

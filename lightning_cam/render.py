@@ -18,7 +18,16 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
-__all__ = ["COLORMAPS", "Grid", "apply_colormap", "display_images", "overlay", "render_grid", "render_table"]
+__all__ = [
+    "COLORMAPS",
+    "Grid",
+    "apply_colormap",
+    "display_images",
+    "outline",
+    "overlay",
+    "render_grid",
+    "render_table",
+]
 
 # Polynomial fits of matplotlib's viridis and inferno (Matt Zucker, CC0) and of Google's turbo
 # (Anton Mikhailov, Apache-2.0): coefficients of x^0 .. x^n for red, green and blue.
@@ -131,8 +140,20 @@ def display_images(
 
 
 def overlay(images: Tensor, maps: Tensor, colormap: str = "jet", alpha: float = 0.5) -> Tensor:
-    """Blend coloured maps ``[B, H, W]`` over display images ``[B, 3, H, W]``: ``alpha`` heat."""
-    return (1 - alpha) * images + alpha * apply_colormap(maps, colormap)
+    """Blend coloured maps ``[B, H, W]`` over display images ``[B, 3, H, W]``: ``alpha`` heat. A flat
+    (all-zero) map is no attention at all: its tile shows the image faded to grey instead."""
+    heat = (1 - alpha) * images + alpha * apply_colormap(maps, colormap)
+    flat = maps.flatten(1).amax(dim=1) <= 0
+    grey = (0.3 + 0.4 * images.mean(dim=1, keepdim=True)).expand_as(images)
+    return torch.where(flat.view(-1, 1, 1, 1), grey, heat)
+
+
+def outline(tiles: Tensor, regions: Tensor) -> Tensor:
+    """Draw the boundary of each row's region ``[B, H, W]`` in white on its tiles ``[B, T, 3, H, W]``."""
+    inside = regions[:, None].float()
+    outside_near = F.max_pool2d(1 - inside, 3, stride=1, padding=1)
+    edge = (inside * outside_near > 0)[:, None]  # [B, 1, 1, H, W]
+    return torch.where(edge, torch.ones_like(tiles), tiles)
 
 
 @dataclass(frozen=True)
@@ -245,6 +266,7 @@ def render_grid(
     alpha: float = 0.5,
     min_tile: int = 112,
     padding: int = 2,
+    regions: Tensor | None = None,
 ) -> Grid:
     """A labelled grid: a row per sample, the input then one overlay per entry of ``maps``.
 
@@ -256,8 +278,11 @@ def render_grid(
         alpha: the heat's weight in the overlay.
         min_tile: small images are enlarged (nearest neighbour, integer factor) to at least this size.
         padding: pixels between tiles.
+        regions: ``[B, H, W]`` regions whose outline is drawn on every tile of their row (a
+            segmentation label), or ``None``.
     """
     columns = [images] + [overlay(images, value, colormap, alpha) for value in maps.values()]
-    return render_table(
-        torch.stack(columns, dim=1), ("input", *maps), captions, min_tile=min_tile, padding=padding
-    )
+    tiles = torch.stack(columns, dim=1)
+    if regions is not None:
+        tiles = outline(tiles, regions.to(tiles.device))
+    return render_table(tiles, ("input", *maps), captions, min_tile=min_tile, padding=padding)

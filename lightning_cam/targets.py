@@ -17,19 +17,48 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Scorer", "Segmentation", "Targets", "make_scorer", "num_classes", "prediction", "segmentation"]
+__all__ = [
+    "MultiLabel",
+    "Scorer",
+    "Segmentation",
+    "Targets",
+    "make_scorer",
+    "multilabel",
+    "num_classes",
+    "prediction",
+    "segmentation",
+]
 
-Targets = int | Sequence[int] | Tensor | Callable[[Tensor], Tensor] | None
+Targets = int | Sequence[int] | Tensor | Callable[[Tensor], Tensor] | None  # or MultiLabel
+
+
+@dataclass(frozen=True)
+class MultiLabel:
+    """Independent (sigmoid) classes: the class's logit is explained, its sigmoid is its probability."""
+
+    classes: Tensor
+
+
+def multilabel(classes: Tensor | Sequence[int]) -> MultiLabel:
+    """A target for multi-label models: one class per image, scored by its logit, whose probability
+    is its sigmoid (not a softmax over the classes)."""
+    return MultiLabel(torch.as_tensor(classes).long())
 
 
 @dataclass(frozen=True)
 class Segmentation:
-    """The summed logits of ``class_index`` over a region of a segmentation output ``[B, C, H, W]``:
-    ``mask`` ``[H, W]`` or ``[B, H, W]``, or ``None`` for the pixels predicted as that class (as
-    pytorch-grad-cam's ``SemanticSegmentationTarget``, which takes a fixed mask)."""
+    """The summed logits of ``class_index`` (one for all images, or one per image ``[B]``) over a region
+    of a segmentation output ``[B, C, H, W]``: ``mask`` ``[H, W]`` or ``[B, H, W]``, or ``None`` for the
+    pixels predicted as that class (as pytorch-grad-cam's ``SemanticSegmentationTarget``)."""
 
-    class_index: int
+    class_index: int | Tensor
     mask: Tensor | None = None
+
+    def _class_maps(self, output: Tensor) -> Tensor:
+        if isinstance(self.class_index, int):
+            return output[:, self.class_index]
+        index = self.class_index.to(output.device).view(-1, 1, 1, 1).expand(-1, 1, *output.shape[-2:])
+        return output.gather(1, index).squeeze(1)
 
     def region(self, output: Tensor) -> Tensor:
         if output.dim() != 4:
@@ -37,27 +66,34 @@ class Segmentation:
                 f"segmentation targets need a [B, C, H, W] output; the model returned {list(output.shape)}."
             )
         if self.mask is None:
-            return (output.argmax(dim=1) == self.class_index).to(output.dtype)
+            index = (
+                self.class_index
+                if isinstance(self.class_index, int)
+                else self.class_index.to(output.device)[:, None, None]
+            )
+            return (output.argmax(dim=1) == index).to(output.dtype)
         mask = self.mask.to(device=output.device, dtype=output.dtype)
         return mask.expand(output.shape[0], *output.shape[-2:])
 
     def for_rows(self, rows: Tensor) -> Segmentation:
         """The same target for rows of other images (``rows``: each row's image)."""
-        if self.mask is None or self.mask.dim() == 2:
-            return self
-        return Segmentation(self.class_index, self.mask.to(rows.device)[rows])
+        index = (
+            self.class_index if isinstance(self.class_index, int) else self.class_index.to(rows.device)[rows]
+        )
+        mask = self.mask if self.mask is None or self.mask.dim() == 2 else self.mask.to(rows.device)[rows]
+        return Segmentation(index, mask)
 
     def __call__(self, output: Tensor) -> Tensor:
-        return (output[:, self.class_index] * self.region(output)).flatten(1).sum(dim=1)
+        return (self._class_maps(output) * self.region(output)).flatten(1).sum(dim=1)
 
     def probability(self, output: Tensor) -> Tensor:
         """The class's mean softmax probability over the region."""
         region = self.region(output)
-        probabilities = output.float().softmax(dim=1)[:, self.class_index]
+        probabilities = self._class_maps(output.float().softmax(dim=1))
         return (probabilities * region).flatten(1).sum(dim=1) / region.flatten(1).sum(dim=1).clamp(min=1)
 
 
-def segmentation(class_index: int, mask: Tensor | None = None) -> Segmentation:
+def segmentation(class_index: int | Tensor, mask: Tensor | None = None) -> Segmentation:
     """A target for segmentation models: the sum of class ``class_index``'s logits over ``mask``
     (``[H, W]`` or ``[B, H, W]``), or over the pixels predicted as that class when ``mask`` is ``None``.
 
@@ -65,8 +101,10 @@ def segmentation(class_index: int, mask: Tensor | None = None) -> Segmentation:
 
         >>> maps = lc.explain(unet, images, "gradcam", "decoder.3", targets=segmentation(2))  # doctest: +SKIP
     """
+    if isinstance(class_index, Tensor):
+        return Segmentation(class_index.long(), mask)
     if isinstance(class_index, bool) or not isinstance(class_index, int) or class_index < 0:
-        raise ValueError(f"segmentation needs a class index >= 0; got {class_index!r}.")
+        raise ValueError(f"segmentation needs a class index >= 0 (or one per image); got {class_index!r}.")
     return Segmentation(class_index, mask)
 
 
@@ -86,7 +124,7 @@ class Scorer:
         """What the gradients are taken of: per row, the class logit, the signed binary logit, or the
         callable's value (``rows``: which image each row of ``output`` belongs to)."""
         classes = self.classes if rows is None else self.classes[rows]
-        if self.kind == "class":
+        if self.kind in ("class", "multilabel"):
             return output.gather(1, classes[:, None]).squeeze(1)
         if self.kind == "binary":
             logit = output.reshape(output.shape[0])
@@ -100,7 +138,7 @@ class Scorer:
         if self.kind == "class":
             classes = self.classes if rows is None else self.classes[rows]
             return output.float().softmax(dim=1).gather(1, classes[:, None]).squeeze(1)
-        if self.kind == "binary":
+        if self.kind in ("binary", "multilabel"):
             return self.score(output.float(), rows).sigmoid()
         assert self.function is not None
         function = _for_rows(self.function, rows)
@@ -113,6 +151,9 @@ def prediction(scorer: Scorer | None, output: Tensor) -> tuple[Tensor, Tensor]:
     kind = "class" if scorer is None else scorer.kind
     if kind == "class":
         return output.float().softmax(dim=1).max(dim=1)
+    if kind == "multilabel":  # the explained class's own probability, and whether it is predicted present
+        probability = scorer.probability(output)
+        return probability, torch.where(probability > 0.5, scorer.classes, -1)
     if kind == "binary":
         probability = output.float().reshape(len(output)).sigmoid()
         predicted = (probability > 0.5).long()
@@ -125,7 +166,7 @@ def prediction(scorer: Scorer | None, output: Tensor) -> tuple[Tensor, Tensor]:
 def num_classes(scorer: Scorer | None, output: Tensor) -> int:
     """How many classes the output tells apart (2 for a one-logit model, 0 for callable targets)."""
     kind = "class" if scorer is None else scorer.kind
-    return output.shape[1] if kind == "class" else 2 if kind == "binary" else 0
+    return output.shape[1] if kind in ("class", "multilabel") else 2 if kind == "binary" else 0
 
 
 def _for_rows(function: Callable[[Tensor], Tensor], rows: Tensor | None) -> Callable[[Tensor], Tensor]:
@@ -136,6 +177,14 @@ def _for_rows(function: Callable[[Tensor], Tensor], rows: Tensor | None) -> Call
 
 def make_scorer(targets: Targets, output: Any) -> Scorer:
     """Resolve ``targets`` against the model's output (after ``output_key``); see the module's docstring."""
+    if isinstance(targets, MultiLabel):
+        if not isinstance(output, Tensor) or output.dim() != 2:
+            raise ValueError(
+                f"multi-label targets need logits [B, num_classes]; got {type(output).__name__}."
+            )
+        return Scorer(
+            "multilabel", _classes(targets.classes.to(output.device), output.argmax(dim=1), output.shape[1])
+        )
     if callable(targets) and not isinstance(targets, Tensor):
         scores = targets(output)
         if not isinstance(scores, Tensor) or scores.shape != (len(output),):
@@ -143,7 +192,9 @@ def make_scorer(targets: Targets, output: Any) -> Scorer:
             raise ValueError(
                 f"a callable target must return one score per image [{len(output)}]; it returned {shape}."
             )
-        return Scorer("callable", torch.full((len(output),), -1, dtype=torch.long, device=scores.device), targets)
+        return Scorer(
+            "callable", torch.full((len(output),), -1, dtype=torch.long, device=scores.device), targets
+        )
     if not isinstance(output, Tensor):
         raise ValueError(
             f"the model returned {type(output).__name__}; pass output_key to pick its logits, or targets=a callable "

@@ -83,10 +83,10 @@ ROWS: list[Row] = [
         r"images as a float tensor \[B, C, H, W\].*Tensor\[2, 10\]",
     ),
     (
-        "batch: one-hot labels",
-        lambda: unpack_batch((IMAGES, torch.eye(2))),
+        "batch: soft labels",
+        lambda: unpack_batch((IMAGES, torch.tensor([[0.3, 0.7], [0.9, 0.1]]))),
         ValueError,
-        r"labels as integer class indices \[B\] \(2\); got Tensor\[2, 2\] float32",
+        r"labels as integer class indices \[B\] \(2\), multi-hot rows \[B, C\] or label maps \[B, H, W\].*got Tensor\[2, 2\] float32",
     ),
     (
         "batch: labels of another batch",

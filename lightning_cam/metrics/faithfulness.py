@@ -203,7 +203,9 @@ def noisy_linear_imputation(
     mask = removed[:, None].to(dtype)
     filled = _impute(images.to(dtype), mask, tolerance)
     if noise > 0:
-        filled = filled + noise * torch.randn(filled.shape, generator=generator, device=filled.device, dtype=dtype)
+        filled = filled + noise * torch.randn(
+            filled.shape, generator=generator, device=filled.device, dtype=dtype
+        )
     return torch.where(mask > 0, filled, images.to(dtype)).to(images.dtype)
 
 

@@ -127,7 +127,9 @@ def model_randomization(
     done = 0
     for stage in stages:
         with preserved_rng():
-            for index in range(done, stage):  # layer i always gets seed + i: the cascade ends where "all at once" does
+            for index in range(
+                done, stage
+            ):  # layer i always gets seed + i: the cascade ends where "all at once" does
                 _seed(seed + index, device)
                 modules[names[index]].reset_parameters()
         done = stage
