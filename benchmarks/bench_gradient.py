@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
 import torchvision
 from common import median_seconds, pearson_per_image
@@ -88,9 +89,10 @@ def main() -> None:
     ours_maps = lc.explain(model, images, FIVE, layer_name, targets)
     peer_maps = peer_all()
     for name in FIVE:
-        r = pearson_per_image(ours_maps[name], peer_maps[name])
+        r = pearson_per_image(ours_maps[name], peer_maps[name])  # NaN where both maps are flat (all zero)
         print(
-            f"  {name:10s} Pearson per image vs pytorch-grad-cam: min {r.min():.4f}  median {sorted(r)[len(r) // 2]:.4f}"
+            f"  {name:10s} Pearson per image vs pytorch-grad-cam: min {np.nanmin(r):.4f}  median "
+            f"{np.nanmedian(r):.4f} ({int(np.isnan(r).sum())} of {len(r)} images flat in both)"
         )
 
 

@@ -21,6 +21,7 @@ def _demo(args: argparse.Namespace) -> None:
         num_train=args.num_train,
         seed=args.seed,
         methods=tuple(args.methods),
+        arch=args.arch,
     )
     cued, decorrelated = (
         result.accuracy.get("cued", float("nan")),
@@ -61,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument("--num-train", type=int, default=2048, help="training images per epoch")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++"], choices=METHODS)
+    demo.add_argument(
+        "--arch", choices=("cnn", "vit"), default="cnn", help="a small CNN, or a small ViT (needs timm)"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         _demo(args)

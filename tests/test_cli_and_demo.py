@@ -41,7 +41,9 @@ def test_lightning_cli_builds_cam_monitor_from_each_preset(preset: Path, tmp_pat
     assert config.num_samples == expected["num_samples"]
     targets = expected.get("targets", "predicted")
     assert list(config.targets) == (targets if isinstance(targets, list) else [targets])
-    assert config.alerts == expected.get("alerts") and config.stop_on_alert == expected.get("stop_on_alert", False)
+    assert config.alerts == expected.get("alerts") and config.stop_on_alert == expected.get(
+        "stop_on_alert", False
+    )
 
 
 @pytest.mark.slow
@@ -93,3 +95,13 @@ def test_default_demo_model_relies_on_the_cue(tmp_path: Path) -> None:
     # Learned the task where the cue agrees, and clearly worse where the cue is random.
     assert result.accuracy["cued"] > 0.9
     assert result.accuracy["cued"] - result.accuracy["decorrelated"] > 0.05
+
+
+@pytest.mark.slow
+def test_demo_trains_a_vision_transformer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lightning_cam_main(
+        ["demo", "--arch", "vit", "--epochs", "1", "--num-train", "128", "--out", str(tmp_path)]
+    )
+    assert "validation accuracy" in capsys.readouterr().out
+    grids = read_tensorboard_images(tmp_path / "demo" / "version_0", "cam/predicted/grid")
+    assert [step for step, _ in grids] == [2]

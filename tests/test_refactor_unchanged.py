@@ -18,7 +18,9 @@ REFERENCE = Path(__file__).parent / "data" / "refactor_reference"
 def table_rows(report: str) -> list[dict[str, str]]:
     lines = [line for line in report.splitlines() if line.startswith("| ")]
     columns = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    return [dict(zip(columns, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[1:]]
+    return [
+        dict(zip(columns, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[1:]
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -291,4 +291,6 @@ def test_two_hundred_checks_do_not_grow_memory_tensors_or_hooks(tmp_path: Path) 
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
     )
     assert hooks == 0
-    assert all(len(entries) == monitor.config.timeline_length for entries in monitor.history.timeline.values())
+    assert all(
+        len(entries) == monitor.config.timeline_length for entries in monitor.history.timeline.values()
+    )

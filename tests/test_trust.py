@@ -211,7 +211,9 @@ def test_the_map_on_the_cue_is_the_faithful_one(cue_model: tuple[nn.Module, dict
     maps = {"on_cue": data["cue"] + jitter, "off_cue": 1 - data["cue"] + jitter}
     deletion = {name: value[0] for name, value in deletion_insertion(model, images, maps, labels).items()}
     roads = {name: value["combined"] for name, value in road(model, images, maps, labels).items()}
-    assert bool((deletion["on_cue"] < deletion["off_cue"]).all()), deletion  # deleting the cue first hurts more
+    assert bool((deletion["on_cue"] < deletion["off_cue"]).all()), (
+        deletion
+    )  # deleting the cue first hurts more
     assert bool((roads["on_cue"] > roads["off_cue"]).all()), roads
     assert roads["on_cue"].mean() > roads["off_cue"].mean() + 0.1, roads
 

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from lightning_cam.demo.data import CLASS_NAMES, ShapesConfig, ShapesDataset
 
-__all__ = ["ShapesClassifier", "ShapesDataModule", "SmallCNN"]
+__all__ = ["ShapesClassifier", "ShapesDataModule", "SmallCNN", "small_vit"]
 
 
 def _block(channels_in: int, channels_out: int) -> list[nn.Module]:
@@ -41,15 +41,38 @@ class SmallCNN(nn.Module):
         return self.classifier(self.pool(self.features(images)).flatten(1))
 
 
+def small_vit(image_size: int = 64, num_classes: int = len(CLASS_NAMES)) -> nn.Module:
+    """A 4-block ViT (patches of 8 px, width 96) from timm with random weights: a transformer that
+    trains on the shapes on a CPU in minutes (``pip install timm``)."""
+    try:
+        import timm
+    except ImportError as error:
+        raise ImportError("the ViT demo needs timm: pip install 'lightning-cam[timm]'") from error
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=num_classes,
+        img_size=image_size,
+        patch_size=8,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+    )
+
+
 class ShapesClassifier(pl.LightningModule):
     """Trains :class:`SmallCNN` on the shapes; logs accuracy per validation set (``val_acc/<name>``)."""
 
     def __init__(
-        self, lr: float = 3e-3, width: int = 16, val_names: tuple[str, ...] = ("cued", "decorrelated")
+        self,
+        lr: float = 3e-3,
+        width: int = 16,
+        val_names: tuple[str, ...] = ("cued", "decorrelated"),
+        arch: str = "cnn",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = SmallCNN(width=width)
+        self.net = SmallCNN(width=width) if arch == "cnn" else small_vit()
         self.val_names = val_names
 
     def forward(self, images: Tensor) -> Tensor:

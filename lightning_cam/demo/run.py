@@ -49,9 +49,11 @@ def run_demo(
     seed: int = 0,
     methods: tuple[str, ...] = ("gradcam", "gradcam++"),
     progress: bool = True,
+    arch: str = "cnn",
 ) -> DemoResult:
     """Train on the shapes with the cue at ``cue_strength`` and CAMMonitor attached, explaining
-    the decorrelated validation images (where the cue lies) every epoch."""
+    the decorrelated validation images (where the cue lies) every epoch. ``arch``: ``"cnn"`` (the small
+    CNN) or ``"vit"`` (a small timm ViT, explained at its last block's first norm)."""
     out = Path(out)
     pl.seed_everything(seed, verbose=False)
     data = ShapesDataModule(cue_strength=cue_strength, num_train=num_train, seed=seed)
@@ -74,7 +76,7 @@ def run_demo(
         log_every_n_steps=8,
     )
     start = time.perf_counter()
-    trainer.fit(ShapesClassifier(), data)
+    trainer.fit(ShapesClassifier(arch=arch, lr=3e-3 if arch == "cnn" else 1e-3), data)
     seconds = time.perf_counter() - start
     accuracy = {
         name.removeprefix("val_acc/"): float(value)
