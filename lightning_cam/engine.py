@@ -342,13 +342,7 @@ def _shared_pass(
         guided_relus(enabled=needs_guided) as switch,
     ):
         output = select_output(model(inputs), output_key)
-    scorer = make_scorer(targets, output)
-    scores = scorer.score(output)
-    if scores.shape != (inputs.shape[0],):
-        raise ValueError(
-            f"the model's output gives {list(scores.shape)} scores for {inputs.shape[0]} images; expected one per "
-            f"image (logits [B, num_classes], one binary logit [B], or a callable target returning [B])."
-        )
+    scorer, scores = _scored(targets, output, inputs.shape[0])
     raw = _checked_activations(layers, capture.activations)
     size = tuple(inputs.shape[2:])
     layouts = [
@@ -375,6 +369,18 @@ def _shared_pass(
         input_gradient=gradients[-1] if needs_input_gradients else None,
         guided_gradient=guided_gradient,
     )
+
+
+def _scored(targets: Targets, output: Any, batch: int) -> tuple[Scorer, Tensor]:
+    """The scorer of ``targets`` and the explained score of each image, checked to be one per image."""
+    scorer = make_scorer(targets, output)
+    scores = scorer.score(output)
+    if scores.shape != (batch,):
+        raise ValueError(
+            f"the model's output gives {list(scores.shape)} scores for {batch} images; expected one per "
+            f"image (logits [B, num_classes], one binary logit [B], or a callable target returning [B])."
+        )
+    return scorer, scores
 
 
 def _warn_other_activations(names: set[str]) -> None:

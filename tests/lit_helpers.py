@@ -104,3 +104,31 @@ def unpack_reversed(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, None]
     """An ``unpack`` function for batches stored as (labels, images)."""
     labels, images = batch
     return images, labels, None
+
+
+def tiny_vit(**options: object) -> torch.nn.Module:
+    """A small timm ViT with random weights (patches of 8 px); ``options`` override its shape."""
+    import timm
+
+    shape = {"num_classes": 4, "img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **(shape | options))
+
+
+def run_ddp_script(script: str, out: object, pythonpath: str) -> tuple[dict, dict]:
+    """Run ``tests/scripts/<script>`` (a 2-process CPU DDP fit) with a timeout; each rank's record."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, str(root / "tests" / "scripts" / script), str(out)],
+        check=True,
+        timeout=300,
+        env=environment,
+        cwd=out,
+        capture_output=True,
+    )
+    return tuple(torch.load(Path(out) / f"rank{rank}.pt", weights_only=False) for rank in (0, 1))  # type: ignore[return-value]

@@ -4,7 +4,6 @@ alerts, per-group slices of the bias report, and the warnings for monitors that 
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 import warnings
@@ -16,7 +15,14 @@ import torch
 from cue_helpers import CueClassifier, cue_loaders
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lit_helpers import TinyClassifier, loaders, read_tensorboard_images, read_tensorboard_scalars, trainer
+from lit_helpers import (
+    TinyClassifier,
+    loaders,
+    read_tensorboard_images,
+    read_tensorboard_scalars,
+    run_ddp_script,
+    trainer,
+)
 
 from lightning_cam import CAMMonitor, metrics
 from lightning_cam.alerts import Alert, crossed_alerts, parse_alerts
@@ -185,17 +191,7 @@ def test_slice_means_and_the_report_by_hand() -> None:
 
 
 def test_scalars_reach_callback_metrics_under_two_process_ddp(tmp_path: Path) -> None:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "scripts" / "ddp_alarms.py"), str(tmp_path)],
-        check=True,
-        timeout=300,
-        env=environment,
-        cwd=tmp_path,
-        capture_output=True,
-    )
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    rank0, rank1 = run_ddp_script("ddp_alarms.py", tmp_path, str(ROOT / "tests"))
     assert rank0["checks"] >= 1 and rank1["checks"] == 0  # rank 1 computed nothing...
     assert (
         rank1["values"] == rank0["values"] and len(rank0["values"]) == rank0["epochs_run"]

@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from lit_helpers import tiny_vit
 from torch import nn
 
 import lightning_cam as lc
@@ -159,15 +160,7 @@ def test_auto_layer_on_transformers_is_in_the_last_block(
 @pytest.mark.slow
 def test_every_layer_method_on_a_token_layer_gives_finite_non_flat_maps() -> None:
     torch.manual_seed(0)
-    model = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        num_classes=4,
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        reg_tokens=1,
-    ).eval()
+    model = tiny_vit(embed_dim=192, reg_tokens=1).eval()
     images = torch.rand(2, 3, 32, 32)
     for method in LAYER_METHODS:  # some class gives each image a map (random weights make some all-negative)
         options = {"topk": 16} if method == "scorecam" else {}
@@ -180,20 +173,7 @@ def test_every_layer_method_on_a_token_layer_gives_finite_non_flat_maps() -> Non
 
 def test_ablationcam_on_tokens_zeroes_a_channel_of_the_patch_tokens() -> None:
     torch.manual_seed(0)
-    model = (
-        timm.create_model(
-            "vit_tiny_patch16_224",
-            pretrained=False,
-            num_classes=4,
-            img_size=16,
-            patch_size=8,
-            depth=1,
-            embed_dim=12,
-            num_heads=2,
-        )
-        .eval()
-        .double()
-    )
+    model = tiny_vit(img_size=16, depth=1, embed_dim=12, num_heads=2).eval().double()
     images, layer = torch.rand(3, 3, 16, 16, dtype=torch.float64), model.blocks[0].norm1
     targets = [0, 3, 1]
     with torch.no_grad():

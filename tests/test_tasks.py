@@ -8,11 +8,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import pytest
-import timm
 import torch
 import torch.nn.functional as F  # noqa: N812
 from lightning.pytorch.loggers import TensorBoardLogger
-from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, shapes_tensors, trainer
+from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, shapes_tensors, tiny_vit, trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -70,19 +69,6 @@ def fit(
     logger = TensorBoardLogger(tmp_path, name="tb")
     trainer(tmp_path, [monitor], logger=logger, max_epochs=epochs).fit(Lit(net, loss), train, val)
     return logger.log_dir
-
-
-def tiny_vit() -> nn.Module:
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        num_classes=4,
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        embed_dim=48,
-        num_heads=3,
-    )
 
 
 @pytest.mark.slow

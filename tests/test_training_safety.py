@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from conftest import SmallCNN
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lit_helpers import TinyClassifier, loaders, trainer
+from lit_helpers import TinyClassifier, loaders, run_ddp_script, trainer
 from torch import nn
 
 import lightning_cam as lc
@@ -96,17 +94,7 @@ def test_fit_is_bit_identical_with_and_without_the_monitor(tmp_path: Path) -> No
 
 
 def test_ddp_rank_zero_alone_computes_and_matches_single_process(tmp_path: Path) -> None:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "scripts" / "ddp_fit.py"), str(tmp_path)],
-        check=True,
-        timeout=300,
-        env=environment,
-        cwd=tmp_path,
-        capture_output=True,
-    )
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    rank0, rank1 = run_ddp_script("ddp_fit.py", tmp_path, str(ROOT))
     assert rank1 == {"checks": 0, "captured": False, "maps": 0}  # rank 1 neither captured nor computed
     assert rank0["checks"] == 2
     pngs = sorted(p.name for p in (tmp_path / "cam" / "predicted").glob("*.png"))

@@ -210,6 +210,23 @@ def _checked_ablation(
     return ablated
 
 
+def _ablation_masks(activations: Tensor) -> Tensor:
+    """``[K + 1, K, 1, ...]``: row 0 keeps every channel (the control), row ``k + 1`` zeroes channel ``k``."""
+    channels = activations.shape[1]
+    keep = torch.ones(channels + 1, channels, *([1] * (activations.dim() - 2)), device=activations.device)
+    keep[1:] -= torch.eye(channels, device=activations.device).view(channels, channels, *keep.shape[2:])
+    return keep
+
+
+def _cannot_batch(layer: str, copies: int, images: int, error: RuntimeError) -> ValueError:
+    return ValueError(
+        f"ablationcam runs the layers after {layer!r} on a batch of {copies} ablated copies of its output "
+        f"while the model's input holds {images} image(s), and this model cannot ({error}). It may reshape "
+        f"with a fixed batch size or combine the layer's output with tensors computed before it. Pick "
+        f"another target layer, or use scorecam."
+    )
+
+
 def _ablated_scores(
     inputs: LayerInputs,
     chunk_size: int | None,
@@ -220,8 +237,7 @@ def _ablated_scores(
     activations = inputs.activations
     batch, channels = activations.shape[:2]
     per_image = channels + 1
-    keep = torch.ones(per_image, channels, *([1] * (activations.dim() - 2)), device=activations.device)
-    keep[1:] -= torch.eye(channels, device=activations.device).view(channels, channels, *keep.shape[2:])
+    keep = _ablation_masks(activations)
 
     def ablated_logits(start: int, stop: int) -> Tensor:
         rows = torch.arange(start, stop, device=activations.device)
@@ -242,12 +258,7 @@ def _ablated_scores(
         except RuntimeError as error:
             if not one_image_per_forward:
                 raise  # mixing images in one forward failed: the caller retries one image at a time
-            raise ValueError(
-                f"ablationcam runs the layers after {inputs.layer_name!r} on a batch of {stop - start} "
-                f"ablated copies of its output while the model's input holds {last + 1 - first} image(s), and "
-                f"this model cannot ({error}). It may reshape with a fixed batch size or combine the layer's "
-                f"output with tensors computed before it. Pick another target layer, or use scorecam."
-            ) from error
+            raise _cannot_batch(inputs.layer_name, stop - start, last + 1 - first, error) from error
         if len(output) != stop - start:
             raise ValueError(
                 f"ablationcam: the layers after {inputs.layer_name!r} returned {len(output)} rows for "
