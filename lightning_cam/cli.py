@@ -20,7 +20,7 @@ def _demo(args: argparse.Namespace) -> None:
         cue_strength=args.cue_strength,
         num_train=args.num_train,
         seed=args.seed,
-        methods=tuple(args.methods),
+        methods=None if args.methods is None else tuple(args.methods),
         arch=args.arch,
     )
     cued, decorrelated = (
@@ -61,7 +61,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     demo.add_argument("--num-train", type=int, default=2048, help="training images per epoch")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++"], choices=METHODS)
+    demo.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=METHODS,
+        help="default: gradcam gradcam++ (vit: layercam gradcam)",
+    )
     demo.add_argument(
         "--arch", choices=("cnn", "vit"), default="cnn", help="a small CNN, or a small ViT (needs timm)"
     )
