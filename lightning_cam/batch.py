@@ -111,8 +111,10 @@ def primary_classes(labels: Tensor) -> Tensor:
         return labels.long()
     if labels.dim() == 2:
         return (labels > 0.5).float().argmax(dim=1)
-    size = max(2, int(labels.max()) + 1)
-    counts = torch.stack([torch.bincount(row.flatten().long(), minlength=size) for row in labels])
+    flat = labels.flatten(1).long()
+    size = max(2, int(flat.max()) + 1)
+    counts = torch.zeros(len(flat), size, dtype=torch.long, device=flat.device)
+    counts.scatter_add_(1, flat, torch.ones_like(flat))  # pixels per class, every image at once
     foreground = counts[:, 1:].argmax(dim=1) + 1
     return torch.where(counts[:, 1:].amax(dim=1) > 0, foreground, torch.zeros_like(foreground))
 
