@@ -2,8 +2,8 @@
 
 ``explain()`` computes class-activation maps in one guarded pass over any ``nn.Module``;
 ``CAMMonitor`` is the Lightning callback that logs them during ``trainer.fit``. Importing the
-package does not import Lightning: ``CAMMonitor``, ``Writer`` and ``register_writer`` are loaded
-the first time they are used.
+package does not import Lightning (nor torchmetrics): ``CAMMonitor``, ``Writer``, ``register_writer``
+and the full audit (``audit``, ``AuditResult``) are loaded the first time they are used.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ from lightning_cam import metrics
 from lightning_cam.engine import METHODS, Explanation, explain, explain_batch
 
 if TYPE_CHECKING:
+    from lightning_cam.auditing import AuditResult, audit
     from lightning_cam.callback import CAMMonitor
     from lightning_cam.writers import Writer, register_writer
 
 __all__ = [
     "METHODS",
+    "AuditResult",
     "CAMMonitor",
     "Explanation",
     "Writer",
+    "audit",
     "explain",
     "explain_batch",
     "metrics",
@@ -30,6 +33,8 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
+    "AuditResult": "lightning_cam.auditing",
+    "audit": "lightning_cam.auditing",
     "CAMMonitor": "lightning_cam.callback",
     "Writer": "lightning_cam.writers",
     "register_writer": "lightning_cam.writers",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +164,13 @@ def unpack_batch(
             f"batch -> (images, labels or None, masks)."
         )
     return FixedBatch(images, labels, _as_masks(masks, mask_key), _as_groups(groups, len(images)))
+
+
+def group_name(group: object, group_names: Sequence[str] | None = None) -> str:
+    """The name of a group id (an int indexing ``group_names``, or a string), safe inside a tag."""
+    if isinstance(group, int) and group_names is not None and 0 <= group < len(group_names):
+        group = group_names[group]
+    return str(group).replace("/", "_")
 
 
 @dataclass

@@ -10,6 +10,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from lightning_cam.audit_glue import audit_in_fit
+from lightning_cam.auditing import AuditResult
 from lightning_cam.batch import Capture, FixedBatch, Unpacked, unpack_batch
 from lightning_cam.check import run_check
 from lightning_cam.config import MonitorConfig, TargetChoice
@@ -88,6 +90,11 @@ class CAMMonitor(Callback):
         alerts: ``{tag: threshold}``: warn once (and log it) when a scalar rises above the threshold
             (``"<0.2"``: falls below it).
         stop_on_alert: stop training when an alert fires.
+        audit: explain every image of the validation dataloader (each rank its shard, each image once) at the
+            end of fit, and log count, accuracy, mass and enrichment per class and group with 95 % bootstrap
+            intervals (``audit/...`` tags, a table, mean maps; see ``lightning_cam.audit``).
+        audit_every_n_epochs: audit after every n-th validation epoch instead of at the end of fit.
+        audit_bootstrap_samples: bootstrap draws for the audit's intervals (0: none).
         name: the first part of every tag; give two monitors in one Trainer different names.
         strict: raise on any failure instead of reporting it once and carrying on (for tests).
 
@@ -137,6 +144,9 @@ class CAMMonitor(Callback):
         sanity_every_n_checks: int | None = None,
         alerts: dict[str, float | str] | None = None,
         stop_on_alert: bool = False,
+        audit: bool = False,
+        audit_every_n_epochs: int | None = None,
+        audit_bootstrap_samples: int = 1000,
         name: str = "cam",
         strict: bool = False,
     ) -> None:
@@ -150,6 +160,7 @@ class CAMMonitor(Callback):
         self.fixed: FixedBatch | None = None
         self.checks, self.last_check_step = 0, -1
         self.fired_alerts: set[str] = set()
+        self.audit_result: AuditResult | None = None
 
     @property
     @override
@@ -188,6 +199,8 @@ class CAMMonitor(Callback):
         self._finish_capture()
         if self.config.check_due_after_validation(trainer.current_epoch):
             self.run_check(trainer, pl_module)
+        if self.config.audit_due(trainer.current_epoch):
+            self.run_audit(trainer, pl_module)
 
     @override
     def on_train_batch_end(
@@ -205,6 +218,8 @@ class CAMMonitor(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.config.audit_due(None):
+            self.run_audit(trainer, pl_module)
         if trainer.is_global_zero:
             self.publisher.publish_end(self.history, self.fixed, trainer.global_step)
         self.publisher.flush()
@@ -244,6 +259,16 @@ class CAMMonitor(Callback):
         scalars = share_scalars(trainer, scalars)
         raise_alerts(trainer, self.config, scalars, self.fired_alerts, self.publisher)
         return scalars
+
+    def run_audit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> AuditResult | None:
+        """The full audit of the validation set, on every rank (collective); rank 0 publishes it."""
+        self.publisher.attach(trainer.loggers, trainer.default_root_dir)
+        with self.faults.guard("audit"):
+            network = explained_network(pl_module, self.config, self.faults)
+            self.audit_result = audit_in_fit(trainer, network, self.config)
+            if trainer.is_global_zero:
+                self.publisher.publish_audit(self.audit_result, trainer.global_step)
+        return self.audit_result
 
     def _check_and_publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         if self.fixed is None:

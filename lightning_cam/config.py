@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_cam.alerts import Alert, parse_alerts
-from lightning_cam.batch import Unpacked
+from lightning_cam.batch import Unpacked, group_name
 from lightning_cam.engine import OutputKey, resolve_methods, resolve_options
 from lightning_cam.layers import TargetLayer
 from lightning_cam.layouts import ReshapeTransform
@@ -90,6 +90,9 @@ class MonitorConfig:
     sanity_every_n_checks: int | None = None
     alerts: Mapping[str, float | str] | None = None
     stop_on_alert: bool = False
+    audit: bool = False
+    audit_every_n_epochs: int | None = None
+    audit_bootstrap_samples: int = 1000
     name: str = "cam"
     strict: bool = False
     alert_rules: list[Alert] = field(init=False)
@@ -172,6 +175,13 @@ class MonitorConfig:
         _positive_int("faithfulness_every_n_checks", self.faithfulness_every_n_checks)
         if self.sanity_every_n_checks is not None:
             _positive_int("sanity_every_n_checks", self.sanity_every_n_checks)
+        if self.audit_every_n_epochs is not None:
+            _positive_int("audit_every_n_epochs", self.audit_every_n_epochs)
+        if not isinstance(self.audit_bootstrap_samples, int) or self.audit_bootstrap_samples < 0:
+            raise ValueError(
+                "audit_bootstrap_samples is the number of bootstrap draws for the audit's intervals (0: none); "
+                f"got {self.audit_bootstrap_samples!r}."
+            )
 
     def trust_due(self, check_index: int) -> tuple[bool, bool]:
         """Whether check number ``check_index`` (from 1) computes the faithfulness and the sanity metrics."""
@@ -187,6 +197,20 @@ class MonitorConfig:
         """Whether optimizer step ``step`` is a check (once per step, also with gradient accumulation)."""
         every = self.every_n_train_steps
         return every is not None and step > 0 and step % every == 0 and step != last_check_step
+
+    def audit_due(self, epoch: int | None) -> bool:
+        """Whether an audit runs after the validation of training epoch ``epoch`` (``None``: the end of fit,
+        where it runs when ``audit`` is on and no epoch schedule is set)."""
+        if not self.audit:
+            return False
+        if epoch is None:
+            return self.audit_every_n_epochs is None
+        return self.audit_every_n_epochs is not None and (epoch + 1) % self.audit_every_n_epochs == 0
+
+    @property
+    def audit_root(self) -> str:
+        """The first part of the audit's tags: ``audit`` (``<name>/audit`` for a monitor named otherwise)."""
+        return "audit" if self.name == "cam" else f"{self.name}/audit"
 
     def target_name(self, choice: TargetChoice) -> str:
         """``"predicted"``, ``"label"`` or ``"class_<name or index>"``: the ``<target>`` in tags."""
@@ -207,6 +231,4 @@ class MonitorConfig:
 
     def group_name(self, group: object) -> str:
         """The name of a group id (an int indexing ``group_names``, or a string), safe inside a tag."""
-        if isinstance(group, int) and self.group_names is not None and 0 <= group < len(self.group_names):
-            group = self.group_names[group]
-        return str(group).replace("/", "_")
+        return group_name(group, self.group_names)

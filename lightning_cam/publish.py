@@ -10,10 +10,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_cam import metrics
+from lightning_cam.auditing import AuditResult
 from lightning_cam.batch import FixedBatch
 from lightning_cam.check import CheckResult
 from lightning_cam.config import MonitorConfig
@@ -177,6 +179,18 @@ class Publisher:
         self._each_writer(
             lambda writer: partial(writer.log_report, tag, report.columns, report.rows, report.text, step)
         )
+
+    def publish_audit(self, result: AuditResult, step: int) -> None:
+        """The audit's scalars, its table and readings, and its mean maps (a row per method, a column per
+        class and group)."""
+        root = self.config.audit_root
+        self.publish_scalars(result.scalars(root), step)
+        self.publish_report(f"{root}/table", result.report(), step)
+        tiles = torch.stack(
+            [apply_colormap(maps, self.config.colormap) for maps in result.mean_maps.values()]
+        )
+        grid = render_table(tiles, result.map_slices, [f"{method}\nmean map" for method in result.mean_maps])
+        self._publish_images({f"{root}/mean_maps": grid}, step)
 
     def publish_text(self, tag: str, text: str, step: int) -> None:
         """A line of text (an alert), through each writer's report channel."""

@@ -83,6 +83,8 @@ def test_fit_is_bit_identical_with_and_without_the_monitor(tmp_path: Path) -> No
         num_samples=4,
         faithfulness=("deletion", "insertion", "road"),
         sanity_every_n_checks=1,
+        audit=True,
+        audit_every_n_epochs=1,
         strict=True,
     )
     every_step = CAMMonitor(
@@ -90,6 +92,9 @@ def test_fit_is_bit_identical_with_and_without_the_monitor(tmp_path: Path) -> No
     )
     with_monitors = fit_state(tmp_path / "with", [every_epoch, every_step], **options)
     assert every_epoch.checks >= 3 and every_step.checks >= 3
+    assert (
+        every_epoch.audit_result is not None and every_epoch.audit_result.figures["all"]["count"].value == 16
+    )
     assert_bitwise_equal(without, with_monitors)
 
 

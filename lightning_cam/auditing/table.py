@@ -1,0 +1,89 @@
+"""The audit as a table (a row per slice, method and mask) and plain-words readings per group."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from lightning_cam.auditing.aggregate import Figure
+from lightning_cam.reports import Report
+
+if TYPE_CHECKING:
+    from lightning_cam.auditing.run import AuditResult
+
+__all__ = ["AUDIT_COLUMNS", "audit_report"]
+
+AUDIT_COLUMNS = [
+    "slice",
+    "images",
+    "accuracy [95% CI]",
+    "confidence",
+    "method",
+    "mask",
+    "mask area",
+    "mass [95% CI]",
+    "enrichment [95% CI]",
+    "pointing game",
+]
+
+
+def _percent(figure: Figure) -> str:
+    if math.isnan(figure.value):
+        return "n/a"
+    interval = "" if math.isnan(figure.low) else f" [{figure.low:.0%}, {figure.high:.0%}]"
+    return f"{figure.value:.0%}{interval}"
+
+
+def _times(figure: Figure) -> str:
+    if math.isnan(figure.value):
+        return "n/a"
+    interval = "" if math.isnan(figure.low) else f" [{figure.low:.2f}, {figure.high:.2f}]"
+    return f"{figure.value:.2f}x{interval}"
+
+
+def _mass(figure: Figure) -> str:
+    if math.isnan(figure.value):
+        return "n/a"
+    interval = "" if math.isnan(figure.low) else f" [{figure.low:.3f}, {figure.high:.3f}]"
+    return f"{figure.value:.3f}{interval}"
+
+
+def _reading(part: str, figures: dict[str, Figure], method: str, mask: str) -> str:
+    who = "all images" if part == "all" else part
+    accuracy = figures["accuracy"]
+    accurate = "" if math.isnan(accuracy.value) else f", {_percent(accuracy)} accurate"
+    mass, area = figures[f"{method}/mass/{mask}"], figures[f"area/{mask}"]
+    return (
+        f"{who} ({int(figures['count'].value)} images{accurate}): {method} puts {mass.value:.0%} of its mass on "
+        f"`{mask}` ({area.value:.1%} of the image): {_times(figures[f'{method}/enrichment/{mask}'])} enrichment"
+    )
+
+
+def audit_report(result: AuditResult) -> Report:
+    """Rows for every slice (``all``, classes, groups) and (method, mask) pair, or one row per slice
+    without masks; readings for ``all`` and each group."""
+    rows, readings = [], []
+    for part, figures in result.figures.items():
+        head = [
+            part,
+            int(figures["count"].value),
+            _percent(figures["accuracy"]),
+            _percent(figures["confidence"]),
+        ]
+        if not result.pairs:
+            rows.append([*head, "", "", "", "", "", ""])
+        for method, mask in result.pairs:
+            rows.append(
+                [
+                    *head,
+                    method,
+                    mask,
+                    f"{figures[f'area/{mask}'].value:.4f}",
+                    _mass(figures[f"{method}/mass/{mask}"]),
+                    _times(figures[f"{method}/enrichment/{mask}"]),
+                    _percent(figures[f"{method}/pointing_game/{mask}"]),
+                ]
+            )
+            if not part.startswith("class="):
+                readings.append(_reading(part, figures, method, mask))
+    return Report(list(AUDIT_COLUMNS), rows, readings)

@@ -1,0 +1,68 @@
+"""Fit with CAMMonitor(audit=True) under DDP on 2 CPU processes (gloo), on an odd-sized validation set;
+then audit a plain (unsharded) loader with ``lightning_cam.audit`` in the same process group. Launched
+by tests/test_audit.py; each rank writes its figures to <out>/rank<N>.pt (rank 0 also the weights)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cue_helpers import CueClassifier, CueData
+
+import lightning_cam as lc
+from lightning_cam import CAMMonitor
+
+NUM_VAL = 37
+
+
+def figures_of(result: lc.AuditResult) -> dict:
+    return {
+        "figures": {
+            part: {k: (f.value, f.low, f.high) for k, f in fig.items()}
+            for part, fig in result.figures.items()
+        },
+        "index": result.rows["index"].tolist(),
+        "mean_maps": result.mean_maps,
+        "map_slices": result.map_slices,
+    }
+
+
+def main(out: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    train = DataLoader(
+        CueData(64, 0, None), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    val = DataLoader(CueData(NUM_VAL, 1, None), batch_size=8)
+    monitor = CAMMonitor(methods=["gradcam", "gradcam++"], num_samples=4, audit=True, strict=True)
+    model = CueClassifier()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=2,
+        default_root_dir=str(out),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor],
+    )
+    trainer.fit(model, train, val)
+    plain = lc.audit(model.net, val, ["gradcam", "gradcam++"], progress=False)
+    record = {
+        "in_fit": figures_of(monitor.audit_result),
+        "plain": figures_of(plain),
+        "metric": float(trainer.callback_metrics["audit/gradcam/enrichment/cue/all"]),
+    }
+    if trainer.global_rank == 0:
+        record["state_dict"] = model.net.state_dict()
+    torch.save(record, out / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
