@@ -24,6 +24,7 @@ from lightning_cam.trainer_glue import (
     check_strategy,
     explained_network,
     raise_alerts,
+    run_summary,
     share_scalars,
     warn_if_silent,
 )
@@ -95,6 +96,9 @@ class CAMMonitor(Callback):
             intervals (``audit/...`` tags, a table, mean maps; see ``lightning_cam.audit``).
         audit_every_n_epochs: audit after every n-th validation epoch instead of at the end of fit.
         audit_bootstrap_samples: bootstrap draws for the audit's intervals (0: none).
+        report: write the audit page ``cam_report.html`` (one self-contained HTML file: curves, grids, tables,
+            verdicts) into the log directory at the end of fit and hand it to every logger; ``None``: when a
+            bias report, trust table or audit was logged.
         name: the first part of every tag; give two monitors in one Trainer different names.
         strict: raise on any failure instead of reporting it once and carrying on (for tests).
 
@@ -147,6 +151,7 @@ class CAMMonitor(Callback):
         audit: bool = False,
         audit_every_n_epochs: int | None = None,
         audit_bootstrap_samples: int = 1000,
+        report: bool | None = None,
         name: str = "cam",
         strict: bool = False,
     ) -> None:
@@ -222,6 +227,8 @@ class CAMMonitor(Callback):
             self.run_audit(trainer, pl_module)
         if trainer.is_global_zero:
             self.publisher.publish_end(self.history, self.fixed, trainer.global_step)
+            with self.faults.guard("report"):
+                self.publisher.publish_page(trainer.log_dir or trainer.default_root_dir, trainer.global_step)
         self.publisher.flush()
 
     @override
@@ -287,6 +294,8 @@ class CAMMonitor(Callback):
             result = run_check(
                 network, fixed, self.config, self.history, self.faults, step, dtype, self.checks
             )
+            if not self.publisher.record.summary:
+                self.publisher.publish_summary(run_summary(pl_module, network, fixed, self.config), step)
             self.publisher.publish_check(result, self.history, self.checks)
             scalars = result.scalars
         scalars[f"{self.config.name}/check_seconds"] = time.perf_counter() - start

@@ -35,6 +35,7 @@ def _demo(args: argparse.Namespace) -> None:
     if cued - decorrelated > 0.1:
         print("  -> the model relies on the corner cue: the grids show attention on the tag.")
     print(f"\nLogs and grids: {result.log_dir}")
+    print(f"  the audit page: {result.log_dir}/cam_report.html")
     if args.logger == "tensorboard":
         print(f"  open with: tensorboard --logdir {result.log_dir}  (IMAGES tab, tags cam/predicted/grid)")
     elif args.logger == "wandb":
@@ -71,9 +72,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument(
         "--arch", choices=("cnn", "vit"), default="cnn", help="a small CNN, or a small ViT (needs timm)"
     )
+    report = commands.add_parser(
+        "report",
+        help="rebuild the audit page (cam_report.html) from a finished run's files",
+        description="Read a run's TensorBoard event files (or the PNG writer's folder with its scalars.csv) and "
+        "write the self-contained HTML audit page.",
+    )
+    report.add_argument("run_dir", help="the run's log directory, e.g. lightning_logs/version_0")
+    report.add_argument(
+        "-o", "--out", default=None, help="the page to write (default: RUN_DIR/cam_report.html)"
+    )
+    report.add_argument(
+        "--name", default="cam", help="the monitor's name (its tag root; default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         _demo(args)
+    else:
+        from lightning_cam.report import rebuild_report
+
+        print(f"Wrote {rebuild_report(args.run_dir, args.out, args.name)}")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ class MonitorConfig:
     audit: bool = False
     audit_every_n_epochs: int | None = None
     audit_bootstrap_samples: int = 1000
+    report: bool | None = None
     name: str = "cam"
     strict: bool = False
     alert_rules: list[Alert] = field(init=False)
@@ -206,6 +207,13 @@ class MonitorConfig:
         if epoch is None:
             return self.audit_every_n_epochs is None
         return self.audit_every_n_epochs is not None and (epoch + 1) % self.audit_every_n_epochs == 0
+
+    def report_due(self, tables: Mapping[str, object]) -> bool:
+        """Whether the end of fit writes the audit page: ``report=True``, or ``None`` (the default) and a
+        bias report, trust table or audit was logged (``tables``: the logged tables by tag)."""
+        if self.report is not None:
+            return bool(self.report)
+        return any(tag.endswith(("/bias_report", "/trust_report", "audit/table")) for tag in tables)
 
     @property
     def audit_root(self) -> str:

@@ -22,6 +22,8 @@ from lightning_cam.config import MonitorConfig
 from lightning_cam.faults import Faults
 from lightning_cam.history import AttentionHistory, series_key
 from lightning_cam.render import Grid, apply_colormap, display_images, render_grid, render_table
+from lightning_cam.report import REPORT_FILE, RunRecord, Table, write_report
+from lightning_cam.report.record import FILE_TAG, SUMMARY_TAG, summary_text, table_of_text
 from lightning_cam.reports import Report, bias_report, trust_report
 from lightning_cam.targets import num_classes
 from lightning_cam.tasks import infer_task, task_view
@@ -61,6 +63,7 @@ class Publisher:
         self.writers: list[Writer] | None = None
         self._background = BackgroundWriter()
         self._unsummarised: SummaryInputs | None = None
+        self.record = RunRecord(config.name)
 
     def attach(self, loggers: Sequence[Any], root: str | Path) -> list[Writer]:
         """One writer per logger (PNG files for a logger without an adapter, or without any logger)."""
@@ -164,10 +167,12 @@ class Publisher:
 
     def _publish_images(self, images: Mapping[str, Grid], step: int) -> None:
         for tag, grid in images.items():
+            self.record.add_image(tag, grid, step)
             self._each_writer(lambda writer, tag=tag, grid=grid: partial(writer.log_grid, tag, grid, step))
 
     def publish_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         """Scalars through each logger's ``log_metrics``, on the training thread (they are small)."""
+        self.record.add_scalars(scalars, step)
         for writer in self.writers or []:
             with self.faults.guard(f"writer {type(writer).__name__}"):
                 writer.log_metrics(dict(scalars), step)
@@ -176,6 +181,7 @@ class Publisher:
         """A table (TensorBoard text, W&B table, Markdown file), printed too."""
         title = tag.rsplit("/", 1)[-1].replace("_", " ")
         rank_zero_info(f"CAMMonitor {title} ({tag}):\n{report.text}")
+        self.record.tables[tag] = Table.of(report)
         self._each_writer(
             lambda writer: partial(writer.log_report, tag, report.columns, report.rows, report.text, step)
         )
@@ -192,8 +198,28 @@ class Publisher:
         grid = render_table(tiles, result.map_slices, [f"{method}\nmean map" for method in result.mean_maps])
         self._publish_images({f"{root}/mean_maps": grid}, step)
 
+    def publish_summary(self, summary: dict[str, object], step: int) -> None:
+        """The run's summary (model, layer, methods, ...) for the page, logged as text so that a rebuilt page has it."""
+        self.record.summary = summary
+        text = summary_text(summary)
+        tag = f"{self.config.name}/{SUMMARY_TAG}"
+        self._each_writer(lambda writer: partial(writer.log_report, tag, ["summary"], [[text]], text, step))
+
+    def publish_page(self, log_dir: str | Path, step: int) -> Path | None:
+        """Write the audit page (``<log_dir>/cam_report.html``) when due and hand its path to every writer."""
+        if not self.config.report_due(self.record.tables):
+            return None
+        path = write_report(
+            self.record, Path(log_dir) / REPORT_FILE, "Written by CAMMonitor at the end of fit."
+        )
+        rank_zero_info(f"CAMMonitor: the audit page is {path}")
+        tag = f"{self.config.name}/{FILE_TAG}"
+        self._each_writer(lambda writer: partial(writer.log_file, tag, path, step))
+        return path
+
     def publish_text(self, tag: str, text: str, step: int) -> None:
         """A line of text (an alert), through each writer's report channel."""
+        self.record.tables[tag] = table_of_text(text)
         self._each_writer(lambda writer: partial(writer.log_report, tag, ["message"], [[text]], text, step))
 
     def _each_writer(self, job_for: Callable[[Writer], Callable[[], None]]) -> None:

@@ -14,6 +14,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from lightning_cam.alerts import crossed_alerts
+from lightning_cam.batch import FixedBatch
+from lightning_cam.capture import preserved_state
 from lightning_cam.config import MonitorConfig
 from lightning_cam.faults import Faults
 from lightning_cam.layers import resolve_target_layers
@@ -24,6 +26,7 @@ __all__ = [
     "check_strategy",
     "explained_network",
     "raise_alerts",
+    "run_summary",
     "share_scalars",
     "warn_if_silent",
 ]
@@ -77,6 +80,30 @@ def _check_network(network: nn.Module, config: MonitorConfig, faults: Faults) ->
         resolve_target_layers(
             network, named, sample=torch.empty(0), reshape_transform=config.reshape_transform
         )
+
+
+def run_summary(
+    pl_module: pl.LightningModule, network: nn.Module, fixed: FixedBatch, config: MonitorConfig
+) -> dict[str, object]:
+    """What the audit page says about the run: model, the layer explained (``"auto"`` resolved), methods,
+    targets, samples and alert rules."""
+    model = type(pl_module).__name__
+    if network is not pl_module:
+        model += f" ({config.model_attr}: {type(network).__name__})"
+    with preserved_state(network, fixed.images.device.type):
+        layers = resolve_target_layers(
+            network, config.target_layer, fixed.images[:1], config.reshape_transform, config.output_key
+        )
+    return {
+        "model": model,
+        "target_layer": ", ".join(name for name, _ in layers),
+        "methods": list(config.methods),
+        "targets": [config.target_name(choice) for choice in config.targets],
+        "num_samples": len(fixed.images),
+        "alerts": {
+            rule.tag: (">" if rule.above else "<") + f"{rule.threshold:g}" for rule in config.alert_rules
+        },
+    }
 
 
 def autocast_dtype(trainer: pl.Trainer, config: MonitorConfig) -> torch.dtype | None:

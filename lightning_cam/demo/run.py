@@ -70,6 +70,7 @@ def run_demo(
         class_names=data.class_names,
         dataloader_idx=1,
         colormap="jet",
+        audit=True,
     )
     trainer = pl.Trainer(
         max_epochs=epochs,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 from lightning.pytorch.loggers import Logger
 
 from lightning_cam.render import Grid
@@ -33,6 +35,11 @@ class Writer:
         if self.logger is not None:
             self.logger.log_metrics(dict(metrics), step=step)
 
+    def log_file(self, tag: str, path: Path, step: int) -> None:
+        """A file written beside the run (the audit page); loggers that keep files attach it, the others
+        note its path."""
+        self.log_report(tag, ["file"], [[str(path)]], f"The audit page: `{path}`", step)
+
 
 class PNGWriter(Writer):
     """Writes each grid as ``<root>/<tag>/step_<step>.png`` (a trailing ``/grid`` in the tag is dropped,
@@ -49,6 +56,22 @@ class PNGWriter(Writer):
         path = self.path_for(tag, step)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(grid.png())
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Through the logger when there is one, and always appended to ``<root>/scalars.csv`` (float32,
+        as event files keep them), from which ``lightning-cam report`` rebuilds the page."""
+        super().log_metrics(metrics, step)
+        path = self.root / "scalars.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "tag", "value"])
+            writer.writerows([step, tag, repr(float(np.float32(value)))] for tag, value in metrics.items())
+
+    def log_file(self, tag: str, path: Path, step: int) -> None:
+        """The page is already in the run's folder; nothing to copy."""
 
     def log_report(
         self, tag: str, columns: list[str], rows: list[list[object]], text: str, step: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lightning.pytorch.loggers import MLFlowLogger
 
 from lightning_cam.render import Grid
@@ -25,3 +27,7 @@ class MLflowWriter(Writer):
         self, tag: str, columns: list[str], rows: list[list[object]], text: str, step: int
     ) -> None:
         self.logger.experiment.log_text(self.logger.run_id, text, artifact_file=f"{tag}/step_{step}.md")
+
+    def log_file(self, tag: str, path: Path, step: int) -> None:
+        """The page as an artifact of the run."""
+        self.logger.experiment.log_artifact(self.logger.run_id, str(path))

@@ -4,6 +4,8 @@ sample by sample."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_cam.render import Grid
@@ -37,3 +39,9 @@ class WandbWriter(Writer):
         self, tag: str, columns: list[str], rows: list[list[object]], text: str, step: int
     ) -> None:
         self.logger.log_table(key=tag, columns=columns, data=rows, step=step)
+
+    def log_file(self, tag: str, path: Path, step: int) -> None:
+        """The page as a ``wandb.Html`` panel of the run."""
+        import wandb
+
+        self.logger.experiment.log({tag: wandb.Html(path.read_text(encoding="utf-8"))})
