@@ -10,7 +10,6 @@ from difflib import get_close_matches
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from lightning_cam.capture import capture_activations, model_device_dtype, preserved_state
@@ -19,6 +18,7 @@ from lightning_cam.layouts import Layout, ReshapeTransform, infer_layout
 from lightning_cam.logits import OutputKey, select_output
 from lightning_cam.methods import REGISTRY, InputInputs, LayerInputs, Method, guided_relus
 from lightning_cam.methods.registry import at_least_float32
+from lightning_cam.spatial import per_item, resize
 from lightning_cam.targets import Scorer, Targets, make_scorer
 
 __all__ = [
@@ -55,14 +55,26 @@ def resolve_methods(methods: str | Sequence[str]) -> list[Method]:
     return resolved
 
 
-def check_images(images: object) -> Tensor:
-    """Images must be a floating tensor ``[B, C, H, W]`` with at least one image."""
+def check_images(images: object, model: nn.Module | None = None) -> Tensor:
+    """Images must be a floating tensor ``[B, C, H, W]``, or ``[B, C, D, H, W]`` for volumes and clips
+    (``D`` depth or time), with at least one image; a 4-D batch for a model whose first convolution is
+    3-D is a volume without its channel axis, and says so."""
     if not isinstance(images, Tensor):
         raise ValueError(f"images must be a float tensor [B, C, H, W]; got {type(images).__name__}.")
-    if images.dim() != 4:
+    if images.dim() not in (4, 5):
         hint = " Add a batch dimension with images.unsqueeze(0)." if images.dim() == 3 else ""
         raise ValueError(
-            f"images must be a 4-D float tensor [B, C, H, W]; got shape {list(images.shape)}.{hint}"
+            f"images must be a float tensor [B, C, H, W] (or [B, C, D, H, W] for volumes); got shape "
+            f"{list(images.shape)}.{hint}"
+        )
+    first = next(
+        (m for m in (model.modules() if model is not None else []) if isinstance(m, nn.modules.conv._ConvNd)),
+        None,
+    )
+    if images.dim() == 4 and isinstance(first, nn.Conv3d):
+        raise ValueError(
+            f"the model's first convolution is 3-D, so it takes volumes [B, C, D, H, W]; got {list(images.shape)}, "
+            f"a volume batch without its channel axis? Add it with images.unsqueeze(1) (one channel)."
         )
     if not images.is_floating_point():
         raise ValueError(
@@ -93,17 +105,15 @@ def finite_rows(maps: Tensor) -> Tensor:
     return torch.isfinite(maps.reshape(maps.shape[0], -1)).all(dim=1)
 
 
-def normalize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """ReLU, bilinear upsampling to ``size`` (``align_corners=False``), min-max to ``[0, 1]`` per image.
+def normalize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """ReLU, (bi/tri)linear upsampling to ``size`` (``align_corners=False``), min-max to ``[0, 1]`` per map.
 
     A flat map becomes all zeros (also one whose spread is only rounding noise, below ``1e-5`` of
     its largest value, as upsampling a constant gives); a map with a non-finite value becomes all
-    zeros too (the caller warns), never NaN.
+    zeros too (the caller warns), never NaN. Maps are ``[B, h, w]`` or, for volumes, ``[B, d, h, w]``.
     """
     valid = finite_rows(maps)
-    maps = torch.where(valid.view(-1, 1, 1), maps, torch.zeros_like(maps)).clamp(min=0)
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    maps = resize(torch.where(per_item(valid, maps), maps, torch.zeros_like(maps)).clamp(min=0), size)
     flat = maps.reshape(maps.shape[0], -1)
     low = flat.min(dim=1, keepdim=True).values
     high = flat.max(dim=1, keepdim=True).values
@@ -263,9 +273,9 @@ def explain_batch(
     requested = resolve_methods(methods)
     needed = with_requirements(requested)
     method_kwargs = resolve_options(needed, options, method_options)
-    images = check_images(images)
+    images = check_images(images, model)
     device, dtype = model_device_dtype(model, images)
-    size = (images.shape[-2], images.shape[-1])
+    size = tuple(images.shape[2:])
     layer_methods = [m for m in needed if m.kind == "layer"]
     start = time.perf_counter()
     with preserved_state(model, device.type):
@@ -398,7 +408,7 @@ def _input_maps(
     shared: _SharedPass,
     layer_maps: dict[str, Tensor],
     inputs: Tensor,
-    size: tuple[int, int],
+    size: tuple[int, ...],
     seconds: dict[str, float],
 ) -> dict[str, Tensor]:
     """The maps of the input-level methods (saliency, guided backprop) and of the ones combining maps."""
@@ -452,7 +462,7 @@ def _gradients_of(
 
 
 def _normalized(
-    method: Method, raw: Tensor, size: tuple[int, int], bad_images: Tensor | None = None
+    method: Method, raw: Tensor, size: tuple[int, ...], bad_images: Tensor | None = None
 ) -> Tensor:
     """:func:`normalize_maps`, with a warning naming the images whose map is not finite."""
     invalid = ~finite_rows(raw) if bad_images is None else bad_images | ~finite_rows(raw)
@@ -463,7 +473,7 @@ def _normalized(
             RuntimeWarning,
             stacklevel=4,
         )
-        raw = torch.where(invalid.view(-1, 1, 1), torch.full_like(raw, float("nan")), raw)
+        raw = torch.where(per_item(invalid, raw), torch.full_like(raw, float("nan")), raw)
     return normalize_maps(raw, size)
 
 
@@ -474,7 +484,7 @@ def _layer_maps(
     shared: _SharedPass,
     context: LayerInputs,
     method_kwargs: Mapping[str, Mapping[str, Any]],
-    size: tuple[int, int],
+    size: tuple[int, ...],
     seconds: dict[str, float],
 ) -> dict[str, Tensor]:
     per_method: dict[str, list[Tensor]] = {method.name: [] for method in methods}

@@ -24,6 +24,10 @@ _POOLING = (
     nn.AvgPool2d,
     nn.MaxPool2d,
     nn.LPPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool3d,
+    nn.AvgPool3d,
+    nn.MaxPool3d,
     nn.Flatten,
     nn.Identity,
     nn.Dropout,
@@ -99,7 +103,9 @@ def _cnn_choice(probes: list[_Probe]) -> str | None:
 
 def _spatial_grid(probe: _Probe) -> bool:
     layout = probe.layout
-    return layout is not None and layout.kind == "grid" and probe.output.dim() == 4 and max(layout.grid) > 1
+    return (
+        layout is not None and layout.kind == "grid" and probe.output.dim() in (4, 5) and max(layout.grid) > 1
+    )
 
 
 def _is_block(probe: _Probe, parents: dict[str, nn.Module]) -> bool:

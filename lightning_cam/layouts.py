@@ -186,6 +186,12 @@ def infer_layout(
         return _token_layout(shape, size, model, name)
     if len(shape) == spatial + 2:
         return _grid_layout(shape, size, model, layer, name)
+    if spatial == 3:
+        raise ValueError(
+            f"the input is a volume or clip with spatial size {list(size)} (D, H, W) but target layer {name!r} outputs "
+            f"shape {list(shape)}; volume maps need a layer with a 5-D output [B, K, d, h, w] (a Conv3d block, e.g. "
+            f"'layer4' of torchvision's r3d_18), or reshape_transform=a function tensor -> [B, K, d, h, w]."
+        )
     raise ValueError(
         f"target layer {name!r} outputs shape {list(shape)} for an input of spatial size {list(size)}; CAM methods "
         f"need [B, K, h, w] (convolutions), [B, h, w, K] (channels last) or [B, N, K] (tokens). Pick a "

@@ -68,7 +68,7 @@ CASES = [
         {},
         SmallCNN,
         torch.rand(3, 16, 16),
-        r"4-D float tensor \[B, C, H, W\]; got shape \[3, 16, 16\].*unsqueeze\(0\)",
+        r"float tensor \[B, C, H, W\] \(or \[B, C, D, H, W\] for volumes\); got shape \[3, 16, 16\].*unsqueeze\(0\)",
     ),
     (
         "integer images",

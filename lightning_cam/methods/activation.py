@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from lightning_cam.methods.registry import LayerInputs, register
+from lightning_cam.spatial import weighted_sum
 
 __all__ = ["cam", "eigencam"]
 
@@ -25,7 +26,7 @@ def cam(inputs: LayerInputs) -> Tensor:
         weights = sign * inputs.classifier_weight[0].to(inputs.activations)
     else:
         weights = inputs.classifier_weight[inputs.targets].to(inputs.activations)
-    return torch.einsum("bk,bkhw->bhw", weights, inputs.activations)
+    return weighted_sum(weights, inputs.activations)
 
 
 @register("eigencam")
@@ -35,14 +36,12 @@ def eigencam(inputs: LayerInputs) -> Tensor:
     principal component is arbitrary: it is chosen so that the map's largest-magnitude value
     is positive."""
     activations = inputs.activations
-    batch, channels, height, width = activations.shape
-    positions = activations.reshape(batch, channels, height * width).transpose(1, 2)
+    batch, channels, *spatial = activations.shape
+    positions = activations.reshape(batch, channels, -1).transpose(1, 2)
     centred = positions - positions.mean(dim=1, keepdim=True)
     centred = torch.nan_to_num(centred, nan=0.0, posinf=0.0, neginf=0.0)
     _, _, right_vectors = torch.linalg.svd(centred, full_matrices=False)
     projection = centred @ right_vectors[:, 0, :].unsqueeze(-1)  # [B, hw, 1]
-    projection = projection.reshape(batch, height, width)
     flat = projection.reshape(batch, -1)
     peak = flat.gather(1, flat.abs().argmax(dim=1, keepdim=True))
-    sign = torch.where(peak < 0, -1.0, 1.0).reshape(batch, 1, 1)
-    return projection * sign
+    return (flat * torch.where(peak < 0, -1.0, 1.0)).reshape(batch, *spatial)

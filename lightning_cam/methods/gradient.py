@@ -1,7 +1,8 @@
 """The gradient family: Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM and HiResCAM.
 
 Each is a pure function of the activations ``A`` and gradients ``G = d y^c / d A`` of one
-target layer (``[B, K, h, w]``), returning the map ``[B, h, w]`` before ReLU.
+target layer (``[B, K, h, w]``, or ``[B, K, d, h, w]`` for volumes), returning the map ``[B, h, w]``
+(``[B, d, h, w]``) before ReLU; sums and means run over every spatial dimension.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_cam.methods.registry import LayerInputs, register
+from lightning_cam.spatial import spatial_dims, weighted_sum
 
 __all__ = ["gradcam", "gradcam_plus_plus", "hirescam", "layercam", "xgradcam"]
 
@@ -20,11 +22,6 @@ def _safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(zero, torch.zeros_like(numerator), numerator / torch.where(zero, 1.0, denominator))
 
 
-def _weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
-    """``sum_k w_k A_k`` for channel weights ``[B, K]``."""
-    return torch.einsum("bk,bkhw->bhw", weights, activations)
-
-
 def _gradients(inputs: LayerInputs) -> Tensor:
     assert inputs.gradients is not None, "the engine computes gradients for methods that need them"
     return inputs.gradients
@@ -33,7 +30,8 @@ def _gradients(inputs: LayerInputs) -> Tensor:
 @register("gradcam", needs_gradients=True)
 def gradcam(inputs: LayerInputs) -> Tensor:
     """Grad-CAM (Selvaraju et al., 2017): ``sum_k mean_ij(G_k) A_k``."""
-    return _weighted_sum(_gradients(inputs).mean(dim=(2, 3)), inputs.activations)
+    gradients = _gradients(inputs)
+    return weighted_sum(gradients.mean(dim=spatial_dims(gradients)), inputs.activations)
 
 
 @register("gradcam++", needs_gradients=True)
@@ -45,18 +43,19 @@ def gradcam_plus_plus(inputs: LayerInputs) -> Tensor:
     """
     grads = _gradients(inputs)
     grads_squared = grads * grads
-    activation_sums = inputs.activations.sum(dim=(2, 3), keepdim=True)
+    activation_sums = inputs.activations.sum(dim=spatial_dims(grads), keepdim=True)
     alpha = _safe_divide(grads_squared, 2 * grads_squared + activation_sums * grads_squared * grads)
-    weights = (alpha * grads.clamp(min=0)).sum(dim=(2, 3))
-    return _weighted_sum(weights, inputs.activations)
+    weights = (alpha * grads.clamp(min=0)).sum(dim=spatial_dims(grads))
+    return weighted_sum(weights, inputs.activations)
 
 
 @register("xgradcam", needs_gradients=True)
 def xgradcam(inputs: LayerInputs) -> Tensor:
     """XGrad-CAM (Fu et al., 2020): ``sum_k (sum_ij G_kij A_kij / sum_ij A_kij) A_k``."""
     activations = inputs.activations
-    weights = _safe_divide((_gradients(inputs) * activations).sum(dim=(2, 3)), activations.sum(dim=(2, 3)))
-    return _weighted_sum(weights, activations)
+    dims = spatial_dims(activations)
+    weights = _safe_divide((_gradients(inputs) * activations).sum(dim=dims), activations.sum(dim=dims))
+    return weighted_sum(weights, activations)
 
 
 @register("layercam", needs_gradients=True)

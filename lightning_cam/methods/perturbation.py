@@ -14,12 +14,12 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from lightning_cam.capture import forward_hooks
 from lightning_cam.logits import select_output
 from lightning_cam.methods.registry import LayerInputs, at_least_float32, register
+from lightning_cam.spatial import resize, spatial_dims, weighted_sum
 
 __all__ = ["ablationcam", "default_chunk_size", "run_in_chunks", "scorecam"]
 
@@ -76,10 +76,6 @@ def _require_model(inputs: LayerInputs) -> tuple[nn.Module, Tensor]:
     return inputs.model, inputs.images
 
 
-def _weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
-    return torch.einsum("bk,bkhw->bhw", weights.to(activations), activations)
-
-
 @register("scorecam", options={**_PERTURBATION_OPTIONS, "topk": None})
 def scorecam(
     inputs: LayerInputs,
@@ -107,8 +103,9 @@ def scorecam(
     model, images = _require_model(inputs)
     activations = inputs.activations
     batch, channels = activations.shape[:2]
-    size = images.shape[-2:]
-    varying = activations.amax(dim=(2, 3)) > activations.amin(dim=(2, 3))  # flat channels are skipped
+    size = images.shape[2:]
+    dims = spatial_dims(activations)
+    varying = activations.amax(dim=dims) > activations.amin(dim=dims)  # flat channels are skipped
     used = varying
     if topk is not None and topk < channels:
         top = activations.flatten(2).var(dim=2).topk(max(1, topk), dim=1).indices
@@ -117,11 +114,9 @@ def scorecam(
 
     def probabilities(start: int, stop: int) -> Tensor:
         rows, chans = image_index[start:stop], channel_index[start:stop]
-        upsampled = F.interpolate(
-            activations[rows, chans][:, None], size=size, mode="bilinear", align_corners=False
-        )
-        low = upsampled.amin(dim=(2, 3), keepdim=True)
-        masks = (upsampled - low) / (upsampled.amax(dim=(2, 3), keepdim=True) - low)
+        upsampled = resize(activations[rows, chans], size)[:, None]
+        low = upsampled.amin(dim=dims, keepdim=True)
+        masks = (upsampled - low) / (upsampled.amax(dim=dims, keepdim=True) - low)
         with torch.inference_mode(), _forward_context(images.device, autocast_dtype):
             output = select_output(model(images[rows] * masks.to(images.dtype)), inputs.output_key)
         return inputs.scorer.probability(at_least_float32(output), rows)
@@ -137,8 +132,7 @@ def scorecam(
         # the channels would drop that common part of the map.
         mean_weight = weights.sum(dim=1, keepdim=True) / used.sum(dim=1, keepdim=True).clamp(min=1)
         weights = torch.where(varying & ~used, mean_weight, weights)
-    low = _weighted_sum(weights, activations)
-    return F.interpolate(low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return resize(weighted_sum(weights, activations), size)
 
 
 @contextmanager
@@ -187,7 +181,7 @@ def ablationcam(
         ablated = _checked_ablation(inputs, scores, chunk_size, autocast_dtype, one_image_per_forward=True)
     safe_scores = torch.where(scores == 0, 1.0, scores)[:, None]
     weights = torch.where(scores[:, None] == 0, 0.0, (scores[:, None] - ablated[:, 1:]) / safe_scores)
-    return _weighted_sum(weights, inputs.activations)
+    return weighted_sum(weights, inputs.activations)
 
 
 def _checked_ablation(
