@@ -152,9 +152,10 @@ def unpack_batch(
         ([0, 1], None, None)
     """
     images, labels, masks, groups = _split(batch, unpack, (image_key, label_key, mask_key, group_key))
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+    if not isinstance(images, Tensor) or images.dim() not in (4, 5) or not images.is_floating_point():
         raise ValueError(
-            f"CAMMonitor needs images as a float tensor [B, C, H, W]; the batch {describe(batch)} gave "
+            f"CAMMonitor needs images as a float tensor [B, C, H, W] (or volumes [B, C, D, H, W]); the batch "
+            f"{describe(batch)} gave "
             f"{describe(images)}. Pass unpack=a function batch -> (images, labels, masks)."
         )
     if labels is not None and not _readable_labels(labels, images):

@@ -60,6 +60,10 @@ class CAMMonitor(Callback):
         image_std: per-channel normalisation std, undone for display.
         colormap: ``jet``, ``turbo``, ``viridis``, ``inferno`` or ``gray``.
         alpha: heatmap weight in the overlay, in ``[0, 1]``.
+        num_slices: volumes and clips ``[B, C, D, H, W]``: evenly spaced slices along ``D`` drawn per sample and
+            method (and the slice where the map peaks; timelines and class means show the peak slice).
+        display_channel: the input channel drawn in grey (e.g. one of several MRI sequences); ``None``: RGB
+            for 3 channels, grey for 1.
         unpack: a function (or its import path) batch -> ``(images, labels, masks[, groups])``.
         image_key: the images' key in dict batches.
         label_key: the labels' key in dict batches.
@@ -124,6 +128,8 @@ class CAMMonitor(Callback):
         image_std: Sequence[float] | None = None,
         colormap: str = "jet",
         alpha: float = 0.5,
+        num_slices: int = 5,
+        display_channel: int | None = None,
         unpack: str | Callable[[Any], Unpacked] | None = None,
         image_key: str = "image",
         label_key: str = "label",

@@ -179,7 +179,7 @@ def captions(fixed: FixedBatch, explanation: Explanation, config: MonitorConfig,
 
 
 def _fitting_masks(fixed: FixedBatch, faults: Faults) -> dict[str, Tensor]:
-    expected = (fixed.images.shape[0], *fixed.images.shape[-2:])
+    expected = (fixed.images.shape[0], *fixed.images.shape[2:])  # [B, H, W], or [B, D, H, W] for volumes
     masks = {}
     for name, mask in (fixed.masks or {}).items():
         if tuple(mask.shape) == expected:
@@ -339,7 +339,10 @@ def run_check(
     fixed = view.fixed
     regions = (fixed.masks or {}).get("label") if view.task == "segmentation" else None
     result = CheckResult(
-        step, display_images(fixed.images, config.image_mean, config.image_std), fixed.labels, regions
+        step,
+        display_images(fixed.images, config.image_mean, config.image_std, config.display_channel),
+        fixed.labels,
+        regions,
     )
     masks, slices = _fitting_masks(fixed, faults), Slices.of(fixed, config)
     values: dict[str, Tensor] = {}

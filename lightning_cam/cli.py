@@ -22,6 +22,7 @@ def _demo(args: argparse.Namespace) -> None:
         seed=args.seed,
         methods=None if args.methods is None else tuple(args.methods),
         arch=args.arch,
+        data=args.data,
     )
     cued, decorrelated = (
         result.accuracy.get("cued", float("nan")),
@@ -60,7 +61,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument(
         "--cue-strength", type=float, default=0.95, help="P(cue names the true class) in training"
     )
-    demo.add_argument("--num-train", type=int, default=2048, help="training images per epoch")
+    demo.add_argument(
+        "--num-train",
+        type=int,
+        default=None,
+        help="training samples per epoch (default: 2048 images, 1024 volumes)",
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--methods",
@@ -84,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     report.add_argument(
         "--name", default="cam", help="the monitor's name (its tag root; default: %(default)s)"
+    )
+    demo.add_argument(
+        "--data",
+        choices=("shapes", "volumes"),
+        default="shapes",
+        help="2-D shapes, or 24^3 volumes (a ball, plate or rod, a corner blob as the cue) with a small 3-D CNN",
     )
     args = parser.parse_args(argv)
     if args.command == "demo":

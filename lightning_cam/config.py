@@ -66,6 +66,8 @@ class MonitorConfig:
     image_std: Sequence[float] | None = None
     colormap: str = "jet"
     alpha: float = 0.5
+    num_slices: int = 5
+    display_channel: int | None = None
     unpack: str | Callable[[Any], Unpacked] | None = None
     image_key: str = "image"
     label_key: str = "label"
@@ -114,6 +116,13 @@ class MonitorConfig:
                 f"timeline_length must be an integer >= 0 (0 turns the timeline off); got {self.timeline_length!r}."
             )
         _positive_int("summary_every_n_checks", self.summary_every_n_checks)
+        _positive_int("num_slices", self.num_slices)
+        if self.display_channel is not None and (
+            not isinstance(self.display_channel, int) or self.display_channel < 0
+        ):
+            raise ValueError(
+                f"display_channel is the input channel to draw (an int >= 0, or None); got {self.display_channel!r}."
+            )
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
             raise ValueError(
                 f"name is the first part of every tag, e.g. 'cam' or 'cam_fast'; got {self.name!r}."

@@ -17,11 +17,20 @@ from torch import Tensor
 from lightning_cam import metrics
 from lightning_cam.auditing import AuditResult
 from lightning_cam.batch import FixedBatch
-from lightning_cam.check import CheckResult
+from lightning_cam.check import CheckResult, TargetResult
 from lightning_cam.config import MonitorConfig
 from lightning_cam.faults import Faults
 from lightning_cam.history import AttentionHistory, series_key
-from lightning_cam.render import Grid, apply_colormap, display_images, render_grid, render_table
+from lightning_cam.render import (
+    Grid,
+    apply_colormap,
+    at_slices,
+    display_images,
+    peak_slices,
+    render_grid,
+    render_table,
+    render_volume_grid,
+)
 from lightning_cam.report import REPORT_FILE, RunRecord, Table, write_report
 from lightning_cam.report.record import FILE_TAG, SUMMARY_TAG, summary_text, table_of_text
 from lightning_cam.reports import Report, bias_report, trust_report
@@ -92,15 +101,7 @@ class Publisher:
         """The grid of every target choice and, every ``summary_every_n_checks`` checks, the timelines
         and class means; otherwise their inputs are kept (on the host) for :meth:`publish_end`."""
         images = {
-            f"{self.config.name}/{target.name}/grid": render_grid(
-                result.shown,
-                target.explanation.maps,
-                target.captions,
-                colormap=self.config.colormap,
-                alpha=self.config.alpha,
-                regions=result.regions,
-            )
-            for target in result.targets
+            f"{self.config.name}/{target.name}/grid": self._grid(result, target) for target in result.targets
         }
         first = result.targets[0] if result.targets else None
         self._unsummarised = None
@@ -119,6 +120,27 @@ class Publisher:
                 self._unsummarised = summary
         self._publish_images(images, result.step)
 
+    def _grid(self, result: CheckResult, target: TargetResult) -> Grid:
+        """A row per sample (input and an overlay per method); for volumes a row of slices per sample and method."""
+        config = self.config
+        if result.shown.dim() == 5:
+            return render_volume_grid(
+                result.shown,
+                target.explanation.maps,
+                target.captions,
+                num_slices=config.num_slices,
+                colormap=config.colormap,
+                alpha=config.alpha,
+            )
+        return render_grid(
+            result.shown,
+            target.explanation.maps,
+            target.captions,
+            colormap=config.colormap,
+            alpha=config.alpha,
+            regions=result.regions,
+        )
+
     def publish_end(self, history: AttentionHistory, fixed: FixedBatch | None, step: int) -> None:
         """At the end of fit: the last check's timelines and class means if their turn had not come,
         and the bias report."""
@@ -128,7 +150,10 @@ class Publisher:
                 rows = task_view(
                     fixed, infer_task(self.config.task, fixed.labels), self.config.num_samples
                 ).fixed
-                shown = display_images(rows.images, self.config.image_mean, self.config.image_std)
+                config = self.config
+                shown = display_images(
+                    rows.images, config.image_mean, config.image_std, config.display_channel
+                )
                 self._publish_images(self.summary_images(summary, shown, rows.labels, history), summary.step)
         if self.config.bias_report and history.last:
             report = bias_report(history.first, history.peak, history.last)
@@ -145,10 +170,14 @@ class Publisher:
         for method in summary.methods:
             key = series_key(summary.target, method)
             steps, timeline = history.timeline_of(key, shown.device)
+            latest, rows = history.previous[key].to(shown.device), shown
+            if shown.dim() == 5:  # volumes: each sample at the slice where its latest map peaks
+                peak = peak_slices(latest)
+                rows, timeline = at_slices(shown, peak), [at_slices(maps, peak) for maps in timeline]
             if steps:
                 columns = {f"step {s}": maps for s, maps in zip(steps, timeline, strict=True)}
                 images[f"{config.name}/{method}/timeline"] = render_grid(
-                    shown,
+                    rows,
                     columns,
                     summary.captions,
                     colormap=config.colormap,
@@ -156,12 +185,16 @@ class Publisher:
                     min_tile=TIMELINE_TILE,
                 )
             if config.class_means and labels is not None and summary.num_classes:
-                previous = history.previous[key].to(shown.device)
-                means, present = metrics.class_mean_maps(previous, labels, summary.num_classes)
+                means, present = metrics.class_mean_maps(latest, labels, summary.num_classes)
+                means = (
+                    means[present]
+                    if means.dim() == 3
+                    else at_slices(means[present], peak_slices(means[present]))
+                )
                 names = [config.class_name(c) for c in range(summary.num_classes) if bool(present[c])]
-                tiles = apply_colormap(means[present], config.colormap)[None]
+                label = "mean map" if shown.dim() == 4 else "mean map\n(peak slice)"
                 images[f"{config.name}/{method}/class_means"] = render_table(
-                    tiles, names, [f"{method}\nmean map"]
+                    apply_colormap(means, config.colormap)[None], names, [f"{method}\n{label}"]
                 )
         return images
 
@@ -192,9 +225,11 @@ class Publisher:
         root = self.config.audit_root
         self.publish_scalars(result.scalars(root), step)
         self.publish_report(f"{root}/table", result.report(), step)
-        tiles = torch.stack(
-            [apply_colormap(maps, self.config.colormap) for maps in result.mean_maps.values()]
-        )
+        shown = {
+            m: maps if maps.dim() == 3 else at_slices(maps, peak_slices(maps))
+            for m, maps in result.mean_maps.items()
+        }
+        tiles = torch.stack([apply_colormap(maps, self.config.colormap) for maps in shown.values()])
         grid = render_table(tiles, result.map_slices, [f"{method}\nmean map" for method in result.mean_maps])
         self._publish_images({f"{root}/mean_maps": grid}, step)
 

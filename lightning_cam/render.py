@@ -122,28 +122,38 @@ def apply_colormap(maps: Tensor, name: str = "jet") -> Tensor:
 
 
 def display_images(
-    images: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    images: Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    channel: int | None = None,
 ) -> Tensor:
-    """Images ``[B, C, H, W]`` as RGB in ``[0, 1]`` for display: undo ``(x - mean) / std``
-    normalisation, repeat a single channel to three, keep the first three of more channels."""
+    """Images ``[B, C, H, W]`` (or volumes ``[B, C, D, H, W]``) as RGB in ``[0, 1]`` for display: undo
+    ``(x - mean) / std`` normalisation, show ``channel`` in grey when given (one of several MRI
+    sequences, say), repeat a single channel to three, keep the first three of more channels."""
     images = images.detach().float()
-    channels = images.shape[1]
+    per_channel = (1, -1, *([1] * (images.dim() - 2)))
     if std is not None:
-        images = images * torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+        images = images * torch.tensor(std, device=images.device, dtype=images.dtype).view(per_channel)
     if mean is not None:
-        images = images + torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+        images = images + torch.tensor(mean, device=images.device, dtype=images.dtype).view(per_channel)
+    if channel is not None:
+        images = images[:, channel : channel + 1]
+    channels = images.shape[1]
     if channels == 1:
-        images = images.repeat(1, 3, 1, 1)
+        images = images.repeat(1, 3, *([1] * (images.dim() - 2)))
     elif channels != 3:
         images = images[:, :3] if channels > 3 else torch.cat([images, images[:, -1:]], dim=1)
     return images.clamp(0, 1)
 
 
-def overlay(images: Tensor, maps: Tensor, colormap: str = "jet", alpha: float = 0.5) -> Tensor:
+def overlay(
+    images: Tensor, maps: Tensor, colormap: str = "jet", alpha: float = 0.5, flat: Tensor | None = None
+) -> Tensor:
     """Blend coloured maps ``[B, H, W]`` over display images ``[B, 3, H, W]``: ``alpha`` heat. A flat
-    (all-zero) map is no attention at all: its tile shows the image faded to grey instead."""
+    (all-zero) map is no attention at all: its tile shows the image faded to grey instead. ``flat``
+    ``[B]`` says which maps are flat when the tiles are slices of larger maps (a volume's)."""
     heat = (1 - alpha) * images + alpha * apply_colormap(maps, colormap)
-    flat = maps.flatten(1).amax(dim=1) <= 0
+    flat = maps.flatten(1).amax(dim=1) <= 0 if flat is None else flat
     grey = (0.3 + 0.4 * images.mean(dim=1, keepdim=True)).expand_as(images)
     return torch.where(flat.view(-1, 1, 1, 1), grey, heat)
 
@@ -291,3 +301,63 @@ def render_grid(
     if regions is not None:
         tiles = outline(tiles, regions.to(tiles.device))
     return render_table(tiles, ("input", *maps), captions, min_tile=min_tile, padding=padding)
+
+
+def slice_indices(depth: int, count: int) -> list[int]:
+    """``count`` evenly spaced slice indices of ``depth`` slices, first and last included (fewer when
+    ``depth`` is smaller)."""
+    return sorted({round(i * (depth - 1) / max(count - 1, 1)) for i in range(min(count, depth))})
+
+
+def peak_slices(maps: Tensor) -> Tensor:
+    """``[B]``: the slice along ``D`` of each map ``[B, D, H, W]`` that holds its largest value."""
+    return maps.flatten(2).amax(dim=2).argmax(dim=1)
+
+
+def at_slices(volumes: Tensor, index: Tensor) -> Tensor:
+    """Slice ``index[b]`` along ``D`` of each volume: maps ``[B, D, H, W]`` -> ``[B, H, W]``, display
+    volumes ``[B, 3, D, H, W]`` -> ``[B, 3, H, W]``."""
+    rows = torch.arange(len(volumes), device=volumes.device)
+    index = index.to(volumes.device)
+    return volumes[rows, index] if volumes.dim() == 4 else volumes[rows, :, index]
+
+
+def render_volume_grid(
+    volumes: Tensor,
+    maps: dict[str, Tensor],
+    captions: Sequence[str],
+    *,
+    num_slices: int = 5,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    min_tile: int = 112,
+) -> Grid:
+    """Volumes as rows of slices: per sample and method a row of ``num_slices`` evenly spaced slices
+    along ``D`` and the slice where that method's map peaks, each with the map overlaid; the columns
+    are captioned with the slice index, the row with the sample's caption, the method and its peak.
+
+    Args:
+        volumes: display volumes ``[B, 3, D, H, W]`` in ``[0, 1]``.
+        maps: ``{method: [B, D, H, W]}`` in ``[0, 1]``.
+        captions: one caption per sample.
+    """
+    depth = volumes.shape[2]
+    chosen = slice_indices(depth, num_slices)
+    shown = volumes[:, :, chosen].movedim(2, 1)  # [B, S, 3, H, W]
+    rows, names = [], []
+    for method, value in maps.items():
+        peak, flat = peak_slices(value), value.flatten(1).amax(dim=1) <= 0  # a slice without heat is not flat
+        sliced = value[:, chosen].flatten(0, 1)
+        tiles = overlay(shown.flatten(0, 1), sliced, colormap, alpha, flat.repeat_interleave(len(chosen)))
+        tiles = tiles.unflatten(0, shown.shape[:2])
+        at_peak = overlay(at_slices(volumes, peak), at_slices(value, peak), colormap, alpha, flat)
+        rows.append(torch.cat([tiles, at_peak[:, None]], dim=1))
+        names.append(
+            [
+                f"{caption}\n{method}, peak d={int(d)}"
+                for caption, d in zip(captions, peak.tolist(), strict=True)
+            ]
+        )
+    tiles = torch.stack(rows, dim=1).flatten(0, 1)  # sample-major: a sample's methods together
+    row_captions = [names[m][b] for b in range(len(captions)) for m in range(len(maps))]
+    return render_table(tiles, (*[f"d={d}" for d in chosen], "peak slice"), row_captions, min_tile=min_tile)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional
 
 from lightning_cam import metrics
 from lightning_cam.batch import FixedBatch
@@ -18,6 +17,7 @@ from lightning_cam.engine import Explanation, explain_batch
 from lightning_cam.layers import TargetLayer
 from lightning_cam.layouts import ReshapeTransform
 from lightning_cam.logits import OutputKey
+from lightning_cam.spatial import resize
 from lightning_cam.targets import prediction
 
 __all__ = ["AuditSettings", "MapSums", "batch_columns", "explain_audited"]
@@ -102,7 +102,7 @@ def batch_columns(
 @dataclass
 class MapSums:
     """Running sums of each method's maps per slice (``class=<name>``, ``group=<name>``, ``all``), at the
-    first batch's size (later maps of another size are resized to it)."""
+    first batch's size (later maps of another size are resized to it); volumes' maps are summed whole."""
 
     methods: list[str]
     sums: dict[str, Tensor] = field(default_factory=dict)
@@ -110,11 +110,11 @@ class MapSums:
 
     def add(self, explanation: Explanation, slices: dict[str, Tensor]) -> None:
         """Add the maps of the images in each slice (``slices``: name -> ``[B]`` bool)."""
-        stacked = torch.stack([explanation.maps[m] for m in self.methods], dim=1)  # [B, M, H, W]
+        stacked = torch.stack([explanation.maps[m] for m in self.methods], dim=1)  # [B, M, *spatial]
         if self.size is None:
-            self.size = tuple(stacked.shape[-2:])
-        elif tuple(stacked.shape[-2:]) != self.size:
-            stacked = functional.interpolate(stacked, size=self.size, mode="bilinear", align_corners=False)
+            self.size = tuple(stacked.shape[2:])
+        elif tuple(stacked.shape[2:]) != self.size:
+            stacked = resize(stacked.flatten(0, 1), self.size).unflatten(0, stacked.shape[:2])
         for name, members in slices.items():
             total = stacked[members.to(stacked.device)].sum(dim=0)
             self.sums[name] = self.sums[name] + total if name in self.sums else total

@@ -260,6 +260,6 @@ def _result(
     figures = aggregate(rows, pairs, slices, resamples, seed)
     shown = [key if not key.startswith("class=") else f"class={class_name(int(key[6:]))}" for key in map_keys]
     counts = torch.tensor([float(slices[name].sum()) if name in slices else 0.0 for name in shown])
-    means = sums / counts.clamp(min=1).view(-1, 1, 1, 1)
+    means = sums / counts.clamp(min=1).view(-1, *([1] * (sums.dim() - 1)))
     mean_maps = {method: means[:, i] for i, method in enumerate(methods)}
     return AuditResult(rows, figures, mean_maps, shown, pairs)

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_cam.demo.volumes import VolumesConfig, make_volumes
+
 __all__ = ["CLASS_NAMES", "CUE_COLOURS", "ShapesConfig", "ShapesDataset", "make_shapes"]
 
 CLASS_NAMES: tuple[str, ...] = ("disk", "square", "triangle", "cross")
@@ -106,11 +108,12 @@ def make_shapes(config: ShapesConfig) -> dict[str, Tensor]:
 
 
 class ShapesDataset(Dataset):
-    """Samples as dicts ``{"image", "label", "mask": {"object", "cue"}}``, the form CAMMonitor reads."""
+    """Samples as dicts ``{"image", "label", "mask": {"object", "cue"}}``, the form CAMMonitor reads: the
+    shapes images, or the volumes of :mod:`lightning_cam.demo.volumes` for a ``VolumesConfig``."""
 
-    def __init__(self, config: ShapesConfig) -> None:
+    def __init__(self, config: ShapesConfig | VolumesConfig) -> None:
         self.config = config
-        self.data = make_shapes(config)
+        self.data = make_shapes(config) if isinstance(config, ShapesConfig) else make_volumes(config)
 
     def __len__(self) -> int:
         return self.config.num_samples

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_cam.demo.data import CLASS_NAMES, ShapesConfig, ShapesDataset
+from lightning_cam.demo.volumes import VOLUME_CLASSES, VolumeCNN, VolumesConfig
 
 __all__ = ["ShapesClassifier", "ShapesDataModule", "SmallCNN", "small_vit"]
 
@@ -72,7 +73,7 @@ class ShapesClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = SmallCNN(width=width) if arch == "cnn" else small_vit()
+        self.net = {"cnn": lambda: SmallCNN(width=width), "vit": small_vit, "cnn3d": VolumeCNN}[arch]()
         self.val_names = val_names
 
     def forward(self, images: Tensor) -> Tensor:
@@ -94,8 +95,8 @@ class ShapesClassifier(pl.LightningModule):
 
 
 class ShapesDataModule(pl.LightningDataModule):
-    """Training shapes with the cue at ``cue_strength``; two validation sets, ``cued`` (same cue strength)
-    and ``decorrelated`` (random cue)."""
+    """Training shapes (or volumes, ``data="volumes"``) with the cue at ``cue_strength``; two validation sets,
+    ``cued`` (same cue strength) and ``decorrelated`` (random cue)."""
 
     def __init__(
         self,
@@ -105,19 +106,23 @@ class ShapesDataModule(pl.LightningDataModule):
         image_size: int = 64,
         batch_size: int = 64,
         seed: int = 0,
+        data: str = "shapes",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.class_names = list(CLASS_NAMES)
+        self.class_names = list(CLASS_NAMES if data == "shapes" else VOLUME_CLASSES)
+
+    def _config(self, num: int, cue_strength: float | None, seed: int) -> ShapesConfig | VolumesConfig:
+        if self.hparams.data == "shapes":
+            return ShapesConfig(num, cue_strength, self.hparams.image_size, seed=seed)
+        return VolumesConfig(num, cue_strength, seed=seed)
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
-        self.train_set = ShapesDataset(
-            ShapesConfig(hp.num_train, hp.cue_strength, hp.image_size, seed=hp.seed)
-        )
+        self.train_set = ShapesDataset(self._config(hp.num_train, hp.cue_strength, hp.seed))
         self.val_sets = [
-            ShapesDataset(ShapesConfig(hp.num_val, hp.cue_strength, hp.image_size, seed=hp.seed + 1)),
-            ShapesDataset(ShapesConfig(hp.num_val, None, hp.image_size, seed=hp.seed + 2)),
+            ShapesDataset(self._config(hp.num_val, hp.cue_strength, hp.seed + 1)),
+            ShapesDataset(self._config(hp.num_val, None, hp.seed + 2)),
         ]
 
     def train_dataloader(self) -> DataLoader:

@@ -44,12 +44,13 @@ def run_demo(
     epochs: int = 10,
     logger: str = "tensorboard",
     out: str | Path = "lightning_cam_demo",
-    cue_strength: float = 0.95,
-    num_train: int = 2048,
+    cue_strength: float | None = 0.95,
+    num_train: int | None = None,
     seed: int = 0,
     methods: tuple[str, ...] | None = None,
     progress: bool = True,
     arch: str = "cnn",
+    data: str = "shapes",
 ) -> DemoResult:
     """Train on the shapes with the cue at ``cue_strength`` and CAMMonitor attached, explaining
     the decorrelated validation images (where the cue lies) every epoch. ``arch``: ``"cnn"`` (the small
@@ -57,17 +58,27 @@ def run_demo(
     default, at the residual stream entering its last block, ``net.blocks.2``: on this ViT trained
     from scratch the last block's first norm, ``"auto"``'s choice, gives all-zero gradient maps for
     most images, measured 81 % after 8 epochs, while ``net.blocks.2`` shows the cue: layercam cue
-    enrichment 7.2)."""
+    enrichment 7.2). ``data="volumes"``: 24^3 volumes of a ball, plate or rod with a corner blob as the
+    cue (:mod:`lightning_cam.demo.volumes`) and a small 3-D CNN; ``num_train`` defaults to 2048 images or
+    1024 volumes; ``cue_strength=None`` trains with a random blob (the control)."""
     out = Path(out)
     pl.seed_everything(seed, verbose=False)
-    data = ShapesDataModule(cue_strength=cue_strength, num_train=num_train, seed=seed)
+    volumes = data == "volumes"
+    arch = "cnn3d" if volumes else arch
+    data_module = ShapesDataModule(
+        cue_strength=cue_strength,
+        num_train=num_train or (1024 if volumes else 2048),
+        seed=seed,
+        data=data,
+        batch_size=32 if volumes else 64,
+    )
     vit = arch == "vit"
     monitor = CAMMonitor(
         methods=list(methods or (("layercam", "gradcam") if vit else ("gradcam", "gradcam++"))),
         target_layer="net.blocks.2" if vit else "auto",
         num_samples=8,
         targets="predicted",
-        class_names=data.class_names,
+        class_names=data_module.class_names,
         dataloader_idx=1,
         colormap="jet",
         audit=True,
@@ -83,7 +94,7 @@ def run_demo(
         log_every_n_steps=8,
     )
     start = time.perf_counter()
-    trainer.fit(ShapesClassifier(arch=arch, lr=3e-3 if arch == "cnn" else 1e-3), data)
+    trainer.fit(ShapesClassifier(arch=arch, lr=1e-3 if vit else 3e-3), data_module)
     seconds = time.perf_counter() - start
     accuracy = {
         name.removeprefix("val_acc/"): float(value)

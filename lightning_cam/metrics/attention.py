@@ -126,11 +126,12 @@ def masked_confidence(
 
 
 def class_mean_maps(maps: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """The mean map of each class's images ``[num_classes, H, W]`` and which classes have images."""
+    """The mean map of each class's images ``[num_classes, H, W]`` (``[num_classes, D, H, W]`` for
+    volumes) and which classes have images."""
     one_hot = torch.nn.functional.one_hot(labels.long(), num_classes).to(maps.dtype)  # [B, C]
     counts = one_hot.sum(dim=0)
-    sums = torch.einsum("bc,bhw->chw", one_hot, maps)
-    return sums / counts.clamp(min=1)[:, None, None], counts > 0
+    sums = torch.einsum("bc,b...->c...", one_hot, maps)
+    return sums / counts.clamp(min=1).view(-1, *([1] * (maps.dim() - 1))), counts > 0
 
 
 def slice_means(values: Tensor, membership: Tensor) -> Tensor:

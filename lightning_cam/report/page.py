@@ -75,15 +75,17 @@ def _summary(record: RunRecord) -> str:
 
 
 def _verdicts(record: RunRecord) -> str:
-    lines = [
-        r
-        for tag, t in sorted(record.tables.items())
-        if tag.endswith(("bias_report", "audit/table"))
-        for r in t.readings
+    sources = [
+        ("The full audit: every validation image, with 95 % intervals", "audit/table"),
+        ("The fixed samples over training: last check, first check and peak", "bias_report"),
     ]
-    if lines:
-        return '<ul class="verdicts">' + "".join(f"<li>{_code(line)}</li>" for line in lines) + "</ul>"
-    return (
+    parts = []
+    for title, suffix in sources:
+        lines = [r for tag, t in sorted(record.tables.items()) if tag.endswith(suffix) for r in t.readings]
+        if lines:
+            items = "".join(f"<li>{_code(line)}</li>" for line in lines)
+            parts.append(f'<h3>{_e(title)}</h3><ul class="verdicts">{items}</ul>')
+    return "".join(parts) or (
         '<p class="note">No mask was logged, so there is no verdict on a cue: give batches a <code>mask</code> (the '
         "object, a known shortcut) to measure where the attention mass goes. The curves and grids below still "
         "show how the maps changed.</p>"
