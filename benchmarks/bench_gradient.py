@@ -8,6 +8,7 @@ vit_b_16, 8 images of 224x224, its last block's ``ln_1``, pytorch-grad-cam given
     pip install grad-cam
     python benchmarks/bench_gradient.py
     python benchmarks/bench_gradient.py --model vit_b_16 --batch 8 --size 224
+    python benchmarks/bench_gradient.py --model r3d_18 --batch 2 --frames 16 --size 112   # video clips
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def build(name: str) -> tuple[torch.nn.Module, str, object]:
     """The model (random weights), its target layer and pytorch-grad-cam's reshape_transform for it."""
     if name == "resnet18":
         return torchvision.models.resnet18(num_classes=1000).eval(), "layer4", None
+    if name == "r3d_18":
+        return torchvision.models.video.r3d_18(num_classes=400).eval(), "layer4", None
     model = torchvision.models.vit_b_16(num_classes=1000).eval()
     torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # its zero head would make every map flat
 
@@ -43,13 +46,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--model", choices=("resnet18", "vit_b_16"), default="resnet18")
+    parser.add_argument("--model", choices=("resnet18", "vit_b_16", "r3d_18"), default="resnet18")
+    parser.add_argument("--frames", type=int, default=16, help="clip length for r3d_18")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model, layer_name, transform = build(args.model)
     layer = dict(model.named_modules())[layer_name]
-    images = torch.rand(args.batch, 3, args.size, args.size)
+    clip = (args.frames,) if args.model == "r3d_18" else ()
+    images = torch.rand(args.batch, 3, *clip, args.size, args.size)
     with torch.inference_mode():
         targets = model(images).argmax(1).tolist()
 
@@ -60,7 +65,7 @@ def main() -> None:
     forward = median_seconds(plain_forward, args.repeats)
     ours = median_seconds(lambda: lc.explain(model, images, FIVE, layer_name, targets), args.repeats)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.model}, batch {args.batch} x {args.size}px"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.model}, batch of {list(images.shape)}"
     )
     print(f"one inference_mode forward          {forward * 1e3:8.1f} ms")
     print(f"lightning-cam, all five methods    {ours * 1e3:8.1f} ms  = {ours / forward:.2f}x forward")

@@ -45,10 +45,7 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"  PNG grids under {result.log_dir}/cam/predicted/, scalars in {result.log_dir}/metrics.csv")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lightning-cam`` console script."""
-    parser = argparse.ArgumentParser(prog="lightning-cam", description="Explain a model while it trains.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
         help="train a small CNN on procedural shapes with a shortcut cue, with CAMMonitor attached",
@@ -78,6 +75,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument(
         "--arch", choices=("cnn", "vit"), default="cnn", help="a small CNN, or a small ViT (needs timm)"
     )
+    demo.add_argument(
+        "--data",
+        choices=("shapes", "volumes"),
+        default="shapes",
+        help="2-D shapes, or 24^3 volumes (a ball, plate or rod, a corner blob as the cue) with a small 3-D CNN",
+    )
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser(
         "report",
         help="rebuild the audit page (cam_report.html) from a finished run's files",
@@ -91,12 +97,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     report.add_argument(
         "--name", default="cam", help="the monitor's name (its tag root; default: %(default)s)"
     )
-    demo.add_argument(
-        "--data",
-        choices=("shapes", "volumes"),
-        default="shapes",
-        help="2-D shapes, or 24^3 volumes (a ball, plate or rod, a corner blob as the cue) with a small 3-D CNN",
-    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``lightning-cam`` console script."""
+    parser = argparse.ArgumentParser(prog="lightning-cam", description="Explain a model while it trains.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_demo(commands)
+    _add_report(commands)
     args = parser.parse_args(argv)
     if args.command == "demo":
         _demo(args)

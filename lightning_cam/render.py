@@ -306,7 +306,8 @@ def render_grid(
 def slice_indices(depth: int, count: int) -> list[int]:
     """``count`` evenly spaced slice indices of ``depth`` slices, first and last included (fewer when
     ``depth`` is smaller)."""
-    return sorted({round(i * (depth - 1) / max(count - 1, 1)) for i in range(min(count, depth))})
+    shown = min(count, depth)
+    return sorted({round(i * (depth - 1) / max(shown - 1, 1)) for i in range(shown)})
 
 
 def peak_slices(maps: Tensor) -> Tensor:

@@ -4,13 +4,23 @@ Grad-CAM on r3d_18 and a small volume CNN, "auto" on 3-D CNNs, clear errors, chu
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
+from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, trainer
 from torch import nn
+from torch.utils.data import DataLoader
 
 import lightning_cam as lc
+from lightning_cam import CAMMonitor
+from lightning_cam.demo.data import ShapesDataset
+from lightning_cam.demo.volumes import VolumeCNN, VolumesConfig
 from lightning_cam.methods.perturbation import MEMORY_BUDGET_BYTES, default_chunk_size
+from lightning_cam.render import peak_slices, render_volume_grid, slice_indices
 
 
 def probe_net(dims: int, weight: torch.Tensor) -> nn.Sequential:
@@ -179,3 +189,95 @@ def test_perturbation_chunks_fit_the_memory_budget_for_volumes() -> None:
     volume = torch.empty(1, 64, 128, 128, device="meta")  # one 64x128x128 volume: 4 MiB
     chunk = default_chunk_size(volume, rows=10_000)
     assert chunk * volume.numel() * 4 * 16 <= MEMORY_BUDGET_BYTES < (chunk + 1) * volume.numel() * 4 * 16
+
+
+class VolumeClassifier(pl.LightningModule):
+    """The demo's 3-D CNN with Adam, on dict batches of volumes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = VolumeCNN(width=4)
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.net(volumes)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self.drop(self(batch["image"])), batch["label"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val_loss", F.cross_entropy(self(batch["image"]), batch["label"]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+def volume_fit(tmp_path: Path, callbacks: list, **kwargs: object) -> dict:
+    pl.seed_everything(0, verbose=False)
+    train = DataLoader(
+        ShapesDataset(VolumesConfig(48, 0.95, size=16, cue_size=4, seed=0)), batch_size=8, shuffle=True
+    )
+    val = DataLoader(ShapesDataset(VolumesConfig(16, None, size=16, cue_size=4, seed=1)), batch_size=8)
+    model = VolumeClassifier()
+    trainer(tmp_path, callbacks, max_epochs=2, **kwargs).fit(model, train, val)
+    return {
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "rng": torch.random.get_rng_state(),
+    }
+
+
+def test_a_fit_on_volumes_logs_slice_grids_and_does_not_change_training(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    without = volume_fit(tmp_path / "without", [])
+    monitor = CAMMonitor(
+        methods=["gradcam", "layercam"], num_samples=4, num_slices=3, strict=True, audit=True
+    )
+    logger = TensorBoardLogger(tmp_path / "with", name="tb")
+    with_monitor = volume_fit(tmp_path / "with", [monitor], logger=logger)
+    assert monitor.checks == 2
+    for key in without["model"]:  # bitwise: the monitor never changes a 3-D fit either
+        assert torch.equal(without["model"][key], with_monitor["model"][key]), key
+    assert torch.equal(without["rng"], with_monitor["rng"])
+    (step, grid), *_ = read_tensorboard_images(logger.log_dir, "cam/predicted/grid")[::-1]
+    assert step == 12
+    pixels = np.asarray(grid)
+    # 4 samples x 2 methods rows; columns: 3 evenly spaced slices (d=0, 8, 15) and the peak slice
+    assert monitor.publisher.record.images["cam/predicted"][12].columns == (
+        "d=0",
+        "d=8",
+        "d=15",
+        "peak slice",
+    )
+    assert len(monitor.publisher.record.images["cam/predicted"][12].captions) == 8
+    assert pixels.std() > 20
+    assert read_tensorboard_scalars(logger.log_dir, "cam/gradcam/enrichment/cue")  # 3-D masks measured
+    assert read_tensorboard_scalars(logger.log_dir, "audit/count/all")[-1][1] == 16
+    assert read_tensorboard_images(logger.log_dir, "cam/gradcam/timeline")  # at each sample's peak slice
+
+
+def test_the_peak_slice_tile_is_the_volume_at_the_maps_peak() -> None:
+    volumes = torch.rand(2, 3, 6, 8, 8)
+    maps = torch.zeros(2, 6, 8, 8)
+    maps[0, 4, 2, 3], maps[1, 1, 5, 5] = 1.0, 1.0
+    assert peak_slices(maps).tolist() == [4, 1]
+    grid = render_volume_grid(volumes, {"m": maps}, ["a", "b"], num_slices=2, alpha=0.0, min_tile=8)
+    assert grid.columns == ("d=0", "d=5", "peak slice")
+    for row, depth in ((0, 4), (1, 1)):  # alpha 0: the tile is the slice itself
+        expected = (volumes[row, :, depth].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        np.testing.assert_allclose(grid.cell(row, 2).astype(int), expected.astype(int), atol=1)
+    assert slice_indices(24, 5) == [0, 6, 12, 17, 23] and slice_indices(3, 5) == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_the_volumes_demo_learns_the_corner_blob_and_its_control_does_not(tmp_path: Path) -> None:
+    from lightning_cam.demo.run import run_demo
+
+    enrichment = {}
+    for name, cue in (("biased", 0.95), ("control", None)):
+        result = run_demo(epochs=10, out=tmp_path / name, data="volumes", cue_strength=cue, progress=False)
+        enrichment[name] = read_tensorboard_scalars(result.log_dir, "audit/gradcam/enrichment/cue/all")[-1][1]
+        assert (result.log_dir / "cam_report.html").exists()
+        ((_, grid),) = read_tensorboard_images(result.log_dir, "cam/predicted/grid")[-1:]
+        assert grid.size[1] > grid.size[0]  # 8 samples x 2 methods rows of 6 slice tiles
+    assert enrichment["biased"] > 3 and enrichment["control"] < 1.5, enrichment

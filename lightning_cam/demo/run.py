@@ -40,6 +40,20 @@ def make_logger(kind: str, out: Path) -> Logger:
     raise ValueError(f"unknown logger {kind!r}; choose one of {', '.join(LOGGERS)}.")
 
 
+def _demo_monitor(methods: tuple[str, ...] | None, vit: bool, class_names: list[str]) -> CAMMonitor:
+    """The demo's monitor: 8 decorrelated validation samples every epoch, and the full audit at the end."""
+    return CAMMonitor(
+        methods=list(methods or (("layercam", "gradcam") if vit else ("gradcam", "gradcam++"))),
+        target_layer="net.blocks.2" if vit else "auto",
+        num_samples=8,
+        targets="predicted",
+        class_names=class_names,
+        dataloader_idx=1,
+        colormap="jet",
+        audit=True,
+    )
+
+
 def run_demo(
     epochs: int = 10,
     logger: str = "tensorboard",
@@ -73,16 +87,7 @@ def run_demo(
         batch_size=32 if volumes else 64,
     )
     vit = arch == "vit"
-    monitor = CAMMonitor(
-        methods=list(methods or (("layercam", "gradcam") if vit else ("gradcam", "gradcam++"))),
-        target_layer="net.blocks.2" if vit else "auto",
-        num_samples=8,
-        targets="predicted",
-        class_names=data_module.class_names,
-        dataloader_idx=1,
-        colormap="jet",
-        audit=True,
-    )
+    monitor = _demo_monitor(methods, vit, data_module.class_names)
     trainer = pl.Trainer(
         max_epochs=epochs,
         logger=make_logger(logger, out),

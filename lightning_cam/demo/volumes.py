@@ -60,7 +60,7 @@ def make_volumes(config: VolumesConfig) -> dict[str, Tensor]:
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"))  # [3, S, S, S]
     offsets = grid[None] - centres.view(n, 3, 1, 1, 1)
     objects = _objects(labels, offsets, radius).float()
-    brightness = 0.6 + 0.3 * torch.rand(n, 1, 1, 1, generator=generator)
+    brightness = 0.5 + 0.25 * torch.rand(n, 1, 1, 1, generator=generator)
     volumes = 0.25 + 0.12 * torch.randn(n, size, size, size, generator=generator)
     volumes = volumes * (1 - objects) + brightness * objects
     if config.cue_strength is None:
