@@ -231,10 +231,11 @@ class CAMMonitor(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.config.audit_due(None):
             self.run_audit(trainer, pl_module)
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank asks
         if trainer.is_global_zero:
             self.publisher.publish_end(self.history, self.fixed, trainer.global_step)
             with self.faults.guard("report"):
-                self.publisher.publish_page(trainer.log_dir or trainer.default_root_dir, trainer.global_step)
+                self.publisher.publish_page(log_dir, trainer.global_step)
         self.publisher.flush()
 
     @override

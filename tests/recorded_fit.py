@@ -102,7 +102,7 @@ def record_fit(root: Path) -> dict[str, Any]:
         if tag.startswith("cam") and not tag.endswith("seconds")
     }
     images = sorted(str(path.relative_to(root)) for path in (root / "cam").rglob("*.png"))
-    reports = sorted((root / "cam").rglob("*.md"))
+    reports = sorted((root / "cam" / "bias_report").rglob("*.md"))
     return {"scalars": scalars, "images": images, "report": reports[-1].read_text() if reports else ""}
 
 
