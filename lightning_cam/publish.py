@@ -230,7 +230,12 @@ class Publisher:
             for m, maps in result.mean_maps.items()
         }
         tiles = torch.stack([apply_colormap(maps, self.config.colormap) for maps in shown.values()])
-        grid = render_table(tiles, result.map_slices, [f"{method}\nmean map" for method in result.mean_maps])
+        label = (
+            "mean map"
+            if all(maps.dim() == 3 for maps in result.mean_maps.values())
+            else "mean map\n(peak slice)"
+        )
+        grid = render_table(tiles, result.map_slices, [f"{method}\n{label}" for method in result.mean_maps])
         self._publish_images({f"{root}/mean_maps": grid}, step)
 
     def publish_summary(self, summary: dict[str, object], step: int) -> None:
