@@ -74,6 +74,22 @@ def trainer(tmp_path: object, callbacks: list, **kwargs: object) -> pl.Trainer:
     return pl.Trainer(callbacks=callbacks, **options)
 
 
+def ddp_trainer(out: object, callbacks: list, max_epochs: int, **kwargs: object) -> pl.Trainer:
+    """A 2-process CPU DDP (gloo) Trainer without logger, progress bar or summary, for tests/scripts/."""
+    options = {
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+        "max_epochs": max_epochs,
+        "default_root_dir": str(out),
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(callbacks=callbacks, **(options | kwargs))
+
+
 def read_tensorboard_images(log_dir: object, tag: str) -> list[tuple[int, object]]:
     """``(step, PIL image)`` for each image logged under ``tag`` in the event files of ``log_dir``."""
     import io

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from cue_helpers import CueClassifier, cue_loaders
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lit_helpers import ddp_trainer
 
 from lightning_cam import CAMMonitor
 
@@ -31,17 +32,7 @@ def main(out: Path) -> None:
     spy = Spy()
     stop = EarlyStopping(monitor=TAG, mode="min", divergence_threshold=4.0, patience=100)
     keep = ModelCheckpoint(dirpath=out / "ckpt", monitor=TAG, mode="min", save_top_k=1, filename="{epoch}")
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=10,
-        default_root_dir=str(out),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[monitor, spy, stop, keep],
-    )
+    trainer = ddp_trainer(out, [monitor, spy, stop, keep], max_epochs=10, enable_checkpointing=True)
     trainer.fit(CueClassifier(), train, val)
     record = {
         "checks": monitor.checks,

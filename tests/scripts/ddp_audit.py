@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cue_helpers import CueClassifier, CueData
+from lit_helpers import ddp_trainer
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
@@ -40,18 +41,7 @@ def main(out: Path) -> None:
     val = DataLoader(CueData(NUM_VAL, 1, None), batch_size=8)
     monitor = CAMMonitor(methods=["gradcam", "gradcam++"], num_samples=4, audit=True, strict=True)
     model = CueClassifier()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        default_root_dir=str(out),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[monitor],
-    )
+    trainer = ddp_trainer(out, [monitor], max_epochs=2)
     trainer.fit(model, train, val)
     plain = lc.audit(model.net, val, ["gradcam", "gradcam++"], progress=False)
     record = {

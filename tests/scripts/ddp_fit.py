@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_helpers import TinyClassifier, loaders
+from lit_helpers import TinyClassifier, ddp_trainer, loaders
 
 import lightning_cam.check as check_module
 from lightning_cam import CAMMonitor
@@ -33,18 +33,7 @@ def main(out: Path) -> None:
 
     check_module.explain_batch = recording_explain
     model = TinyClassifier()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        default_root_dir=str(out),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[monitor],
-    )
+    trainer = ddp_trainer(out, [monitor], max_epochs=2)
     trainer.fit(model, train, val)
     rank = trainer.global_rank
     record = {"checks": monitor.checks, "captured": monitor.fixed is not None, "maps": len(last_maps)}
