@@ -31,7 +31,7 @@ from lightning_cam.render import (
     render_table,
     render_volume_grid,
 )
-from lightning_cam.report import REPORT_FILE, RunRecord, Table, write_report
+from lightning_cam.report import REPORT_FILE, RunRecord, write_report
 from lightning_cam.report.record import FILE_TAG, SUMMARY_TAG, summary_text, table_of_text
 from lightning_cam.reports import Report, bias_report, trust_report
 from lightning_cam.targets import num_classes
@@ -214,7 +214,7 @@ class Publisher:
         """A table (TensorBoard text, W&B table, Markdown file), printed too."""
         title = tag.rsplit("/", 1)[-1].replace("_", " ")
         rank_zero_info(f"CAMMonitor {title} ({tag}):\n{report.text}")
-        self.record.tables[tag] = Table.of(report)
+        self.record.tables[tag] = report
         self._each_writer(
             lambda writer: partial(writer.log_report, tag, report.columns, report.rows, report.text, step)
         )

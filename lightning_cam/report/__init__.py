@@ -7,9 +7,9 @@ from pathlib import Path
 
 from lightning_cam.report.page import render_page
 from lightning_cam.report.read import read_run
-from lightning_cam.report.record import RunRecord, Table
+from lightning_cam.report.record import RunRecord
 
-__all__ = ["REPORT_FILE", "RunRecord", "Table", "read_run", "rebuild_report", "write_report"]
+__all__ = ["REPORT_FILE", "RunRecord", "read_run", "rebuild_report", "write_report"]
 
 REPORT_FILE = "cam_report.html"
 

@@ -8,7 +8,8 @@ import html
 from collections.abc import Iterable
 
 from lightning_cam.report.plots import Family, families, plot_png, plotting_available
-from lightning_cam.report.record import RunRecord, Table, peak_step
+from lightning_cam.report.record import RunRecord, peak_step
+from lightning_cam.reports import Report
 
 __all__ = ["render_page"]
 
@@ -45,9 +46,9 @@ def _image(data: object, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _table(table: Table) -> str:
+def _table(table: Report) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_code(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    body = "".join("<tr>" + "".join(f"<td>{_code(str(c))}</td>" for c in row) + "</tr>" for row in table.rows)
     readings = "".join(f"<li>{_code(r)}</li>" for r in table.readings)
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>' + (
         f'<ul class="verdicts">{readings}</ul>' if readings else ""
@@ -120,7 +121,7 @@ def _figure(family: Family, drawing: bool) -> str:
     columns = ["step", *family.lines]
     values = [{s: v for s, v in series} for series in family.lines.values()]
     rows = [[str(step)] + [f"{v[step]:.4g}" if step in v else "" for v in values] for step in steps]
-    data = _table(Table(columns, rows, []))
+    data = _table(Report(columns, rows, []))
     if not drawing:
         return f"<figure><figcaption>{_code(family.title)}</figcaption>{data}</figure>"
     return f"<figure>{_image(plot_png(family), family.title)}<details><summary>data</summary>{data}</details></figure>"

@@ -16,36 +16,22 @@ import numpy as np
 
 from lightning_cam.reports import Report
 
-__all__ = ["RunRecord", "Table", "enrichment_tags", "grid_tag", "peak_step", "table_of_text"]
+__all__ = ["RunRecord", "enrichment_tags", "grid_tag", "peak_step", "table_of_text"]
 
 SUMMARY_TAG = "run_summary"
 FILE_TAG = "report_file"  # the page's path, logged after the page: never part of it
 
 
-@dataclass(frozen=True)
-class Table:
-    """A table as the page shows it: header, rows of cell texts, and plain-words readings."""
-
-    columns: list[str]
-    rows: list[list[str]]
-    readings: list[str]
-
-    @staticmethod
-    def of(report: Report) -> Table:
-        return Table(
-            list(report.columns), [[str(cell) for cell in row] for row in report.rows], list(report.readings)
-        )
-
-
-def table_of_text(text: str) -> Table:
-    """The :class:`Table` of a report's Markdown (:attr:`Report.text`), as logged."""
+def table_of_text(text: str) -> Report:
+    """The :class:`~lightning_cam.reports.Report` of a report's Markdown (:attr:`Report.text`), as logged:
+    its cells as the text they were written as."""
     lines = text.strip().splitlines()
     table = [line for line in lines if line.startswith("|")]
     if not table:  # a message (an alert)
-        return Table(["message"], [[text.strip()]], [])
+        return Report(["message"], [[text.strip()]], [])
     cells = [[cell.strip() for cell in line.strip().strip("|").split(" | ")] for line in table]
     readings = [line[2:] for line in lines if line.startswith("- ")]
-    return Table(cells[0] if cells else [], cells[2:], readings)
+    return Report(cells[0] if cells else [], cells[2:], readings)
 
 
 def summary_text(summary: Mapping[str, object]) -> str:
@@ -86,13 +72,14 @@ def peak_step(scalars: Mapping[str, Sequence[tuple[int, float]]], name: str) -> 
 class RunRecord:
     """A run's monitor output: ``summary`` (model, layer, methods, ...), ``scalars`` (tag -> ``[(step,
     value)]``), ``images`` (tag -> ``{step: PNG bytes or an object with .png()}``), ``tables`` (tag ->
-    :class:`Table`), ``name`` (the monitor's tag root)."""
+    :class:`~lightning_cam.reports.Report`; a page shows each cell as ``str(cell)``, the text a report's
+    Markdown holds), ``name`` (the monitor's tag root)."""
 
     name: str = "cam"
     summary: dict[str, object] = field(default_factory=dict)
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     images: dict[str, dict[int, object]] = field(default_factory=dict)
-    tables: dict[str, Table] = field(default_factory=dict)
+    tables: dict[str, Report] = field(default_factory=dict)
 
     def add_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         for tag, value in scalars.items():
