@@ -189,6 +189,13 @@ class FixedBatch:
         labels = None if self.labels is None else self.labels.to(device)
         return FixedBatch(self.images.to(device), labels, masks, self.groups)
 
+    def targets_for(self, choice: str | int) -> Tensor | int | None:
+        """What a target choice explains: ``"predicted"`` -> ``None`` (the model's prediction), ``"label"``
+        -> the labels, a class index as it is."""
+        if choice == "predicted":
+            return None
+        return self.labels if choice == "label" else choice
+
     def state_dict(self) -> dict[str, Any]:
         """Every tensor on the CPU, for the checkpoint."""
         return vars(self.to(torch.device("cpu")))

@@ -99,7 +99,7 @@ def explain_target(
     methods = [name for name in config.methods if name not in faults.failed_methods]
     if not methods:
         return None
-    targets = task_target if task_target is not None else _choice_targets(choice, fixed)
+    targets = task_target if task_target is not None else fixed.targets_for(choice)
     perturbing = autocast_dtype is not None and any(m in ("scorecam", "ablationcam") for m in methods)
 
     def run(names: list[str]) -> Explanation:
@@ -122,13 +122,6 @@ def explain_target(
             faults.fail_method(methods[0], error)
             return None
     return _explain_one_by_one(run, methods, faults)
-
-
-def _choice_targets(choice: TargetChoice, fixed: FixedBatch) -> Targets:
-    """``"predicted"`` -> ``None``, ``"label"`` -> the labels, a class index as it is."""
-    if choice == "predicted":
-        return None
-    return fixed.labels if choice == "label" else choice
 
 
 def _explain_one_by_one(run: object, methods: list[str], faults: Faults) -> Explanation | None:

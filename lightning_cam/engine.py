@@ -55,6 +55,10 @@ def resolve_methods(methods: str | Sequence[str]) -> list[Method]:
     return resolved
 
 
+def _first_convolution(model: nn.Module) -> nn.Module | None:
+    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+
+
 def check_images(images: object, model: nn.Module | None = None) -> Tensor:
     """Images must be a floating tensor ``[B, C, H, W]``, or ``[B, C, D, H, W]`` for volumes and clips
     (``D`` depth or time), with at least one image; a 4-D batch for a model whose first convolution is
@@ -67,11 +71,7 @@ def check_images(images: object, model: nn.Module | None = None) -> Tensor:
             f"images must be a float tensor [B, C, H, W] (or [B, C, D, H, W] for volumes); got shape "
             f"{list(images.shape)}.{hint}"
         )
-    first = next(
-        (m for m in (model.modules() if model is not None else []) if isinstance(m, nn.modules.conv._ConvNd)),
-        None,
-    )
-    if images.dim() == 4 and isinstance(first, nn.Conv3d):
+    if images.dim() == 4 and model is not None and isinstance(_first_convolution(model), nn.Conv3d):
         raise ValueError(
             f"the model's first convolution is 3-D, so it takes volumes [B, C, D, H, W]; got {list(images.shape)}, "
             f"a volume batch without its channel axis? Add it with images.unsqueeze(1) (one channel)."

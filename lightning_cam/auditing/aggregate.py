@@ -104,16 +104,17 @@ def aggregate(
     for name, members in slices.items():
         rows = values[members]
         point = statistics(rows.nanmean(dim=0), pairs)
-        low = high = {key: torch.tensor(float("nan")) for key in point}
+        estimates = torch.stack(list(point.values()))
+        low = high = torch.full_like(estimates, float("nan"))
         if resamples and len(rows):
-            resampled = statistics(bootstrap_means(rows, resamples, generator), pairs)
-            low = {key: value.nanquantile(0.025) for key, value in resampled.items()}
-            high = {key: value.nanquantile(0.975) for key, value in resampled.items()}
-        figures = {"count": Figure(float(len(rows)))}
-        for key, value in point.items():
-            interval = key.split("/")[-2] in WITH_INTERVAL if "/" in key else key in WITH_INTERVAL
-            figures[key] = (
-                Figure(float(value), float(low[key]), float(high[key])) if interval else Figure(float(value))
+            resampled = torch.stack(
+                list(statistics(bootstrap_means(rows, resamples, generator), pairs).values()), 1
             )
+            low, high = resampled.nanquantile(0.025, dim=0), resampled.nanquantile(0.975, dim=0)
+        numbers = torch.stack([estimates, low, high]).tolist()  # one device-to-host transfer per slice
+        figures = {"count": Figure(float(len(rows)))}
+        for i, key in enumerate(point):
+            interval = key.split("/")[-2] in WITH_INTERVAL if "/" in key else key in WITH_INTERVAL
+            figures[key] = Figure(*(column[i] for column in numbers)) if interval else Figure(numbers[0][i])
         result[name] = figures
     return result

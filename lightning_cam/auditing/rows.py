@@ -36,16 +36,12 @@ class AuditSettings:
 
 
 def _targets(settings: AuditSettings, batch: FixedBatch) -> Tensor | int | None:
-    if settings.targets == "predicted":
-        return None
-    if settings.targets != "label":
-        return int(settings.targets)
-    if batch.labels is None:
+    if settings.targets == "label" and batch.labels is None:
         raise ValueError(
             "audit(targets='label') needs labels in the batches; pass targets='predicted' (or a class index), "
             "or unpack=a function batch -> (images, labels, masks, groups)."
         )
-    return batch.labels
+    return batch.targets_for(settings.targets)
 
 
 def explain_audited(network: nn.Module, batch: FixedBatch, settings: AuditSettings) -> Explanation:

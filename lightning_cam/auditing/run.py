@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from lightning_cam.auditing.aggregate import Figure, aggregate, slices_of
 from lightning_cam.auditing.rows import AuditSettings, MapSums, batch_columns, explain_audited
 from lightning_cam.auditing.shards import AuditStates, exchange, index_batches, kept_positions, rank_and_world
+from lightning_cam.auditing.table import audit_report
 from lightning_cam.batch import FixedBatch, Unpacked, group_name, unpack_batch
 from lightning_cam.capture import model_device_dtype, preserved_rng
 from lightning_cam.engine import resolve_methods
@@ -54,8 +55,6 @@ class AuditResult:
 
     def report(self) -> Report:
         """The table (a row per slice, method and mask) and a plain-words reading per group and mask."""
-        from lightning_cam.auditing.table import audit_report
-
         return audit_report(self)
 
 
@@ -214,8 +213,8 @@ def _gathered(
     states.update(columns, sums)
     columns, sums = states.compute()
     order = columns["index"].argsort()
-    rows = {name: values[order].cpu() for name, values in columns.items()}
-    return _result(rows, sums.cpu(), map_keys, methods, class_names, groups, resamples, seed)
+    rows = {name: values[order] for name, values in columns.items()}
+    return _result(rows, sums, map_keys, methods, class_names, groups, resamples, seed)
 
 
 def _slice_order(key: str) -> tuple[int, int, str]:
@@ -259,7 +258,10 @@ def _result(
     pairs = [(method, mask) for method in methods for mask in masks]
     figures = aggregate(rows, pairs, slices, resamples, seed)
     shown = [key if not key.startswith("class=") else f"class={class_name(int(key[6:]))}" for key in map_keys]
-    counts = torch.tensor([float(slices[name].sum()) if name in slices else 0.0 for name in shown])
-    means = sums / counts.clamp(min=1).view(-1, *([1] * (sums.dim() - 1)))
+    none = torch.zeros((), dtype=torch.long, device=sums.device)
+    counts = torch.stack([slices[name].sum() if name in slices else none for name in shown])
+    means = (sums / counts.clamp(min=1).view(-1, *([1] * (sums.dim() - 1)))).cpu()
     mean_maps = {method: means[:, i] for i, method in enumerate(methods)}
-    return AuditResult(rows, figures, mean_maps, shown, pairs)
+    return AuditResult(
+        {name: values.cpu() for name, values in rows.items()}, figures, mean_maps, shown, pairs
+    )

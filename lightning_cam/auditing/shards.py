@@ -11,13 +11,13 @@ with shards of different lengths.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
@@ -48,18 +48,7 @@ def _sharded(loader: DataLoader) -> DataLoader | None:
     if world == 1 or isinstance(loader.sampler, DistributedSampler):
         return None
     sampler = DistributedSampler(loader.dataset, shuffle=False)
-    return loader_of(loader, list(_batched(iter(sampler), loader.batch_size or 1, loader.drop_last)))
-
-
-def _batched(indices: Iterable[int], size: int, drop_last: bool) -> Iterable[list[int]]:
-    batch: list[int] = []
-    for index in indices:
-        batch.append(int(index))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch and not drop_last:
-        yield batch
+    return loader_of(loader, list(BatchSampler(sampler, loader.batch_size or 1, loader.drop_last)))
 
 
 def index_batches(loader: DataLoader) -> tuple[DataLoader, list[list[int]]]:
