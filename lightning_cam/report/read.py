@@ -37,7 +37,8 @@ def read_run(run_dir: str | Path, name: str = "cam") -> RunRecord:
 
 
 def _ours(tag: str, name: str) -> bool:
-    return tag.startswith((f"{name}/", "audit/" if name == "cam" else f"{name}/audit/"))
+    """A tag of the monitor ``name``: under ``<name>/``, or the audit's ``audit/`` of the default monitor."""
+    return tag.startswith(f"{name}/") or (name == "cam" and tag.startswith("audit/"))
 
 
 def _from_tensorboard(directories: list[Path], name: str) -> RunRecord:
