@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from lightning_cam.demo.run import run_demo
-from lightning_cam.publish import Publisher
+from lightning_cam.monitor.publish import Publisher
 from lightning_cam.report import rebuild_report
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lightning_cam import metrics
+from lightning_cam import metrics, targets
 from lightning_cam.engine import METHODS, Explanation, explain, explain_batch
 
 if TYPE_CHECKING:
     from lightning_cam.auditing import AuditResult, audit
-    from lightning_cam.callback import CAMMonitor
+    from lightning_cam.monitor import CAMMonitor
     from lightning_cam.writers import Writer, register_writer
 
 __all__ = [
@@ -29,13 +29,14 @@ __all__ = [
     "explain_batch",
     "metrics",
     "register_writer",
+    "targets",
 ]
 __version__ = "0.1.0"
 
 _LAZY = {
     "AuditResult": "lightning_cam.auditing",
     "audit": "lightning_cam.auditing",
-    "CAMMonitor": "lightning_cam.callback",
+    "CAMMonitor": "lightning_cam.monitor",
     "Writer": "lightning_cam.writers",
     "register_writer": "lightning_cam.writers",
 }

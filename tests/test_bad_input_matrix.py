@@ -12,8 +12,8 @@ from test_callback import INVALID_OPTIONS
 from test_engine_errors import CASES as EXPLAIN_CASES
 
 import lightning_cam as lc
-from lightning_cam.batch import unpack_batch
-from lightning_cam.render import apply_colormap
+from lightning_cam.batches import unpack_batch
+from lightning_cam.report.grids import apply_colormap
 
 IMAGES = torch.rand(2, 3, 16, 16)
 LABELS = torch.tensor([0, 1])

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
-from lightning_cam.render import display_images, overlay
+from lightning_cam.report.grids import display_images, overlay
 
 TILE = 128  # 32 px images are enlarged 4x to reach the 112 px minimum tile
 PAD = 2

@@ -180,7 +180,7 @@ def test_backward_stops_at_the_target_layer() -> None:
 
 
 def test_auto_layer_on_torchvision_models() -> None:
-    from lightning_cam.layers import find_auto_layer
+    from lightning_cam.engine.layers import find_auto_layer
 
     images = torch.rand(1, 3, 112, 112)
     assert find_auto_layer(torchvision.models.resnet18(num_classes=3), images) == "layer4"

@@ -49,7 +49,7 @@ def test_saliency_and_guided_backprop_match_hand_computed_gradients() -> None:
 
 
 def test_guided_relus_clamp_only_while_switched_on() -> None:
-    from lightning_cam.methods import guided_relus
+    from lightning_cam.engine.methods import guided_relus
 
     model = TinyReLUNet()
     image = IMAGE.clone().requires_grad_(True)

@@ -13,9 +13,9 @@ from lit_helpers import tiny_vit
 from torch import nn
 
 import lightning_cam as lc
-from lightning_cam.layers import find_auto_layer
-from lightning_cam.layouts import infer_layout
-from lightning_cam.targets import segmentation
+from lightning_cam.engine.layers import find_auto_layer
+from lightning_cam.engine.layouts import infer_layout
+from lightning_cam.engine.targets import segmentation
 
 LAYER_METHODS = (
     "gradcam",

@@ -21,7 +21,7 @@ from lightning_cam.demo.run import run_demo
 from lightning_cam.report import REPORT_FILE, RunRecord, rebuild_report, render_page
 from lightning_cam.report import plots as plots_module
 from lightning_cam.report.record import table_of_text
-from lightning_cam.reports import Report
+from lightning_cam.report.tables import Report
 
 CHECKER = """<script>
 window.addEventListener("load", () => {

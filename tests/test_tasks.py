@@ -82,7 +82,7 @@ def test_a_vision_transformer_fit_logs_grids_from_its_last_block(tmp_path: Path)
     assert [step for step, _ in grids] == [4, 8] and grids[-1][1].width > 3 * 128
     flat = read_tensorboard_scalars(log_dir, "cam/gradcam/flat_fraction")
     assert len(flat) == 2 and all(0 <= value <= 1 for _, value in flat)
-    from lightning_cam.layers import find_auto_layer
+    from lightning_cam.engine.layers import find_auto_layer
 
     assert monitor.fixed is not None
     with torch.no_grad():

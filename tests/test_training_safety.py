@@ -17,7 +17,7 @@ from lit_helpers import TinyClassifier, loaders, run_ddp_script, trainer
 from torch import nn
 
 import lightning_cam as lc
-import lightning_cam.check as check_module
+import lightning_cam.monitor.check as check_module
 from lightning_cam import CAMMonitor
 
 ROOT = Path(__file__).resolve().parents[1]

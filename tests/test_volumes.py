@@ -19,8 +19,8 @@ import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.demo.data import ShapesDataset
 from lightning_cam.demo.volumes import VolumeCNN, VolumesConfig
-from lightning_cam.methods.perturbation import MEMORY_BUDGET_BYTES, default_chunk_size
-from lightning_cam.render import peak_slices, render_volume_grid, slice_indices
+from lightning_cam.engine.methods.perturbation import MEMORY_BUDGET_BYTES, default_chunk_size
+from lightning_cam.report.grids import peak_slices, render_volume_grid, slice_indices
 
 
 def probe_net(dims: int, weight: torch.Tensor) -> nn.Sequential:
@@ -144,7 +144,7 @@ def test_gradcam_on_r3d_18_and_a_volume_cnn_agrees_with_pytorch_grad_cam() -> No
 def test_auto_picks_the_last_3d_stage(arch: str) -> None:
     from torchvision.models import video
 
-    from lightning_cam.layers import resolve_target_layers
+    from lightning_cam.engine.layers import resolve_target_layers
 
     if arch == "conv3d_stack":
         model = nn.Sequential(

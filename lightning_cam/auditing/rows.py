@@ -12,13 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam import metrics
-from lightning_cam.batch import FixedBatch
+from lightning_cam.batches import FixedBatch
 from lightning_cam.engine import Explanation, explain_batch
-from lightning_cam.layers import TargetLayer
-from lightning_cam.layouts import ReshapeTransform
-from lightning_cam.logits import OutputKey
-from lightning_cam.spatial import resize
-from lightning_cam.targets import prediction
+from lightning_cam.engine.layers import TargetLayer
+from lightning_cam.engine.layouts import ReshapeTransform
+from lightning_cam.engine.logits import OutputKey
+from lightning_cam.engine.spatial import resize
+from lightning_cam.engine.targets import prediction
 
 __all__ = ["AuditSettings", "MapSums", "batch_columns", "explain_audited"]
 

@@ -16,13 +16,13 @@ from lightning_cam.auditing.aggregate import Figure, aggregate, slices_of
 from lightning_cam.auditing.rows import AuditSettings, MapSums, batch_columns, explain_audited
 from lightning_cam.auditing.shards import AuditStates, exchange, index_batches, kept_positions, rank_and_world
 from lightning_cam.auditing.table import audit_report
-from lightning_cam.batch import FixedBatch, Unpacked, group_name, unpack_batch
-from lightning_cam.capture import model_device_dtype, preserved_rng
+from lightning_cam.batches import FixedBatch, Unpacked, group_name, unpack_batch
 from lightning_cam.engine import resolve_methods
-from lightning_cam.layers import TargetLayer
-from lightning_cam.layouts import ReshapeTransform
-from lightning_cam.logits import OutputKey
-from lightning_cam.reports import Report
+from lightning_cam.engine.capture import model_device_dtype, preserved_rng
+from lightning_cam.engine.layers import TargetLayer
+from lightning_cam.engine.layouts import ReshapeTransform
+from lightning_cam.engine.logits import OutputKey
+from lightning_cam.report.tables import Report
 
 __all__ = ["AuditResult", "audit"]
 

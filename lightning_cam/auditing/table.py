@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from lightning_cam.auditing.aggregate import Figure
-from lightning_cam.reports import Report
+from lightning_cam.report.tables import Report
 
 if TYPE_CHECKING:
     from lightning_cam.auditing.run import AuditResult

@@ -1,4 +1,7 @@
-"""The procedural shortcut dataset and the ``lightning-cam demo`` command."""
+"""The procedural shortcut datasets (shapes, volumes), the demo models and ``lightning-cam demo``.
+
+It may import Lightning and the monitor (the callback it demonstrates), and timm for the ViT demo.
+"""
 
 from lightning_cam.demo.data import CLASS_NAMES, ShapesConfig, ShapesDataset, make_shapes
 from lightning_cam.demo.model import ShapesClassifier, ShapesDataModule, SmallCNN

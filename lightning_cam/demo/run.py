@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
-from lightning_cam.callback import CAMMonitor
 from lightning_cam.demo.model import ShapesClassifier, ShapesDataModule
+from lightning_cam.monitor.callback import CAMMonitor
 
 __all__ = ["DemoResult", "make_logger", "run_demo"]
 

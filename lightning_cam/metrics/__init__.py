@@ -6,6 +6,9 @@
   (deletion / insertion, ROAD);
 - :mod:`~lightning_cam.metrics.randomization`: whether the maps depend on the model at all (the
   model-randomisation sanity check).
+
+It imports the engine (the state guard, targets, logits, chunked forwards) and torch; no Lightning,
+no torchmetrics, no other wing.
 """
 
 from lightning_cam.metrics.attention import (

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.capture import model_device_dtype, preserved_state
-from lightning_cam.logits import OutputKey, select_output
-from lightning_cam.targets import Scorer, make_scorer
+from lightning_cam.engine.capture import model_device_dtype, preserved_state
+from lightning_cam.engine.logits import OutputKey, select_output
+from lightning_cam.engine.targets import Scorer, make_scorer
 
 __all__ = [
     "as_distribution",
@@ -109,7 +109,7 @@ def masked_confidence(
 ) -> dict[str, Tensor]:
     """The target's probability on ``images * map`` for every method's maps, in **one** batched
     forward (under the state guard, in inference mode). ``targets``: class indices ``[B]`` (softmax
-    probabilities) or the :class:`~lightning_cam.targets.Scorer` of an explanation."""
+    probabilities) or the :class:`~lightning_cam.engine.targets.Scorer` of an explanation."""
     names = list(maps)
     if not names:
         return {}

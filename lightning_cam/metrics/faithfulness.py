@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from lightning_cam.capture import model_device_dtype, preserved_state
-from lightning_cam.logits import OutputKey, select_output
-from lightning_cam.methods.perturbation import default_chunk_size, run_in_chunks
-from lightning_cam.targets import Targets, make_scorer
+from lightning_cam.engine.capture import model_device_dtype, preserved_state
+from lightning_cam.engine.logits import OutputKey, select_output
+from lightning_cam.engine.methods.perturbation import default_chunk_size, run_in_chunks
+from lightning_cam.engine.targets import Targets, make_scorer
 
 __all__ = ["deletion_insertion", "noisy_linear_imputation", "pixel_ranks", "road"]
 

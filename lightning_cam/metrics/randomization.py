@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.capture import preserved_rng
 from lightning_cam.engine import explain_batch
-from lightning_cam.layers import TargetLayer
-from lightning_cam.layouts import ReshapeTransform
-from lightning_cam.logits import OutputKey
-from lightning_cam.targets import Targets
+from lightning_cam.engine.capture import preserved_rng
+from lightning_cam.engine.layers import TargetLayer
+from lightning_cam.engine.layouts import ReshapeTransform
+from lightning_cam.engine.logits import OutputKey
+from lightning_cam.engine.targets import Targets
 
 __all__ = ["learnable_layers", "model_randomization", "spearman"]
 

@@ -1,5 +1,10 @@
-"""The self-contained HTML audit page of a run: written by CAMMonitor at the end of fit, or rebuilt
-from a finished run's files with ``lightning-cam report RUN_DIR`` (:func:`rebuild_report`)."""
+"""What a person reads: the grids (:mod:`.grids`: colormaps, overlays, labelled grids as PNG
+bytes), the text tables (:mod:`.tables`: bias report, trust table) and the self-contained HTML audit page
+of a run (:mod:`.record`, :mod:`.read`, :mod:`.plots`, :mod:`.page`), written by CAMMonitor at the end of
+fit or rebuilt from a finished run's files with ``lightning-cam report RUN_DIR`` (:func:`rebuild_report`).
+
+It imports torch, PIL and (for the plots, optionally) matplotlib; no other wing, no Lightning.
+"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from lightning_cam.report.plots import Family, families, plot_png, plotting_available
 from lightning_cam.report.record import RunRecord, peak_step
-from lightning_cam.reports import Report
+from lightning_cam.report.tables import Report
 
 __all__ = ["render_page"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lightning_cam.reports import Report
+from lightning_cam.report.tables import Report
 
 __all__ = ["RunRecord", "enrichment_tags", "grid_tag", "peak_step", "table_of_text"]
 
@@ -23,7 +23,7 @@ FILE_TAG = "report_file"  # the page's path, logged after the page: never part o
 
 
 def table_of_text(text: str) -> Report:
-    """The :class:`~lightning_cam.reports.Report` of a report's Markdown (:attr:`Report.text`), as logged:
+    """The :class:`~lightning_cam.report.tables.Report` of a report's Markdown (:attr:`Report.text`), as logged:
     its cells as the text they were written as."""
     lines = text.strip().splitlines()
     table = [line for line in lines if line.startswith("|")]
@@ -72,7 +72,7 @@ def peak_step(scalars: Mapping[str, Sequence[tuple[int, float]]], name: str) -> 
 class RunRecord:
     """A run's monitor output: ``summary`` (model, layer, methods, ...), ``scalars`` (tag -> ``[(step,
     value)]``), ``images`` (tag -> ``{step: PNG bytes or an object with .png()}``), ``tables`` (tag ->
-    :class:`~lightning_cam.reports.Report`; a page shows each cell as ``str(cell)``, the text a report's
+    :class:`~lightning_cam.report.tables.Report`; a page shows each cell as ``str(cell)``, the text a report's
     Markdown holds), ``name`` (the monitor's tag root)."""
 
     name: str = "cam"

@@ -1,6 +1,7 @@
 """Logger plugins: one adapter per Lightning logger type, chosen through a registry users can extend.
 
-The optional packages (tensorboard, wandb, mlflow) are imported only when their writer writes.
+It may import Lightning's logger classes and the report's :class:`~lightning_cam.report.grids.Grid`;
+the optional packages (tensorboard, wandb, mlflow) are imported only when their writer writes.
 """
 
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger

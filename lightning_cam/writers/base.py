@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch.loggers import Logger
 
-from lightning_cam.render import Grid
+from lightning_cam.report.grids import Grid
 
 __all__ = ["PNGWriter", "Writer", "WriterFactory", "register_writer", "writer_for"]
 

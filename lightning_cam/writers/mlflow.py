@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
 
-from lightning_cam.render import Grid
+from lightning_cam.report.grids import Grid
 from lightning_cam.writers.base import Writer
 
 __all__ = ["MLflowWriter"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_cam.render import Grid
+from lightning_cam.report.grids import Grid
 from lightning_cam.writers.base import Writer
 
 __all__ = ["TensorBoardWriter"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_cam.render import Grid
+from lightning_cam.report.grids import Grid
 from lightning_cam.writers.base import Writer
 
 __all__ = ["WandbWriter"]

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_helpers import TinyClassifier, ddp_trainer, loaders
 
-import lightning_cam.check as check_module
+import lightning_cam.monitor.check as check_module
 from lightning_cam import CAMMonitor
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from lightning_cam.methods.registry import InputInputs, register
+from lightning_cam.engine.methods.registry import InputInputs, register
 
 __all__ = ["GuidedSwitch", "guided_backprop", "guided_gradcam", "guided_relus", "saliency"]
 

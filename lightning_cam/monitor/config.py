@@ -7,12 +7,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_cam.alerts import Alert, parse_alerts
-from lightning_cam.batch import Unpacked, group_name
+from lightning_cam.batches import Unpacked, group_name
 from lightning_cam.engine import OutputKey, resolve_methods, resolve_options
-from lightning_cam.layers import TargetLayer
-from lightning_cam.layouts import ReshapeTransform
-from lightning_cam.render import COLORMAPS
+from lightning_cam.engine.layers import TargetLayer
+from lightning_cam.engine.layouts import ReshapeTransform
+from lightning_cam.monitor.alerts import Alert, parse_alerts
+from lightning_cam.report.grids import COLORMAPS
 
 __all__ = ["MonitorConfig", "TargetChoice", "import_object"]
 

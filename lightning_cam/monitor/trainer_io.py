@@ -13,13 +13,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
-from lightning_cam.alerts import crossed_alerts
-from lightning_cam.batch import FixedBatch
-from lightning_cam.capture import preserved_state
-from lightning_cam.config import MonitorConfig
-from lightning_cam.faults import Faults
-from lightning_cam.layers import resolve_target_layers
-from lightning_cam.publish import Publisher
+from lightning_cam.batches import FixedBatch
+from lightning_cam.engine.capture import preserved_state
+from lightning_cam.engine.layers import resolve_target_layers
+from lightning_cam.monitor.alerts import crossed_alerts
+from lightning_cam.monitor.config import MonitorConfig
+from lightning_cam.monitor.faults import Faults
+from lightning_cam.monitor.publish import Publisher
 
 __all__ = [
     "autocast_dtype",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_cam.methods.registry import LayerInputs, register
-from lightning_cam.spatial import weighted_sum
+from lightning_cam.engine.methods.registry import LayerInputs, register
+from lightning_cam.engine.spatial import weighted_sum
 
 __all__ = ["cam", "eigencam"]
 

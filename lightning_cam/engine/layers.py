@@ -10,9 +10,9 @@ from difflib import get_close_matches
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.capture import ForwardHook, forward_hooks
-from lightning_cam.layouts import Layout, ReshapeTransform, infer_layout
-from lightning_cam.logits import OutputKey, select_output
+from lightning_cam.engine.capture import ForwardHook, forward_hooks
+from lightning_cam.engine.layouts import Layout, ReshapeTransform, infer_layout
+from lightning_cam.engine.logits import OutputKey, select_output
 
 __all__ = ["TargetLayer", "find_auto_layer", "resolve_target_layers"]
 
@@ -159,7 +159,7 @@ def find_auto_layer(
     input shape and ``reshape_transform``; the caller holds the state guard).
 
     One rule for every model: among the layers whose output reads as a spatial layout
-    (:func:`~lightning_cam.layouts.infer_layout`), a transformer (token or channels-last outputs)
+    (:func:`~lightning_cam.engine.layouts.infer_layout`), a transformer (token or channels-last outputs)
     gets the first shape-keeping layer inside its last repeated block whose patch positions carry
     the gradient of the predicted score (ViT and DeiT: the last block's first norm; Swin: its
     ``norm1``), never a patch embedding; a CNN gets its last channels-first layer with a spatial

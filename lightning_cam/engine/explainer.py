@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.capture import capture_activations, model_device_dtype, preserved_state
-from lightning_cam.layers import TargetLayer, resolve_target_layers
-from lightning_cam.layouts import Layout, ReshapeTransform, infer_layout
-from lightning_cam.logits import OutputKey, select_output
-from lightning_cam.methods import REGISTRY, InputInputs, LayerInputs, Method, guided_relus
-from lightning_cam.methods.registry import at_least_float32
-from lightning_cam.spatial import per_item, resize
-from lightning_cam.targets import Scorer, Targets, make_scorer
+from lightning_cam.engine.capture import capture_activations, model_device_dtype, preserved_state
+from lightning_cam.engine.layers import TargetLayer, resolve_target_layers
+from lightning_cam.engine.layouts import Layout, ReshapeTransform, infer_layout
+from lightning_cam.engine.logits import OutputKey, select_output
+from lightning_cam.engine.methods import REGISTRY, InputInputs, LayerInputs, Method, guided_relus
+from lightning_cam.engine.methods.registry import at_least_float32
+from lightning_cam.engine.spatial import per_item, resize
+from lightning_cam.engine.targets import Scorer, Targets, make_scorer
 
 __all__ = [
     "METHODS",
@@ -172,7 +172,7 @@ def resolve_options(
 class Explanation:
     """The maps of one pass, with the model's output (``logits``: detached, float32) and the target
     class of each image (``targets``; ``-1`` for a callable target) they were computed for, and the
-    :class:`~lightning_cam.targets.Scorer` that turns an output into the explained scores."""
+    :class:`~lightning_cam.engine.targets.Scorer` that turns an output into the explained scores."""
 
     maps: dict[str, Tensor]
     logits: Tensor
@@ -202,7 +202,7 @@ def explain(
     the full graph; guided backprop adds one more over the same graph. Score-CAM and Ablation-CAM
     add their own batched forwards. The model is left exactly as it was: each module's
     ``training`` flag, parameter ``.grad`` tensors, ``requires_grad`` flags, BatchNorm statistics
-    and the global RNG states (see ``lightning_cam.capture``). It works inside
+    and the global RNG states (see ``lightning_cam.engine.capture``). It works inside
     ``torch.inference_mode()``, on frozen models, with in-place ReLUs and ``channels_last``
     inputs; maps are computed in float32 outside autocast.
 
@@ -217,7 +217,7 @@ def explain(
             layers are normalised, averaged, and normalised again).
         targets: ``None`` for the predicted class, an ``int`` for one class for all images, one
             class index per image (sequence or tensor ``[B]``), a callable ``output -> [B]`` scores,
-            or :func:`lightning_cam.targets.segmentation`. See :mod:`lightning_cam.targets`.
+            or :func:`lightning_cam.engine.targets.segmentation`. See :mod:`lightning_cam.engine.targets`.
         output_key: where the prediction is in the model's output when it is not a tensor: an
             index, a dict key or a function of the output.
         reshape_transform: how the target layer's output becomes ``[B, K, h, w]``: ``"auto"``

@@ -10,16 +10,17 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_cam.audit_glue import audit_in_fit
 from lightning_cam.auditing import AuditResult
-from lightning_cam.batch import Capture, FixedBatch, Unpacked, unpack_batch
-from lightning_cam.check import run_check
-from lightning_cam.config import MonitorConfig, TargetChoice
-from lightning_cam.faults import Faults
-from lightning_cam.history import AttentionHistory
-from lightning_cam.layers import TargetLayer
-from lightning_cam.publish import Publisher
-from lightning_cam.trainer_glue import (
+from lightning_cam.batches import FixedBatch, Unpacked, unpack_batch
+from lightning_cam.engine.layers import TargetLayer
+from lightning_cam.monitor.check import run_check
+from lightning_cam.monitor.config import MonitorConfig, TargetChoice
+from lightning_cam.monitor.faults import Faults
+from lightning_cam.monitor.fit_audit import audit_in_fit
+from lightning_cam.monitor.history import AttentionHistory
+from lightning_cam.monitor.publish import Publisher
+from lightning_cam.monitor.sampling import Capture
+from lightning_cam.monitor.trainer_io import (
     autocast_dtype,
     check_strategy,
     explained_network,

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.capture import forward_hooks
-from lightning_cam.logits import select_output
-from lightning_cam.methods.registry import LayerInputs, at_least_float32, register
-from lightning_cam.spatial import resize, spatial_dims, weighted_sum
+from lightning_cam.engine.capture import forward_hooks
+from lightning_cam.engine.logits import select_output
+from lightning_cam.engine.methods.registry import LayerInputs, at_least_float32, register
+from lightning_cam.engine.spatial import resize, spatial_dims, weighted_sum
 
 __all__ = ["ablationcam", "default_chunk_size", "run_in_chunks", "scorecam"]
 

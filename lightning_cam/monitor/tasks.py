@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from lightning_cam.batch import FixedBatch, primary_classes
-from lightning_cam.targets import Targets, multilabel, segmentation
+from lightning_cam.batches import FixedBatch, primary_classes
+from lightning_cam.engine.targets import Targets, multilabel, segmentation
 
 __all__ = ["TASKS", "TaskView", "infer_task", "primary_classes", "task_view"]
 

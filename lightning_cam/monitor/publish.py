@@ -1,6 +1,6 @@
 """Publishing a check: draw its grids (on the device), and hand grids, scalars, reports and alerts to
 one writer per attached logger, on a background thread. Faults are reported through
-:class:`~lightning_cam.faults.Faults`, never raised into training unless ``strict``."""
+:class:`~lightning_cam.monitor.faults.Faults`, never raised into training unless ``strict``."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from torch import Tensor
 
 from lightning_cam import metrics
 from lightning_cam.auditing import AuditResult
-from lightning_cam.batch import FixedBatch
-from lightning_cam.check import CheckResult, TargetResult
-from lightning_cam.config import MonitorConfig
-from lightning_cam.faults import Faults
-from lightning_cam.history import AttentionHistory, series_key
-from lightning_cam.render import (
+from lightning_cam.batches import FixedBatch
+from lightning_cam.engine.targets import num_classes
+from lightning_cam.monitor.check import CheckResult, TargetResult
+from lightning_cam.monitor.config import MonitorConfig
+from lightning_cam.monitor.faults import Faults
+from lightning_cam.monitor.history import AttentionHistory, series_key
+from lightning_cam.monitor.tasks import infer_task, task_view
+from lightning_cam.report import REPORT_FILE, RunRecord, write_report
+from lightning_cam.report.grids import (
     Grid,
     apply_colormap,
     at_slices,
@@ -31,11 +34,8 @@ from lightning_cam.render import (
     render_table,
     render_volume_grid,
 )
-from lightning_cam.report import REPORT_FILE, RunRecord, write_report
 from lightning_cam.report.record import FILE_TAG, SUMMARY_TAG, summary_text, table_of_text
-from lightning_cam.reports import Report, bias_report, trust_report
-from lightning_cam.targets import num_classes
-from lightning_cam.tasks import infer_task, task_view
+from lightning_cam.report.tables import Report, bias_report, trust_report
 from lightning_cam.writers import PNGWriter, Writer, writer_for
 from lightning_cam.writers.background import BackgroundWriter
 

@@ -1,10 +1,10 @@
 """One check: (network, fixed batch, config) -> maps, captions and scalars. No Lightning in it.
 
 For each target choice the methods run in one guarded pass (:func:`~lightning_cam.explain_batch`);
-a failing method is found, reported once and left out (see :class:`~lightning_cam.faults.Faults`).
+a failing method is found, reported once and left out (see :class:`~lightning_cam.monitor.faults.Faults`).
 Then the attention metrics of every method are computed on the device and moved to the host in
 **one** transfer. The history (previous maps, timeline, first / peak / last mask metrics) is
-updated here; drawing and writing are :mod:`lightning_cam.publish`'s.
+updated here; drawing and writing are :mod:`lightning_cam.monitor.publish`'s.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam import metrics
-from lightning_cam.batch import FixedBatch
-from lightning_cam.config import MonitorConfig, TargetChoice
+from lightning_cam.batches import FixedBatch
 from lightning_cam.engine import Explanation, explain_batch
-from lightning_cam.faults import Faults
-from lightning_cam.history import AttentionHistory, series_key
-from lightning_cam.render import display_images
-from lightning_cam.reports import TRUST_METRICS
-from lightning_cam.targets import Targets, num_classes, prediction
-from lightning_cam.tasks import infer_task, task_view
+from lightning_cam.engine.targets import Targets, num_classes, prediction
+from lightning_cam.monitor.config import MonitorConfig, TargetChoice
+from lightning_cam.monitor.faults import Faults
+from lightning_cam.monitor.history import AttentionHistory, series_key
+from lightning_cam.monitor.tasks import infer_task, task_view
+from lightning_cam.report.grids import display_images
+from lightning_cam.report.tables import TRUST_METRICS
 
 __all__ = ["CheckResult", "TargetResult", "explain_target", "run_check"]
 
@@ -322,7 +322,7 @@ def run_check(
 ) -> CheckResult:
     """Explain ``fixed`` for every target choice; compute and return the scalars; update ``history``.
 
-    The task (:mod:`lightning_cam.tasks`) decides the rows: multi-label images get a row per positive
+    The task (:mod:`lightning_cam.monitor.tasks`) decides the rows: multi-label images get a row per positive
     class, segmentation images their largest labelled class (its region is the mask ``label``).
     Scalars of the first target choice are tagged ``<name>/<method>/...``, those of a later choice
     ``<name>/<target>/<method>/...``; mask metrics also per group (``.../<mask>/<group>``). The trust

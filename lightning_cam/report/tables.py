@@ -88,7 +88,7 @@ def _reading(key: str, first: Record, peak: Record, last: Record) -> str:
 def bias_report(
     first: Mapping[str, Record], peak: Mapping[str, Record], last: Mapping[str, Record]
 ) -> Report:
-    """The report of the records kept by :class:`~lightning_cam.history.AttentionHistory`, keyed
+    """The report of the records kept by :class:`~lightning_cam.monitor.history.AttentionHistory`, keyed
     ``"<method>/<mask>/<slice>"``; each record holds ``mass``, ``enrichment``, ``area``, ``count``,
     ``accuracy`` and ``step``. Readings are given for every ``all`` row and every group row.
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_cam.auditing import AuditResult, audit
-from lightning_cam.config import MonitorConfig
+from lightning_cam.monitor.config import MonitorConfig
 
 __all__ = ["audit_in_fit", "validation_loader"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_cam.methods.registry import LayerInputs, register
-from lightning_cam.spatial import spatial_dims, weighted_sum
+from lightning_cam.engine.methods.registry import LayerInputs, register
+from lightning_cam.engine.spatial import spatial_dims, weighted_sum
 
 __all__ = ["gradcam", "gradcam_plus_plus", "hirescam", "layercam", "xgradcam"]
 
