@@ -70,7 +70,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         nargs="+",
         default=None,
         choices=METHODS,
-        help="default: gradcam gradcam++ (vit: layercam gradcam)",
+        help="default: gradcam gradcam++ (vit: grad_rollout gradcam)",
     )
     demo.add_argument(
         "--arch", choices=("cnn", "vit"), default="cnn", help="a small CNN, or a small ViT (needs timm)"

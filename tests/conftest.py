@@ -10,6 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+import lightning_cam as lc
+from lightning_cam.engine.methods import REGISTRY
+
+CNN_METHODS = tuple(name for name in lc.METHODS if REGISTRY[name].kind != "attention")
+"""Every method that explains a CNN (rollout and grad_rollout need self-attention blocks)."""
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 

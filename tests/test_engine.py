@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import SmallCNN, TwoByTwoNet
+from conftest import CNN_METHODS, SmallCNN, TwoByTwoNet
 from torch import nn
 
 import lightning_cam as lc
@@ -74,8 +74,8 @@ def test_gradcam_equals_cam_on_global_average_pool_linear_model() -> None:
 def test_maps_are_float32_in_unit_range_upsampled_to_input() -> None:
     torch.manual_seed(0)
     model = SmallCNN()
-    maps = lc.explain(model, torch.rand(2, 3, 20, 24), lc.METHODS)
-    assert set(maps) == set(lc.METHODS)
+    maps = lc.explain(model, torch.rand(2, 3, 20, 24), CNN_METHODS)
+    assert set(maps) == set(CNN_METHODS)
     for name, value in maps.items():
         assert value.shape == (2, 20, 24), name
         assert value.dtype == torch.float32
@@ -101,10 +101,10 @@ def test_batch_equals_each_image_alone() -> None:
     model = SmallCNN()
     model.train()
     images = torch.rand(5, 3, 16, 16)
-    batch = lc.explain(model, images, lc.METHODS)
+    batch = lc.explain(model, images, CNN_METHODS)
     for index in range(5):
-        alone = lc.explain(model, images[index : index + 1], lc.METHODS)
-        for name in lc.METHODS:
+        alone = lc.explain(model, images[index : index + 1], CNN_METHODS)
+        for name in CNN_METHODS:
             torch.testing.assert_close(batch[name][index], alone[name][0], atol=1e-5, rtol=0, msg=name)
 
 
@@ -221,7 +221,7 @@ def test_flat_and_non_finite_maps_are_zero_never_nan() -> None:
     images = torch.tensor([[A0, A1], [A0, A1]])
     images[1, 0, 0, 0] = float("nan")
     with pytest.warns(RuntimeWarning, match=r"non-finite .*image\(s\) \[1\]"):
-        maps = lc.explain(model, images, lc.METHODS, target_layer="features", targets=0)
+        maps = lc.explain(model, images, CNN_METHODS, target_layer="features", targets=0)
     for name, value in maps.items():
         assert torch.isfinite(value).all(), name
         assert torch.equal(value[1], torch.zeros(2, 2)), name
@@ -232,14 +232,14 @@ def test_channels_last_and_float64_models() -> None:
     torch.manual_seed(0)
     model = SmallCNN()
     images = torch.rand(2, 3, 16, 16)
-    reference = lc.explain(model, images, lc.METHODS)
+    reference = lc.explain(model, images, CNN_METHODS)
     last = lc.explain(
-        model.to(memory_format=torch.channels_last), images.to(memory_format=torch.channels_last), lc.METHODS
+        model.to(memory_format=torch.channels_last), images.to(memory_format=torch.channels_last), CNN_METHODS
     )
-    for name in lc.METHODS:
+    for name in CNN_METHODS:
         torch.testing.assert_close(last[name], reference[name], atol=1e-5, rtol=0)
-    double = lc.explain(model.double(), images, lc.METHODS)
-    for name in lc.METHODS:
+    double = lc.explain(model.double(), images, CNN_METHODS)
+    for name in CNN_METHODS:
         assert double[name].dtype == torch.float32
         torch.testing.assert_close(double[name], reference[name], atol=1e-4, rtol=0)
 

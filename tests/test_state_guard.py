@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import SmallCNN
+from conftest import CNN_METHODS, SmallCNN
 from torch import nn
 
 import lightning_cam as lc
@@ -81,11 +81,11 @@ def test_train_mode_model_with_dropout_batchnorm_and_grads_is_unchanged() -> Non
     model = model_mid_training()
     images = torch.rand(3, 3, 16, 16)
     before = snapshot(model)
-    maps = lc.explain(model, images, lc.METHODS)
+    maps = lc.explain(model, images, CNN_METHODS)
     assert_same(before, snapshot(model))
     # The pass ran in eval mode: dropout off, so two calls agree exactly.
-    again = lc.explain(model, images, lc.METHODS)
-    for name in lc.METHODS:
+    again = lc.explain(model, images, CNN_METHODS)
+    for name in CNN_METHODS:
         assert torch.equal(maps[name], again[name])
 
 
@@ -94,16 +94,16 @@ def test_inside_inference_mode_and_no_grad() -> None:
     with torch.inference_mode():
         images = torch.rand(2, 3, 16, 16)  # an inference tensor, as Lightning's validation batches are
         before = snapshot(model)
-        maps = lc.explain(model, images, lc.METHODS)
+        maps = lc.explain(model, images, CNN_METHODS)
         assert torch.is_inference_mode_enabled()
         after = snapshot(model)
     assert_same(before, after)
-    reference = lc.explain(model, images.clone(), lc.METHODS)
-    for name in lc.METHODS:
+    reference = lc.explain(model, images.clone(), CNN_METHODS)
+    for name in CNN_METHODS:
         torch.testing.assert_close(maps[name], reference[name])
     with torch.no_grad():
         before = snapshot(model)
-        lc.explain(model, images.clone(), lc.METHODS)
+        lc.explain(model, images.clone(), CNN_METHODS)
         after = snapshot(model)
     assert_same(before, after)
 
@@ -114,12 +114,12 @@ def test_frozen_backbone() -> None:
         parameter.requires_grad_(False)
     images = torch.rand(2, 3, 16, 16)
     before = snapshot(model)
-    maps = lc.explain(model, images, lc.METHODS)
+    maps = lc.explain(model, images, CNN_METHODS)
     assert_same(before, snapshot(model))
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-    unfrozen = lc.explain(model, images, lc.METHODS)
-    for name in lc.METHODS:
+    unfrozen = lc.explain(model, images, CNN_METHODS)
+    for name in CNN_METHODS:
         torch.testing.assert_close(maps[name], unfrozen[name])
 
 
@@ -141,7 +141,7 @@ def test_channels_last_model_state_is_unchanged() -> None:
     model = model_mid_training().to(memory_format=torch.channels_last)
     images = torch.rand(2, 3, 16, 16).to(memory_format=torch.channels_last)
     before = snapshot(model)
-    lc.explain(model, images, lc.METHODS)
+    lc.explain(model, images, CNN_METHODS)
     assert_same(before, snapshot(model))
     assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -166,7 +166,7 @@ def test_everything_is_released_when_the_pass_raises() -> None:
     images = torch.rand(2, 3, 16, 16)
     before = snapshot(model)
     with pytest.raises(ValueError, match="targets"):
-        lc.explain(model, images, lc.METHODS, targets=99)
+        lc.explain(model, images, CNN_METHODS, targets=99)
     assert_same(before, snapshot(model))
 
     class Failing(nn.Module):

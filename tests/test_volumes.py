@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+from conftest import CNN_METHODS
 from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, trainer
 from torch import nn
 from torch.utils.data import DataLoader
@@ -41,7 +42,7 @@ def side_by_side(volume: torch.Tensor) -> torch.Tensor:
     return torch.cat(volume.unbind(dim=2), dim=-1)
 
 
-@pytest.mark.parametrize("method", lc.METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_each_method_on_a_volume_equals_its_2d_definition_on_the_slices(method: str) -> None:
     torch.manual_seed(0)
     weight = torch.rand(3, 2) + 0.1  # positive: every method's map has spread

@@ -41,15 +41,17 @@ def make_logger(kind: str, out: Path) -> Logger:
 
 
 def _demo_monitor(methods: tuple[str, ...] | None, vit: bool, class_names: list[str]) -> CAMMonitor:
-    """The demo's monitor: 8 decorrelated validation samples every epoch, and the full audit at the end."""
+    """The demo's monitor: 8 decorrelated validation samples every epoch, and the full audit at the end;
+    the ViT's is explained by gradient-weighted attention rollout beside Grad-CAM, with their deletion AUC."""
     return CAMMonitor(
-        methods=list(methods or (("layercam", "gradcam") if vit else ("gradcam", "gradcam++"))),
+        methods=list(methods or (("grad_rollout", "gradcam") if vit else ("gradcam", "gradcam++"))),
         target_layer="net.blocks.2" if vit else "auto",
         num_samples=8,
         targets="predicted",
         class_names=class_names,
         dataloader_idx=1,
         colormap="jet",
+        faithfulness=("deletion",) if vit else (),
         audit=True,
     )
 
@@ -68,8 +70,8 @@ def run_demo(
 ) -> DemoResult:
     """Train on the shapes with the cue at ``cue_strength`` and CAMMonitor attached, explaining
     the decorrelated validation images (where the cue lies) every epoch. ``arch``: ``"cnn"`` (the small
-    CNN; gradcam and gradcam++ by default) or ``"vit"`` (a small timm ViT; layercam and gradcam by
-    default, at the residual stream entering its last block, ``net.blocks.2``: on this ViT trained
+    CNN; gradcam and gradcam++ by default) or ``"vit"`` (a small timm ViT; grad_rollout and gradcam by
+    default, gradcam at the residual stream entering its last block, ``net.blocks.2``: on this ViT trained
     from scratch the last block's first norm, ``"auto"``'s choice, gives all-zero gradient maps for
     most images, measured 81 % after 8 epochs, while ``net.blocks.2`` shows the cue: layercam cue
     enrichment 7.2). ``data="volumes"``: 24^3 volumes of a ball, plate or rod with a corner blob as the

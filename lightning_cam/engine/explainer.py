@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 from typing import Any
@@ -12,11 +13,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_cam.engine.attention import attention_inputs, capture_attention
 from lightning_cam.engine.capture import capture_activations, model_device_dtype, preserved_state
 from lightning_cam.engine.layers import TargetLayer, resolve_target_layers
 from lightning_cam.engine.layouts import Layout, ReshapeTransform, infer_layout
 from lightning_cam.engine.logits import OutputKey, select_output
-from lightning_cam.engine.methods import REGISTRY, InputInputs, LayerInputs, Method, guided_relus
+from lightning_cam.engine.methods import (
+    REGISTRY,
+    AttentionInputs,
+    InputInputs,
+    LayerInputs,
+    Method,
+    guided_relus,
+)
 from lightning_cam.engine.methods.registry import at_least_float32
 from lightning_cam.engine.spatial import per_item, resize
 from lightning_cam.engine.targets import Scorer, Targets, make_scorer
@@ -29,6 +38,7 @@ __all__ = [
     "explain",
     "explain_batch",
     "finite_rows",
+    "needs_target_layer",
     "normalize_maps",
     "resolve_options",
 ]
@@ -131,6 +141,12 @@ def with_requirements(requested: Sequence[Method]) -> list[Method]:
             if REGISTRY[name] not in needed:
                 needed.append(REGISTRY[name])
     return needed
+
+
+def needs_target_layer(methods: Sequence[Method]) -> bool:
+    """Whether any of ``methods`` (or a method they combine) reads a target layer; the attention
+    methods and the input-gradient ones do not."""
+    return any(method.kind == "layer" for method in with_requirements(methods))
 
 
 def resolve_options(
@@ -312,7 +328,8 @@ def explain_batch(
 @dataclass(frozen=True)
 class _SharedPass:
     """What the one forward pass and its gradient calls give every method: the output, the scores it
-    explains, and per target layer its layout, activations and gradients as ``[B, K, h, w]``."""
+    explains, per target layer its layout, activations and gradients as ``[B, K, h, w]``, and the
+    attention of every self-attention block when an attention method is asked for."""
 
     output: Any
     scorer: Scorer
@@ -322,6 +339,7 @@ class _SharedPass:
     layer_gradients: list[Tensor | None]
     input_gradient: Tensor | None
     guided_gradient: Tensor | None
+    attention: AttentionInputs | None
 
     @property
     def prediction(self) -> Tensor:
@@ -338,18 +356,22 @@ def _shared_pass(
     output_key: OutputKey,
     reshape_transform: ReshapeTransform,
 ) -> _SharedPass:
-    """One forward pass capturing the target layers, then at most one ``autograd.grad`` call for the
-    layer and input gradients (and one more with guided ReLUs when guided backprop is asked for)."""
+    """One forward pass capturing the target layers (and every block's attention), then at most one
+    ``autograd.grad`` call for the layer, input and attention gradients (and one more with guided ReLUs
+    when guided backprop is asked for)."""
     needs_layer_gradients = any(m.needs_gradients for m in needed if m.kind == "layer")
     needs_input_gradients = any(m.needs_input_gradients for m in needed)
     needs_guided = any(m.needs_guided_gradients for m in needed)
-    full_graph = needs_input_gradients or needs_guided
+    needs_attention = any(m.kind == "attention" for m in needed)
+    needs_relevance = any(m.needs_attention_gradients for m in needed)
+    full_graph = needs_input_gradients or needs_guided or needs_attention  # attention: no fused fast paths
     if full_graph:
         inputs.requires_grad_(True)
     modules = [module for _, module in layers]
     with (
         capture_activations(modules, differentiable=needs_layer_gradients, full_graph=full_graph) as capture,
         guided_relus(enabled=needs_guided) as switch,
+        capture_attention(model, needs_relevance) if needs_attention else nullcontext() as attention,
     ):
         output = select_output(model(inputs), output_key)
     scorer, scores = _scored(targets, output, inputs.shape[0])
@@ -358,14 +380,22 @@ def _shared_pass(
     layouts = [
         infer_layout(a, size, model, m, n, reshape_transform) for (n, m), a in zip(layers, raw, strict=True)
     ]
-    sources = (raw if needs_layer_gradients else []) + ([inputs] if needs_input_gradients else [])
-    gradients = _gradients_of(scores.sum(), sources, [name for name, _ in layers], retain_graph=needs_guided)
+    layer_sources = raw if needs_layer_gradients else []
+    input_sources = [inputs] if needs_input_gradients else []
+    attention_sources = [attention.first] if needs_relevance and attention.first is not None else []
+    gradients = _gradients_of(
+        scores.sum(),
+        [*layer_sources, *input_sources, *attention_sources],
+        [name for name, _ in layers],
+        retain_graph=needs_guided,
+    )
     guided_gradient = None
     if needs_guided:
         switch.guided = True
         (guided_gradient,) = _gradients_of(scores.sum(), [inputs], [], retain_graph=False)
         _warn_other_activations(switch.other_activations)
     layer_gradients = gradients[: len(raw)] if needs_layer_gradients else [None] * len(raw)
+    input_gradient = gradients[len(layer_sources)] if needs_input_gradients else None
     return _SharedPass(
         output=output,
         scorer=scorer,
@@ -376,8 +406,9 @@ def _shared_pass(
             None if g is None else layout.to_grid(g)
             for layout, g in zip(layouts, layer_gradients, strict=True)
         ],
-        input_gradient=gradients[-1] if needs_input_gradients else None,
+        input_gradient=input_gradient,
         guided_gradient=guided_gradient,
+        attention=attention_inputs(attention, model, size, inputs.shape[0]) if needs_attention else None,
     )
 
 
@@ -411,7 +442,8 @@ def _input_maps(
     size: tuple[int, ...],
     seconds: dict[str, float],
 ) -> dict[str, Tensor]:
-    """The maps of the input-level methods (saliency, guided backprop) and of the ones combining maps."""
+    """The maps of the input-level methods (saliency, guided backprop), the attention methods and the
+    ones combining maps."""
     gradients = InputInputs(
         gradients=None if shared.input_gradient is None else at_least_float32(shared.input_gradient),
         guided_gradients=None if shared.guided_gradient is None else at_least_float32(shared.guided_gradient),
@@ -422,7 +454,8 @@ def _input_maps(
         if method.kind == "layer":
             continue
         method_start = time.perf_counter()
-        raw = method.compute(gradients if method.kind == "input" else maps)
+        inputs_of_kind = {"input": gradients, "attention": shared.attention, "combined": maps}
+        raw = method.compute(inputs_of_kind[method.kind])
         maps[method.name] = _normalized(method, raw, size, bad_images)
         seconds[method.name] = time.perf_counter() - method_start
     return {name: value for name, value in maps.items() if name not in layer_maps}

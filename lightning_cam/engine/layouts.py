@@ -74,10 +74,25 @@ def _strides_agree(grid: tuple[int, ...], size: tuple[int, ...]) -> bool:
     return max(strides) / min(strides) < 1.25
 
 
+def _hugging_face_prefix_and_patch(module: nn.Module) -> tuple[int, tuple[int, ...]] | None:
+    """Hugging Face ViT-style embeddings: ``patch_embeddings.patch_size`` and the prefix-token
+    parameters (``cls_token``, DeiT's ``distillation_token``, ``register_tokens``)."""
+    patch = getattr(getattr(module, "patch_embeddings", None), "patch_size", None)
+    if patch is None or not isinstance(getattr(module, "cls_token", None), nn.Parameter):
+        return None
+    tokens = [getattr(module, name, None) for name in ("cls_token", "distillation_token", "register_tokens")]
+    prefix = sum(token.shape[1] for token in tokens if isinstance(token, nn.Parameter))
+    return prefix, tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+
+
 def _model_prefix_and_patch(model: nn.Module) -> tuple[int | None, tuple[int, ...] | None]:
-    """Prefix-token count and patch size from timm (``num_prefix_tokens``, ``patch_embed.patch_size``)
-    or torchvision (``VisionTransformer.patch_size``, one class token) metadata, where present."""
+    """Prefix-token count and patch size from timm (``num_prefix_tokens``, ``patch_embed.patch_size``),
+    torchvision (``VisionTransformer.patch_size``, one class token) or Hugging Face (ViT-style
+    embeddings) metadata, where present."""
     for module in model.modules():
+        hugging_face = _hugging_face_prefix_and_patch(module)
+        if hugging_face is not None:
+            return hugging_face
         prefix = getattr(module, "num_prefix_tokens", None)
         if isinstance(prefix, int):
             patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
@@ -89,7 +104,7 @@ def _model_prefix_and_patch(model: nn.Module) -> tuple[int | None, tuple[int, ..
     return None, None
 
 
-def _token_layout(shape: tuple[int, ...], size: tuple[int, ...], model: nn.Module, name: str) -> Layout:
+def token_layout(shape: tuple[int, ...], size: tuple[int, ...], model: nn.Module, name: str) -> Layout:
     tokens = shape[1]
     prefix, patch = _model_prefix_and_patch(model)
     if prefix is not None and patch is not None and len(patch) == len(size):
@@ -183,7 +198,7 @@ def infer_layout(
         )
     shape, spatial = tuple(output.shape), len(size)
     if len(shape) == 3 and spatial == 2:
-        return _token_layout(shape, size, model, name)
+        return token_layout(shape, size, model, name)
     if len(shape) == spatial + 2:
         return _grid_layout(shape, size, model, layer, name)
     if spatial == 3:

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from lightning_cam.batches import FixedBatch
+from lightning_cam.engine import needs_target_layer, resolve_methods
 from lightning_cam.engine.capture import preserved_state
 from lightning_cam.engine.layers import resolve_target_layers
 from lightning_cam.monitor.alerts import crossed_alerts
@@ -90,13 +91,16 @@ def run_summary(
     model = type(pl_module).__name__
     if network is not pl_module:
         model += f" ({config.model_attr}: {type(network).__name__})"
-    with preserved_state(network, fixed.images.device.type):
-        layers = resolve_target_layers(
-            network, config.target_layer, fixed.images[:1], config.reshape_transform, config.output_key
-        )
+    layer = "none (attention methods)"
+    if needs_target_layer(resolve_methods(config.methods)):
+        with preserved_state(network, fixed.images.device.type):
+            layers = resolve_target_layers(
+                network, config.target_layer, fixed.images[:1], config.reshape_transform, config.output_key
+            )
+        layer = ", ".join(name for name, _ in layers)
     return {
         "model": model,
-        "target_layer": ", ".join(name for name, _ in layers),
+        "target_layer": layer,
         "methods": list(config.methods),
         "targets": [config.target_name(choice) for choice in config.targets],
         "num_samples": len(fixed.images),

@@ -1,6 +1,6 @@
 """The method registry: every CAM method is a small pure function registered by name.
 
-There are three kinds of method, by what they are a function of:
+There are four kinds of method, by what they are a function of:
 
 - ``layer`` methods receive a :class:`LayerInputs` (what the engine's single guarded pass
   captured at one target layer) and return a map ``[B, h, w]`` before ReLU; with several target
@@ -8,6 +8,9 @@ There are three kinds of method, by what they are a function of:
 - ``input`` methods receive an :class:`InputInputs` (gradients with respect to the input pixels)
   and return a map ``[B, H, W]`` at input resolution.
 - ``combined`` methods are a function of other methods' normalised maps (``requires``).
+- ``attention`` methods receive an :class:`AttentionInputs` (the head-mean attention of every
+  self-attention block, and with ``needs_attention_gradients`` each block's gradient-weighted
+  attention) and return a map ``[B, h, w]`` over the patch grid; they need no target layer.
 
 The engine asks for gradients, the classifier or guided ReLUs only when a requested method
 needs them, and does the rest (ReLU, upsampling, normalisation) once for all methods.
@@ -22,7 +25,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["REGISTRY", "InputInputs", "LayerInputs", "Method", "at_least_float32", "register"]
+__all__ = [
+    "REGISTRY",
+    "AttentionInputs",
+    "InputInputs",
+    "LayerInputs",
+    "Method",
+    "at_least_float32",
+    "register",
+]
 
 
 def at_least_float32(tensor: Tensor) -> Tensor:
@@ -83,28 +94,51 @@ class InputInputs:
 
 
 @dataclass(frozen=True)
+class AttentionInputs:
+    """What the shared pass captured at every self-attention block, in the order the blocks ran.
+
+    Attributes:
+        attentions: per block, the attention probabilities averaged over heads ``[B, N, N]`` (float32).
+        relevances: per block, ``mean over heads of (dS/dA * A) clamped at 0`` ``[B, N, N]`` (Chefer et
+            al. 2021, ``S`` the explained scores), or ``None`` when no requested method needs gradients.
+        prefix: how many tokens precede the patch tokens (class, distillation, register tokens).
+        grid: the patch grid ``(h, w)``; the patch tokens follow the prefix in row-major order.
+        class_token: whether the model predicts from token 0 (its class token); if not (average-pooled
+            transformers), a map reads the mean of every token's row instead of the class token's row.
+    """
+
+    attentions: list[Tensor]
+    relevances: list[Tensor] | None
+    prefix: int
+    grid: tuple[int, ...]
+    class_token: bool
+
+
+@dataclass(frozen=True)
 class Method:
     """A registered CAM method.
 
     Attributes:
         name: the name users pass to ``explain(methods=...)``.
         compute: the method's function (see the module docstring for each ``kind``).
-        kind: ``"layer"``, ``"input"`` or ``"combined"``.
+        kind: ``"layer"``, ``"input"``, ``"combined"`` or ``"attention"``.
         needs_gradients: whether the pass must compute ``G`` at the target layer.
         needs_classifier: whether the pass must find the classifier's weights.
         needs_input_gradients: whether the pass must compute plain input gradients.
         needs_guided_gradients: whether the pass must compute guided input gradients.
+        needs_attention_gradients: whether the pass must compute each attention block's gradient.
         requires: for ``combined`` methods, the methods whose maps it combines.
         options: the keyword options ``compute`` accepts, with their defaults.
     """
 
     name: str
     compute: Callable[..., Tensor]
-    kind: Literal["layer", "input", "combined"] = "layer"
+    kind: Literal["layer", "input", "combined", "attention"] = "layer"
     needs_gradients: bool = False
     needs_classifier: bool = False
     needs_input_gradients: bool = False
     needs_guided_gradients: bool = False
+    needs_attention_gradients: bool = False
     requires: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
 
