@@ -26,8 +26,6 @@ import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.engine.attention import capture_attention
 
-transformers = pytest.importorskip("transformers")
-
 SIZE = 32
 
 
@@ -104,6 +102,7 @@ def hugging_face_probabilities(model: nn.Module, images: Tensor) -> tuple[Tensor
 
 
 def hf_vit() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
     config = transformers.ViTConfig(
         image_size=SIZE,
         patch_size=8,
@@ -117,6 +116,7 @@ def hf_vit() -> nn.Module:
 
 
 def hf_deit() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
     config = transformers.DeiTConfig(
         image_size=SIZE,
         patch_size=8,
