@@ -18,7 +18,14 @@ import torch.nn.functional as F  # noqa: N812
 import torchvision
 from conftest import SmallCNN
 from lightning.pytorch.loggers import TensorBoardLogger
-from lit_helpers import loaders, read_tensorboard_images, read_tensorboard_scalars, tiny_vit, trainer
+from lit_helpers import (
+    TinyClassifier,
+    loaders,
+    read_tensorboard_images,
+    read_tensorboard_scalars,
+    tiny_vit,
+    trainer,
+)
 from test_models import pearson
 from torch import Tensor, nn
 
@@ -101,32 +108,23 @@ def hugging_face_probabilities(model: nn.Module, images: Tensor) -> tuple[Tensor
     return output.logits, list(output.attentions)
 
 
+def hugging_face(config_name: str, model_name: str) -> nn.Module:
+    """A Hugging Face model with random weights, built from a small config (no download)."""
+    transformers = pytest.importorskip("transformers")
+    config = getattr(transformers, config_name)(
+        image_size=SIZE,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=4,
+    )
+    return getattr(transformers, model_name)(config)
+
+
 def hf_vit() -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.ViTConfig(
-        image_size=SIZE,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=4,
-    )
-    return transformers.ViTForImageClassification(config)
-
-
-def hf_deit() -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.DeiTConfig(
-        image_size=SIZE,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=4,
-    )
-    return transformers.DeiTForImageClassificationWithTeacher(config)
+    return hugging_face("ViTConfig", "ViTForImageClassification")
 
 
 def torchvision_vit() -> nn.Module:
@@ -150,7 +148,13 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable, int, bool, object]] =
     ),
     "torchvision_vit": (torchvision_vit, torchvision_probabilities, 1, True, None),
     "hugging_face_vit": (hf_vit, hugging_face_probabilities, 1, True, "logits"),
-    "hugging_face_deit": (hf_deit, hugging_face_probabilities, 2, True, "logits"),
+    "hugging_face_deit": (
+        lambda: hugging_face("DeiTConfig", "DeiTForImageClassificationWithTeacher"),
+        hugging_face_probabilities,
+        2,
+        True,
+        "logits",
+    ),
 }
 
 
@@ -284,24 +288,12 @@ def test_where_rollout_does_not_apply_it_says_what_would() -> None:
     ).all()
 
 
-class ViTClassifier(pl.LightningModule):
-    """A 2-block timm ViT on the 32 px shapes, AdamW."""
+class ViTClassifier(TinyClassifier):
+    """:class:`TinyClassifier`'s steps on a 2-block timm ViT."""
 
     def __init__(self) -> None:
         super().__init__()
         self.net = tiny_vit()
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
-
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        return F.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
 
 def vit_fit(tmp_path: Path, callbacks: list, **kwargs: object) -> dict[str, Tensor]:
