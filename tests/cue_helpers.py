@@ -3,11 +3,13 @@ tests that act on attention scalars (EarlyStopping, ModelCheckpoint, alerts, gro
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
+from lit_helpers import trainer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -79,8 +81,30 @@ class CueClassifier(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=3e-3)
 
 
-def cue_loaders(cue: bool | None, num_train: int = 256, num_val: int = 32) -> tuple[DataLoader, DataLoader]:
+def cue_loaders(
+    cue: bool | None, num_train: int = 256, num_val: int = 32, seed: int = 0
+) -> tuple[DataLoader, DataLoader]:
+    """The training loader (shuffled by ``seed``) and the validation loader; the images are the same
+    for every seed."""
     train = DataLoader(
-        CueData(num_train, 0, cue), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+        CueData(num_train, 0, cue), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
     return train, DataLoader(CueData(num_val, 1, cue), batch_size=32)
+
+
+def cue_fit(
+    tmp_path: Path,
+    cue: bool | None,
+    callbacks: list,
+    epochs: int = 10,
+    seed: int = 0,
+    val: DataLoader | None = None,
+    **kwargs: object,
+) -> pl.Trainer:
+    """Fit :class:`CueClassifier` on the cue data (``seed``: the initial weights and the shuffling),
+    validating on ``val`` (default: 32 images drawn like the training set)."""
+    pl.seed_everything(seed, verbose=False)
+    train, default_val = cue_loaders(cue, seed=seed)
+    fit = trainer(tmp_path, callbacks, max_epochs=epochs, **kwargs)
+    fit.fit(CueClassifier(), train, default_val if val is None else val)
+    return fit
