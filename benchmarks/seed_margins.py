@@ -101,7 +101,7 @@ def trust_fit(seed: int, root: Path) -> dict:
         "deletion_gap": (deletion["off_cue"] - deletion["on_cue"]).mean().item(),
         "road_gap_min": (roads["on_cue"] - roads["off_cue"]).min().item(),
         "road_gap": (roads["on_cue"] - roads["off_cue"]).mean().item(),
-        "randomization": {name: value.mean().item() for name, value in final.items()},
+        "randomization": {name: value.nanmean().item() for name, value in final.items()},
     }
 
 
@@ -296,7 +296,7 @@ def main() -> int:
     for threshold in THRESHOLDS + (DEMO_THRESHOLDS if args.demos else []):
         values = [threshold.statistic(fits[seed]) for seed in args.seeds]
         worst = min(threshold.margin(value) for value in values)
-        fragile |= worst < MARGIN
+        fragile |= not worst >= MARGIN  # NaN (a statistic undefined under a seed) is fragile too
         cells = " | ".join(f"{value:.3g}" for value in values)
         side = ">" if threshold.above else "<"
         print(f"| {threshold.test} | {threshold.what} | {side} {threshold.bound} | {cells} | {worst:+.0%} |")

@@ -56,19 +56,25 @@ def test_padded_copies_of_a_distributed_sampler_are_kept_once() -> None:
 
 
 def test_figures_and_intervals_by_hand() -> None:
-    columns = {
-        "correct": torch.tensor([1.0, 0.0, 1.0, 1.0]),
-        "confidence": torch.tensor([0.9, 0.5, 0.8, 0.6]),
-        "m/mass/cue": torch.tensor([0.2, 0.1, float("nan"), 0.3]),
-        "area/cue": torch.tensor([0.1, 0.1, float("nan"), 0.2]),
-        "m/hit/cue": torch.tensor([1.0, 0.0, float("nan"), 1.0]),
+    nan = float("nan")
+    columns = {  # image 3 has no cue; image 5's map is flat: both left out of mass, area and enrichment
+        "correct": torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0]),
+        "confidence": torch.tensor([0.9, 0.5, 0.8, 0.6, 0.7]),
+        "m/mass/cue": torch.tensor([0.2, 0.1, nan, 0.3, nan]),
+        "area/cue": torch.tensor([0.1, 0.1, nan, 0.2, 0.6]),
+        "m/hit/cue": torch.tensor([1.0, 0.0, nan, 1.0, nan]),
+        "m/flat": torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0]),
     }
-    slices = {"all": torch.ones(4, dtype=torch.bool), "group=b": torch.tensor([False, True, True, False])}
+    slices = {
+        "all": torch.ones(5, dtype=torch.bool),
+        "group=b": torch.tensor([False, True, True, False, False]),
+    }
     rng_before = torch.random.get_rng_state()
     figures = aggregate(columns, [("m", "cue")], slices, resamples=200, seed=3)
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # training's generator untouched
     everything = figures["all"]
-    assert everything["count"].value == 4 and everything["accuracy"].value == pytest.approx(0.75)
+    assert everything["count"].value == 5 and everything["accuracy"].value == pytest.approx(0.6)
+    assert everything["m/flat_fraction"].value == pytest.approx(0.2)
     assert everything["m/mass/cue"].value == pytest.approx(0.2)  # the image with no cue is left out
     assert everything["m/enrichment/cue"].value == pytest.approx(0.2 / (0.4 / 3))  # mean mass / mean area
     assert everything["m/pointing_game/cue"].value == pytest.approx(2 / 3)
@@ -76,7 +82,7 @@ def test_figures_and_intervals_by_hand() -> None:
     # the interval by hand: the same draws, each resample's mean mass over mean area, percentiles
     generator = torch.Generator().manual_seed(3)
     values = torch.stack([columns[k].double() for k in columns], dim=1)
-    draws = torch.randint(4, (200, 4), generator=generator)
+    draws = torch.randint(5, (200, 5), generator=generator)
     ratios = []
     for row in draws.tolist():
         kept = [i for i in row if not math.isnan(columns["m/mass/cue"][i])]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,21 @@ def _tensors(value: object) -> list[torch.Tensor]:
     if isinstance(value, (list, tuple)):
         return [t for item in value for t in _tensors(item)]
     return []
+
+
+def test_a_check_whose_maps_are_all_flat_reads_nan_never_a_uniform_map(tmp_path: Path) -> None:
+    """A classifier frozen at zero gives every Grad-CAM map flat: mass and enrichment are NaN at every
+    check (no evidence), where a flat map used to count as uniform and read 1.0x (issue "Nothing silent")."""
+    train, val = loaders(with_masks=True)
+    model = TinyClassifier()
+    torch.nn.init.zeros_(model.net.classifier.weight)
+    model.net.classifier.requires_grad_(False)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=4, strict=True)
+    trainer(tmp_path, [monitor], max_epochs=2, logger=logger).fit(model, train, val)
+    flat = read_tensorboard_scalars(logger.log_dir, "cam/gradcam/flat_fraction")
+    enrichment = read_tensorboard_scalars(logger.log_dir, "cam/gradcam/enrichment/mask")
+    mass = read_tensorboard_scalars(logger.log_dir, "cam/gradcam/mass/mask")
+    assert [value for _, value in flat] == [1.0, 1.0]
+    assert len(enrichment) == len(mass) == 2
+    assert all(math.isnan(value) for _, value in enrichment + mass)

@@ -51,7 +51,15 @@ def test_empty_mask_and_zero_map() -> None:
     assert math.isnan(metrics.mass_in_mask(torch.ones(1, 2, 2), empty).item())
     assert math.isnan(metrics.pointing_game(maps, torch.ones(1, 2, 2)).item())  # a zero map points nowhere
     half = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
-    assert metrics.mass_in_mask(maps, half).item() == 0.5  # a zero map counts as uniform
+    # A zero map is no evidence (issue "Nothing silent"): NaN, never the uniform map's 0.5 mass / 1.0x.
+    assert math.isnan(metrics.mass_in_mask(maps, half).item()) and math.isnan(
+        metrics.enrichment(maps, half).item()
+    )
+    assert math.isnan(metrics.drift(maps, half).item()) and metrics.flat_maps(
+        torch.stack([maps[0], half[0]])
+    ).tolist() == [True, False]
+    mixed = torch.stack([maps[0], half[0]])  # one flat map, one on the mask: the flat one is left out
+    assert metrics.nanmean(metrics.enrichment(mixed, torch.stack([half[0], half[0]]))).item() == 2.0
     assert math.isnan(metrics.nanmean(torch.tensor([float("nan")])).item())
     assert metrics.nanmean(torch.tensor([1.0, float("nan"), 3.0])).item() == 2.0
 
@@ -64,8 +72,9 @@ def test_drift() -> None:
     expected = 1 - torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
     assert metrics.drift(a, b).item() == pytest.approx(expected.item())
     flat = torch.zeros(1, 2, 2)
-    assert metrics.drift(flat, flat).item() == 0.0
-    assert metrics.drift(flat, a).item() == 1.0
+    assert math.isnan(metrics.drift(flat, flat).item()) and math.isnan(metrics.drift(a, flat).item())
+    assert math.isnan(metrics.drift(flat, a).item())  # a flat map is no attention to compare
+    assert metrics.drift(a.clamp(max=0.5) * 0 + 0.5, a).item() == 1.0  # a constant map: no correlation
 
 
 def test_average_drop_and_increase_in_confidence_by_hand() -> None:

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from conftest import SmallCNN
+from conftest import CNN_METHODS, SmallCNN
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lit_helpers import TinyClassifier, loaders, run_ddp_script, trainer
 from torch import nn
@@ -79,7 +79,7 @@ def test_fit_is_bit_identical_with_and_without_the_monitor(tmp_path: Path) -> No
     options = {"accumulate_grad_batches": 3, "val_check_interval": 2}  # validation inside a window
     without = fit_state(tmp_path / "without", [], **options)
     every_epoch = CAMMonitor(
-        methods=list(lc.METHODS),
+        methods=list(CNN_METHODS),
         num_samples=4,
         faithfulness=("deletion", "insertion", "road"),
         sanity_every_n_checks=1,

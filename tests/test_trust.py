@@ -64,8 +64,13 @@ def test_deletion_insertion_equal_torchcam_per_image(small_model: tuple[nn.Modul
     model, images = small_model
     maps = lc.explain(model, images, ("gradcam", "layercam"), "features.4")
     ours = deletion_insertion(model, images, maps)
+    compared = 0
     for method, value in maps.items():
         for image in range(len(images)):
+            if not value[image].any():  # a flat map ranks nothing: NaN here, a positional order in torchcam
+                assert ours[method][0][image].isnan() and ours[method][1][image].isnan()
+                continue
+            compared += 1
             metric = DeletionInsertionMetric(
                 GivenMaps(model, value[image : image + 1]), partial(torch.softmax, dim=-1)
             )
@@ -73,6 +78,7 @@ def test_deletion_insertion_equal_torchcam_per_image(small_model: tuple[nn.Modul
             theirs = metric.summary()
             assert ours[method][0][image].item() == pytest.approx(theirs["deletion_auc"], abs=1e-4)
             assert ours[method][1][image].item() == pytest.approx(theirs["insertion_auc"], abs=1e-4)
+    assert compared >= len(images)
 
 
 def test_deletion_insertion_by_hand_on_a_linear_model() -> None:
@@ -186,12 +192,13 @@ def test_road_equals_pytorch_grad_cam_with_zero_noise(small_model: tuple[nn.Modu
 
 @pytest.fixture(scope="module")
 def cue_model() -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """A CNN trained until it reads the corner cue (the only way to the label), and 8 of its images."""
+    """A CNN trained until it reads the corner cue (the only way to the label), and 8 of its images
+    (12 epochs: all 8 right under seeds 0-4; after 8 epochs seed 4 got half of them wrong)."""
     pl.seed_everything(0, verbose=False)
     train, _ = cue_loaders(True)
     model = CueClassifier()
     pl.Trainer(
-        max_epochs=8,
+        max_epochs=12,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -211,9 +218,11 @@ def test_the_map_on_the_cue_is_the_faithful_one(cue_model: tuple[nn.Module, dict
     maps = {"on_cue": data["cue"] + jitter, "off_cue": 1 - data["cue"] + jitter}
     deletion = {name: value[0] for name, value in deletion_insertion(model, images, maps, labels).items()}
     roads = {name: value["combined"] for name, value in road(model, images, maps, labels).items()}
-    assert bool((deletion["on_cue"] < deletion["off_cue"]).all()), (
+    # Seeds 0-4 (benchmarks/seed_margins.py): mean deletion gap 0.169, 0.038, 0.115, 0.045, 0.157; the
+    # smallest per-image ROAD gap 0.41, 0.31, 0.41, 0.39, 0.31 and the mean one 0.48-0.52.
+    assert deletion["on_cue"].mean() < deletion["off_cue"].mean() - 0.02, (
         deletion
-    )  # deleting the cue first hurts more
+    )  # deleting the cue hurts more
     assert bool((roads["on_cue"] > roads["off_cue"]).all()), roads
     assert roads["on_cue"].mean() > roads["off_cue"].mean() + 0.1, roads
 
@@ -231,10 +240,14 @@ def test_randomization_is_low_for_gradcam_and_leaves_everything_as_it_was(
     rngs = (torch.random.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
     final = model_randomization(model, images, ("gradcam", "layercam"), "features.9")
     curve = model_randomization(model, images, "gradcam", "features.9", curve=True)["gradcam"]
-    assert final["gradcam"].mean() < 0.5 and final["layercam"].mean() < 0.5
+    # Seeds 0-4: gradcam -0.13 to 0.03, layercam 0.24 to 0.28. (Whether the classifier alone changes the maps
+    # less than the whole cascade depends on the seed, 2 of 5 not: it is not asserted.)
+    assert final["gradcam"].nanmean() < 0.5 and final["layercam"].nanmean() < 0.5  # flat maps: NaN, left out
+    assert all(int(value.isfinite().sum()) >= len(images) // 2 for value in final.values())
     assert curve.shape == (len(learnable_layers(model)), len(images))
-    assert torch.equal(curve[-1], final["gradcam"])  # the last stage is the whole cascade
-    assert curve[0].mean() > curve[-1].mean()  # the classifier alone changes less than all layers
+    torch.testing.assert_close(
+        curve[-1], final["gradcam"], rtol=0, atol=0, equal_nan=True
+    )  # the whole cascade
     assert all(torch.equal(state[name], value) for name, value in model.state_dict().items())
     assert all(p.grad is grads[name] and bool((p.grad == 0.5).all()) for name, p in model.named_parameters())
     assert torch.equal(torch.random.get_rng_state(), rngs[0]) and np.array_equal(
@@ -254,7 +267,8 @@ def test_spearman_by_hand() -> None:
     # second pair: ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3), centred (-1, -1, 0.5, 1.5) and
     # (-1.5, -0.5, 0.5, 1.5): 4.5 / sqrt(4.5 * 5)
     assert rho[0].item() == pytest.approx(-1.0) and rho[1].item() == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
-    assert rho[2].item() == 0.0 and spearman(a[2:], a[2:]).item() == 1.0  # a flat map: 1 with itself, else 0
+    assert rho[2].isnan() and spearman(a[2:], a[2:]).isnan()  # a flat map is no evidence, even with itself
+    assert spearman(a[2:] + 1, a[2:] + 1).item() == 1.0 and spearman(a[2:] + 1, b[2:] + 1).item() == 0.0
 
 
 def test_cam_monitor_logs_trust_metrics_and_a_trust_table(

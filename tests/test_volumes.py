@@ -271,14 +271,17 @@ def test_the_peak_slice_tile_is_the_volume_at_the_maps_peak() -> None:
 
 
 @pytest.mark.slow
-def test_the_volumes_demo_learns_the_corner_blob_and_its_control_does_not(tmp_path: Path) -> None:
+def test_the_volumes_demo_learns_the_corner_blob(tmp_path: Path) -> None:
+    """The biased volumes demo leans on the blob: far better where it agrees with the label than where it is
+    random. Seeds 0-4 (benchmarks/seed_margins.py --demos): gap 0.38, 0.49, 0.64, 0.49, 0.59. The audit's cue
+    enrichment is not asserted: its control run does not learn the shapes in 10 epochs under some seeds
+    (accuracy 0.36), and an unlearned model's Grad-CAM sits on the bright blob too (up to 10x)."""
     from lightning_cam.demo.run import run_demo
 
-    enrichment = {}
-    for name, cue in (("biased", 0.95), ("control", None)):
-        result = run_demo(epochs=10, out=tmp_path / name, data="volumes", cue_strength=cue, progress=False)
-        enrichment[name] = read_tensorboard_scalars(result.log_dir, "audit/gradcam/enrichment/cue/all")[-1][1]
-        assert (result.log_dir / "cam_report.html").exists()
-        ((_, grid),) = read_tensorboard_images(result.log_dir, "cam/predicted/grid")[-1:]
-        assert grid.size[1] > grid.size[0]  # 8 samples x 2 methods rows of 6 slice tiles
-    assert enrichment["biased"] > 3 and enrichment["control"] < 1.5, enrichment
+    result = run_demo(epochs=10, out=tmp_path, data="volumes", cue_strength=0.95, progress=False)
+    assert result.accuracy["cued"] - result.accuracy["decorrelated"] > 0.25, result.accuracy
+    enrichment = read_tensorboard_scalars(result.log_dir, "audit/gradcam/enrichment/cue/all")
+    assert len(enrichment) == 1 and np.isfinite(enrichment[0][1])
+    assert (result.log_dir / "cam_report.html").exists()
+    ((_, grid),) = read_tensorboard_images(result.log_dir, "cam/predicted/grid")[-1:]
+    assert grid.size[1] > grid.size[0]  # 8 samples x 2 methods rows of 6 slice tiles

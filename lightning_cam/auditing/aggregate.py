@@ -44,21 +44,41 @@ def slices_of(
     return slices
 
 
+def _methods(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    return list(dict.fromkeys(method for method, _ in pairs))
+
+
 def _value_columns(pairs: Sequence[tuple[str, str]]) -> list[str]:
-    return ["correct", "confidence"] + [
-        name
-        for method, mask in pairs
-        for name in (f"{method}/mass/{mask}", f"area/{mask}", f"{method}/hit/{mask}")
-    ]
+    return (
+        ["correct", "confidence"]
+        + [
+            name
+            for method, mask in pairs
+            for name in (f"{method}/mass/{mask}", f"area/{mask}", f"{method}/hit/{mask}")
+        ]
+        + [f"{method}/flat" for method in _methods(pairs)]
+    )
+
+
+def _values(columns: dict[str, Tensor], pairs: Sequence[tuple[str, str]]) -> Tensor:
+    """The value columns ``[N, V]``; each pair's area column is NaN where its method's map is flat (its
+    mass is NaN), so that mass and area are averaged over the same images."""
+    values = torch.stack([columns[name].double() for name in _value_columns(pairs)], dim=1)
+    for i in range(len(pairs)):
+        mass, area = values[:, 2 + 3 * i], values[:, 3 + 3 * i]
+        values[:, 3 + 3 * i] = torch.where(mass.isnan(), torch.full_like(area, float("nan")), area)
+    return values
 
 
 def statistics(means: Tensor, pairs: Sequence[tuple[str, str]]) -> dict[str, Tensor]:
     """The figures from the column means ``[..., V]`` (columns in :func:`_value_columns` order):
-    enrichment is mean mass over mean area, both over the images whose mask is not empty.
+    enrichment is mean mass over mean area, both over the images whose mask is not empty and whose
+    map is not flat; ``<method>/flat_fraction`` is the share of flat maps (left out of mass and
+    enrichment).
 
     Example::
 
-        >>> statistics(torch.tensor([0.5, 0.9, 0.1, 0.02, 1.0]), [("gradcam", "cue")])["gradcam/enrichment/cue"]
+        >>> statistics(torch.tensor([0.5, 0.9, 0.1, 0.02, 1.0, 0.0]), [("gradcam", "cue")])["gradcam/enrichment/cue"]
         tensor(5.)
     """
     figures = {"accuracy": means[..., 0], "confidence": means[..., 1]}
@@ -68,8 +88,11 @@ def statistics(means: Tensor, pairs: Sequence[tuple[str, str]]) -> dict[str, Ten
             f"{method}/mass/{mask}": mass,
             f"{method}/enrichment/{mask}": mass / area,
             f"{method}/pointing_game/{mask}": hit,
+            f"{method}/area/{mask}": area,
             f"area/{mask}": area,
         }
+    for j, method in enumerate(_methods(pairs)):
+        figures[f"{method}/flat_fraction"] = means[..., 2 + 3 * len(pairs) + j]
     return figures
 
 
@@ -97,8 +120,7 @@ def aggregate(
     """Per slice, every figure of :func:`statistics` and ``count``; accuracy, mass and enrichment with
     their 95 % bootstrap interval (``resamples`` draws; ``0``: no intervals). Rows must come in a
     fixed order (the audit sorts them by dataset index) for the intervals to repeat exactly."""
-    names = _value_columns(pairs)
-    values = torch.stack([columns[name].double() for name in names], dim=1)
+    values = _values(columns, pairs)
     generator = torch.Generator(device=values.device).manual_seed(seed)
     result = {}
     for name, members in slices.items():

@@ -69,8 +69,8 @@ def batch_columns(
 ) -> dict[str, Tensor]:
     """Per image: ``index``, ``label`` (``-1`` without labels), ``target``, ``predicted``,
     ``confidence``, ``correct`` (NaN without labels), ``group`` (``-1`` without), and per mask
-    ``area/<mask>`` and per method ``<method>/mass/<mask>``, ``<method>/hit/<mask>`` (NaN where the
-    mask is empty)."""
+    ``area/<mask>``, per method ``<method>/flat`` (1 for a flat map) and ``<method>/mass/<mask>``,
+    ``<method>/hit/<mask>`` (NaN where the mask is empty or the map flat)."""
     device = explanation.logits.device
     confidence, predicted = prediction(explanation.scorer, explanation.logits)
     labels = batch.labels.to(device) if batch.labels is not None else torch.full_like(predicted, -1)
@@ -85,6 +85,8 @@ def batch_columns(
         else torch.full_like(confidence, float("nan")),
         "group": group_codes.to(device),
     }
+    for method, maps in explanation.maps.items():
+        columns[f"{method}/flat"] = metrics.flat_maps(maps).float()
     for mask_name, mask in (batch.masks or {}).items():
         mask = mask.to(device)
         area = (mask > 0.5).flatten(1).float().mean(dim=1)

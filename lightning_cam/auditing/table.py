@@ -24,6 +24,7 @@ AUDIT_COLUMNS = [
     "mass [95% CI]",
     "enrichment [95% CI]",
     "pointing game",
+    "flat maps",
 ]
 
 
@@ -52,10 +53,15 @@ def _reading(part: str, figures: dict[str, Figure], method: str, mask: str) -> s
     who = "all images" if part == "all" else part
     accuracy = figures["accuracy"]
     accurate = "" if math.isnan(accuracy.value) else f", {_percent(accuracy)} accurate"
-    mass, area = figures[f"{method}/mass/{mask}"], figures[f"area/{mask}"]
+    mass, area = figures[f"{method}/mass/{mask}"], figures[f"{method}/area/{mask}"]
+    flat = figures[f"{method}/flat_fraction"].value
+    if math.isnan(mass.value):
+        return f"{who} ({int(figures['count'].value)} images{accurate}): no {method} map with `{mask}` was non-flat"
+    left_out = f" ({flat:.0%} of the maps flat, left out)" if flat > 0 else ""
     return (
         f"{who} ({int(figures['count'].value)} images{accurate}): {method} puts {mass.value:.0%} of its mass on "
         f"`{mask}` ({area.value:.1%} of the image): {_times(figures[f'{method}/enrichment/{mask}'])} enrichment"
+        f"{left_out}"
     )
 
 
@@ -71,17 +77,18 @@ def audit_report(result: AuditResult) -> Report:
             _percent(figures["confidence"]),
         ]
         if not result.pairs:
-            rows.append([*head, "", "", "", "", "", ""])
+            rows.append([*head, "", "", "", "", "", "", ""])
         for method, mask in result.pairs:
             rows.append(
                 [
                     *head,
                     method,
                     mask,
-                    f"{figures[f'area/{mask}'].value:.4f}",
+                    f"{figures[f'{method}/area/{mask}'].value:.4f}",
                     _mass(figures[f"{method}/mass/{mask}"]),
                     _times(figures[f"{method}/enrichment/{mask}"]),
                     _percent(figures[f"{method}/pointing_game/{mask}"]),
+                    _percent(figures[f"{method}/flat_fraction"]),
                 ]
             )
             if not part.startswith("class="):

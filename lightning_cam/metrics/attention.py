@@ -4,7 +4,9 @@ Each metric is a small batched torch function of maps ``[B, H, W]`` (in ``[0, 1]
 ``explain`` returns them) and, where needed, binary region masks ``[B, H, W]`` (the object, or a
 known cue). The maps are first normalised to sum 1 per image (:func:`as_distribution`), so a map
 is read as where its attention *mass* goes. Per-image values are returned; average them with
-:func:`nanmean` (images whose mask is empty give NaN and are left out).
+:func:`nanmean` (images whose mask is empty give NaN and are left out). A flat map (no value above
+zero, :func:`flat_maps`) is no evidence: every per-image metric of it is NaN, so it is left out of
+every mean instead of reading as a uniform map.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "class_mean_maps",
     "drift",
     "enrichment",
+    "flat_maps",
     "increase_in_confidence",
     "masked_confidence",
     "mass_in_mask",
@@ -37,12 +40,17 @@ def _flat(maps: Tensor) -> Tensor:
     return maps.reshape(maps.shape[0], -1).to(torch.promote_types(maps.dtype, torch.float32))
 
 
+def flat_maps(maps: Tensor) -> Tensor:
+    """Which maps ``[B, ...]`` are flat ``[B]``: no value above zero, so no evidence anywhere."""
+    return _flat(maps).amax(dim=1) <= 0
+
+
 def as_distribution(maps: Tensor) -> Tensor:
-    """``M / sum(M)`` per image, flattened to ``[B, H*W]``; an all-zero map becomes uniform."""
+    """``M / sum(M)`` per image, flattened to ``[B, H*W]``; a flat map has no mass anywhere: its row is
+    NaN (never a uniform map, which would read as "no bias")."""
     flat = _flat(maps).clamp(min=0)
     total = flat.sum(dim=1, keepdim=True)
-    uniform = torch.full_like(flat, 1.0 / flat.shape[1])
-    return torch.where(total > 0, flat / torch.where(total > 0, total, 1.0), uniform)
+    return flat / torch.where(total > 0, total, float("nan"))
 
 
 def nanmean(values: Tensor) -> Tensor:
@@ -53,7 +61,8 @@ def nanmean(values: Tensor) -> Tensor:
 def drift(current: Tensor, previous: Tensor) -> Tensor:
     """``1 - pearson(M_t, M_{t-1})`` per image: 0 for the same attention, up to 2 for its opposite.
 
-    A map without spread (all equal values) correlates 1 with an equal map and 0 with any other.
+    A map without spread (all equal values) correlates 1 with an equal map and 0 with any other; NaN
+    where either map is flat (all zero: no attention to compare).
     """
     a, b = _flat(current), _flat(previous)
     a = a - a.mean(dim=1, keepdim=True)
@@ -62,12 +71,13 @@ def drift(current: Tensor, previous: Tensor) -> Tensor:
     correlation = (a * b).sum(dim=1) / torch.where(norms > 0, norms, 1.0)
     same = (_flat(current) == _flat(previous)).all(dim=1)
     correlation = torch.where(norms > 0, correlation, same.to(correlation.dtype))
-    return 1 - correlation
+    undefined = flat_maps(current) | flat_maps(previous)
+    return torch.where(undefined, torch.full_like(correlation, float("nan")), 1 - correlation)
 
 
 def mass_in_mask(maps: Tensor, masks: Tensor) -> Tensor:
     """``sum(M * R)`` per image: the share of the map's mass inside the region ``R`` (Wang et al.,
-    2020, "energy-based pointing game"). NaN where ``R`` is empty."""
+    2020, "energy-based pointing game"). NaN where ``R`` is empty or the map is flat."""
     region = _flat(masks) > 0.5
     mass = (as_distribution(maps) * region).sum(dim=1)
     return torch.where(region.any(dim=1), mass, torch.full_like(mass, float("nan")))
@@ -75,7 +85,7 @@ def mass_in_mask(maps: Tensor, masks: Tensor) -> Tensor:
 
 def enrichment(maps: Tensor, masks: Tensor) -> Tensor:
     """Mass in mask divided by the mask's share of the image area: 1 for a uniform map, above 1 where
-    the map concentrates on ``R``. NaN where ``R`` is empty."""
+    the map concentrates on ``R``. NaN where ``R`` is empty or the map is flat."""
     area = (_flat(masks) > 0.5).float().mean(dim=1)
     return mass_in_mask(maps, masks) / area
 
@@ -91,7 +101,8 @@ def pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
 
 def average_drop(confidence: Tensor, masked_confidence: Tensor) -> Tensor:
     """Per image ``max(0, Y - O) / Y`` (Chattopadhyay et al., 2018, Grad-CAM++): ``Y`` the class
-    probability on the image, ``O`` on the image multiplied by its map. Lower is better."""
+    probability on the image, ``O`` on the image multiplied by its map. Lower is better. (The image
+    times a flat map is black: see :func:`masked_confidence`, which gives NaN for it.)"""
     return (confidence - masked_confidence).clamp(min=0) / confidence
 
 
@@ -108,8 +119,9 @@ def masked_confidence(
     output_key: OutputKey = None,
 ) -> dict[str, Tensor]:
     """The target's probability on ``images * map`` for every method's maps, in **one** batched
-    forward (under the state guard, in inference mode). ``targets``: class indices ``[B]`` (softmax
-    probabilities) or the :class:`~lightning_cam.engine.targets.Scorer` of an explanation."""
+    forward (under the state guard, in inference mode); NaN for a flat map (it masks everything).
+    ``targets``: class indices ``[B]`` (softmax probabilities) or the
+    :class:`~lightning_cam.engine.targets.Scorer` of an explanation."""
     names = list(maps)
     if not names:
         return {}
@@ -121,8 +133,10 @@ def masked_confidence(
             targets if isinstance(targets, Scorer) else make_scorer(targets.to(device), output[: len(images)])
         )
         rows = torch.arange(len(images), device=device).repeat(len(names))
-        chosen = scorer.probability(output, rows)
-    return dict(zip(names, chosen.to(images.device).chunk(len(names)), strict=True))
+        chosen = scorer.probability(output, rows).to(images.device)
+    flat = torch.cat([flat_maps(maps[name]).to(images.device) for name in names])
+    chosen = torch.where(flat, torch.full_like(chosen, float("nan")), chosen)
+    return dict(zip(names, chosen.chunk(len(names)), strict=True))
 
 
 def class_mean_maps(maps: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:

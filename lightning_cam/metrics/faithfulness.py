@@ -33,6 +33,7 @@ from lightning_cam.engine.capture import model_device_dtype, preserved_state
 from lightning_cam.engine.logits import OutputKey, select_output
 from lightning_cam.engine.methods.perturbation import default_chunk_size, run_in_chunks
 from lightning_cam.engine.targets import Targets, make_scorer
+from lightning_cam.metrics.attention import flat_maps
 
 __all__ = ["deletion_insertion", "noisy_linear_imputation", "pixel_ranks", "road"]
 
@@ -44,6 +45,13 @@ def pixel_ranks(maps: Tensor) -> Tensor:
     """``[..., N]``: each pixel's place when the map's pixels are sorted highest first (ties by position)."""
     order = torch.argsort(maps.flatten(-2), dim=-1, descending=True, stable=True)
     return torch.argsort(order, dim=-1)
+
+
+def _flat_as_nan(stacked: Tensor, scores: Tensor) -> Tensor:
+    """``scores`` ``[M, B]`` with NaN where the map is flat: it ranks no pixel above another (the order
+    would be the pixels' positions), so its curve is no evidence."""
+    flat = flat_maps(stacked.flatten(0, 1)).view(scores.shape).to(scores.device)
+    return torch.where(flat, torch.full_like(scores, float("nan")), scores)
 
 
 def _stacked(maps: Maps) -> tuple[list[str] | None, Tensor]:
@@ -130,6 +138,7 @@ def deletion_insertion(
     fractions = count_of.to(curves.dtype) / pixels
     deletion = torch.trapezoid(curves[..., 0], fractions, dim=-1).to(images.device)
     insertion = torch.trapezoid(curves[..., 1], fractions, dim=-1).to(images.device)
+    deletion, insertion = _flat_as_nan(stacked, deletion), _flat_as_nan(stacked, insertion)
     if names is None:
         return deletion[0], insertion[0]
     return {name: (deletion[i], insertion[i]) for i, name in enumerate(names)}
@@ -178,7 +187,7 @@ def road(
 
     original, scores = _scores(model, images, targets, methods * per_method, build, output_key, chunk_size)
     change = (scores.view(methods, batch, len(fractions), 2) - original.view(1, batch, 1, 1)).mean(dim=2)
-    morf, lerf = change[..., 0].to(images.device), change[..., 1].to(images.device)
+    morf, lerf = (_flat_as_nan(stacked, change[..., i].to(images.device)) for i in (0, 1))
     results = [
         {"morf": morf[i], "lerf": lerf[i], "combined": (lerf[i] - morf[i]) / 2} for i in range(methods)
     ]

@@ -22,6 +22,7 @@ from lightning_cam.engine.layers import TargetLayer
 from lightning_cam.engine.layouts import ReshapeTransform
 from lightning_cam.engine.logits import OutputKey
 from lightning_cam.engine.targets import Targets
+from lightning_cam.metrics.attention import flat_maps
 
 __all__ = ["learnable_layers", "model_randomization", "spearman"]
 
@@ -57,13 +58,16 @@ def average_ranks(values: Tensor) -> Tensor:
 
 def spearman(first: Tensor, second: Tensor) -> Tensor:
     """Spearman's rank correlation per image of maps ``[B, H, W]`` (ties get their mean rank). A
-    flat map has no ranking: it correlates 1 with an equal map and 0 with any other."""
+    flat (all-zero) map has no ranking and is no evidence: NaN where either map is flat; a constant
+    map above zero correlates 1 with an equal map and 0 with any other."""
     a, b = average_ranks(first), average_ranks(second)
     a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
     norms = a.norm(dim=1) * b.norm(dim=1)
     correlation = (a * b).sum(dim=1) / torch.where(norms > 0, norms, 1.0)
     same = (first.flatten(1) == second.flatten(1)).all(dim=1)
-    return torch.where(norms > 0, correlation, same.double()).float()
+    correlation = torch.where(norms > 0, correlation, same.double()).float()
+    undefined = flat_maps(first) | flat_maps(second)
+    return torch.where(undefined, torch.full_like(correlation, float("nan")), correlation)
 
 
 def _seed(seed: int, device: torch.device) -> None:

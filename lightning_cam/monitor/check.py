@@ -198,7 +198,7 @@ def _map_values(
     per mask, mass and enrichment per slice (``[S]``) and the pointing game, on the device."""
     values: dict[str, Tensor] = {}
     for method, maps in explanation.maps.items():
-        values[f"{prefix}/{method}/flat_fraction"] = (maps.flatten(1).amax(dim=1) <= 0).float().mean()
+        values[f"{prefix}/{method}/flat_fraction"] = metrics.flat_maps(maps).float().mean()
         previous = history.swap_previous(series_key(target, method), maps)
         if previous is not None and previous.shape == maps.shape:
             values[f"{prefix}/{method}/drift"] = metrics.nanmean(metrics.drift(maps, previous))
@@ -253,8 +253,8 @@ def _trust_values(
         )
         for method, (deletion, insertion) in scores.items():
             values |= {
-                f"{prefix}/{method}/deletion_auc": deletion.mean(),
-                f"{prefix}/{method}/insertion_auc": insertion.mean(),
+                f"{prefix}/{method}/deletion_auc": metrics.nanmean(deletion),  # flat maps: NaN, left out
+                f"{prefix}/{method}/insertion_auc": metrics.nanmean(insertion),
             }
         wanted = {f"{name}_auc" for name in config.faithfulness}
         values = {key: value for key, value in values.items() if key.rsplit("/", 1)[1] in wanted}
@@ -262,7 +262,7 @@ def _trust_values(
         for method, result in metrics.road(
             network, fixed.images, maps, targets, output_key=config.output_key
         ).items():
-            values[f"{prefix}/{method}/road"] = result["combined"].mean()
+            values[f"{prefix}/{method}/road"] = metrics.nanmean(result["combined"])
     if sane:
         correlations = metrics.model_randomization(
             network,
@@ -274,7 +274,7 @@ def _trust_values(
             method_options={m: o for m, o in config.method_options.items() if m in maps},
         )
         values |= {
-            f"{prefix}/{method}/randomization_spearman": value.mean()
+            f"{prefix}/{method}/randomization_spearman": metrics.nanmean(value)
             for method, value in correlations.items()
         }
     return values
