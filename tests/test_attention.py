@@ -210,6 +210,7 @@ def test_the_model_and_torch_are_left_as_they_were_also_when_the_forward_raises(
         F.scaled_dot_product_attention is original
         and torch.nn.functional.scaled_dot_product_attention is original
     )
+    assert torch.backends.mha.get_fastpath_enabled()
     assert all(module.training for module in model.modules())
     for name, p in model.named_parameters():
         assert torch.equal(p, params[name]) and torch.equal(p.grad, torch.ones_like(p)), name
@@ -231,6 +232,17 @@ def test_the_model_and_torch_are_left_as_they_were_also_when_the_forward_raises(
         lc.explain(failing, torch.rand(2, 3, SIZE, SIZE), "rollout")
     assert F.scaled_dot_product_attention is original
     assert [block.attn.fused_attn for block in failing.vit.blocks] == [True, False]
+
+
+def test_rollout_alone_runs_without_a_graph_even_through_multihead_attentions_fast_path() -> None:
+    """Without grad_rollout no backward is needed: the forward runs under no_grad (inference memory), and
+    nn.MultiheadAttention's native eval-mode kernel, which would skip the recorded attention, is off."""
+    torch.manual_seed(0)
+    model, images = torchvision_vit().eval(), torch.rand(2, 3, SIZE, SIZE)
+    alone = lc.explain(model, images, "rollout")["rollout"]
+    together = lc.explain(model, images, ["rollout", "grad_rollout"])["rollout"]
+    torch.testing.assert_close(alone, together, atol=1e-6, rtol=0)
+    assert torch.backends.mha.get_fastpath_enabled()
 
 
 def test_only_head_means_are_kept_per_block() -> None:

@@ -3,10 +3,11 @@ engine's one pass, whatever kernel the model runs, and the model unchanged after
 
 Inside :func:`capture_attention`, ``torch.nn.functional.scaled_dot_product_attention`` is replaced by
 its textbook form (``softmax(Q K^T * scale + mask) V``), whose probabilities are recorded; timm
-attention modules are switched to their fused path (``fused_attn``), which calls it. That reaches timm
-ViTs, torchvision's ``nn.MultiheadAttention`` (its ``need_weights=False`` path calls the same function)
-and Hugging Face models with their default ``"sdpa"`` attention. The function and every flag are put
-back in a ``finally`` block. Per block only ``[B, N, N]`` head means are kept: the attention at
+attention modules are switched to their fused path (``fused_attn``), which calls it, and
+``nn.MultiheadAttention``'s native fast path is switched off. That reaches timm ViTs, torchvision's
+``nn.MultiheadAttention`` (its ``need_weights=False`` path calls the same function) and Hugging Face
+models with their default ``"sdpa"`` attention. The function and every flag are put back in a
+``finally`` block. Per block only ``[B, N, N]`` head means are kept: the attention at
 forward time and, through a tensor hook during the backward, the gradient-weighted attention.
 """
 
@@ -96,14 +97,16 @@ def capture_attention(model: nn.Module, record_relevance: bool) -> Iterator[Atte
     with ``record_relevance`` their gradient-weighted head means during a later backward)."""
     capture = AttentionCapture(record_relevance)
     fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
-    original = F.scaled_dot_product_attention
+    original, fast_path = F.scaled_dot_product_attention, torch.backends.mha.get_fastpath_enabled()
     try:
         for module, _ in fused:
             module.fused_attn = True
+        torch.backends.mha.set_fastpath_enabled(False)  # nn.MultiheadAttention's native kernel skips it
         F.scaled_dot_product_attention = partial(_recording_attention, capture)
         yield capture
     finally:
         F.scaled_dot_product_attention = original
+        torch.backends.mha.set_fastpath_enabled(fast_path)
         for module, flag in fused:
             module.fused_attn = flag
 

@@ -364,7 +364,7 @@ def _shared_pass(
     needs_guided = any(m.needs_guided_gradients for m in needed)
     needs_attention = any(m.kind == "attention" for m in needed)
     needs_relevance = any(m.needs_attention_gradients for m in needed)
-    full_graph = needs_input_gradients or needs_guided or needs_attention  # attention: no fused fast paths
+    full_graph = needs_input_gradients or needs_guided or needs_relevance
     if full_graph:
         inputs.requires_grad_(True)
     modules = [module for _, module in layers]
