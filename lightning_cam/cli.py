@@ -111,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         from lightning_cam.report import rebuild_report
 
-        print(f"Wrote {rebuild_report(args.run_dir, args.out, args.name)}")
+        try:
+            print(f"Wrote {rebuild_report(args.run_dir, args.out, args.name)}")
+        except FileNotFoundError as error:  # a wrong folder: say so, no traceback
+            parser.error(str(error))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from lit_helpers import (
 )
 
 from lightning_cam import CAMMonitor, metrics
-from lightning_cam.monitor.alerts import Alert, crossed_alerts, parse_alerts
+from lightning_cam.monitor.alerts import Alert, crossed_alerts, dead_alerts_message, parse_alerts
 from lightning_cam.report.tables import bias_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,3 +264,19 @@ def test_two_monitors_need_names_and_then_log_apart(tmp_path: Path) -> None:
     assert len(read_tensorboard_images(logger.log_dir, "cam/predicted/grid")) == 1
     assert len(read_tensorboard_images(logger.log_dir, "cam_fast/predicted/grid")) == 1
     assert read_tensorboard_scalars(logger.log_dir, "cam_fast/layercam/seconds")
+
+
+def test_an_alert_on_a_tag_no_check_logs_is_named_with_the_tags_that_exist(tmp_path: Path) -> None:
+    train, val = loaders(with_masks=True)  # the mask is named "mask": there is no "cue"
+    monitor = CAMMonitor(
+        methods=["gradcam"], num_samples=4, alerts={CUE: 3.0, "cam/gradcam/flat_fraction": 0.9}, strict=True
+    )
+    with pytest.warns(UserWarning, match="can never fire") as record:
+        trainer(tmp_path, [monitor], max_epochs=2).fit(TinyClassifier(), train, val)
+    (message,) = [str(w.message) for w in record if "can never fire" in str(w.message)]  # once, not per check
+    assert f"{CUE!r} (closest logged: cam/gradcam/enrichment/mask" in message
+    assert "flat_fraction" not in message  # a tag the check logs can fire: not named
+    assert (
+        dead_alerts_message(parse_alerts({"cam/gradcam/drift": 0.5, "audit/count/all": 5}), {"a": 1.0})
+        is None
+    )

@@ -106,3 +106,14 @@ def test_demo_trains_a_vision_transformer(tmp_path: Path, capsys: pytest.Capture
     assert "validation accuracy" in capsys.readouterr().out
     grids = read_tensorboard_images(tmp_path / "demo" / "version_0", "cam/predicted/grid")
     assert [step for step, _ in grids] == [2]
+
+
+def test_report_on_a_missing_or_empty_folder_says_what_to_pass_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for folder in (tmp_path / "missing", tmp_path):
+        with pytest.raises(SystemExit) as stop:
+            lightning_cam_main(["report", str(folder)])
+        assert stop.value.code == 2
+        error = capsys.readouterr().err
+        assert "lightning_logs/version_0" in error and "Traceback" not in error

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from difflib import get_close_matches
 
 __all__ = ["Alert", "AlertEvent", "crossed_alerts", "parse_alerts"]
 
@@ -81,3 +82,28 @@ def crossed_alerts(
         fired.add(rule.tag)
         events.append(AlertEvent(rule, float(scalars[rule.tag]), step))
     return events
+
+
+LATER_TAGS = ("/drift", "/deletion_auc", "/insertion_auc", "/road", "/randomization_spearman")
+"""Tag endings a first check may not log yet (drift needs a previous check; the trust metrics run
+every n-th check); an ``audit/`` tag comes with the audit."""
+
+
+def dead_alerts_message(rules: Iterable[Alert], scalars: Mapping[str, float]) -> str | None:
+    """A warning naming the alert tags that the first check's ``scalars`` lack (each with the closest tags
+    that exist), or ``None`` when every rule can fire."""
+    missing = [
+        rule.tag
+        for rule in rules
+        if rule.tag not in scalars and not rule.tag.startswith("audit/") and not rule.tag.endswith(LATER_TAGS)
+    ]
+    if not missing:
+        return None
+    named = "; ".join(
+        f"{tag!r} (closest logged: {', '.join(get_close_matches(tag, list(scalars), n=3, cutoff=0.5)) or 'none'})"
+        for tag in missing
+    )
+    return (
+        f"CAMMonitor: alerts on {named} can never fire: the first check logged no such scalar (a mask name "
+        f"the batches do not carry, or a method that is not run?). Alerts are checked on every check's scalars."
+    )

@@ -13,6 +13,7 @@ from typing_extensions import override
 from lightning_cam.auditing import AuditResult
 from lightning_cam.batches import FixedBatch, Unpacked, unpack_batch
 from lightning_cam.engine.layers import TargetLayer
+from lightning_cam.monitor.alerts import dead_alerts_message
 from lightning_cam.monitor.check import run_check
 from lightning_cam.monitor.config import MonitorConfig, TargetChoice
 from lightning_cam.monitor.faults import Faults
@@ -272,6 +273,9 @@ class CAMMonitor(Callback):
         self.last_check_step = trainer.global_step
         scalars = self._check_and_publish(trainer, pl_module) if trainer.is_global_zero else {}
         scalars = share_scalars(trainer, scalars)
+        dead = dead_alerts_message(self.config.alert_rules, scalars) if scalars else None
+        if dead is not None and trainer.is_global_zero:
+            self.faults.warn_once("dead alerts", dead)
         raise_alerts(trainer, self.config, scalars, self.fired_alerts, self.publisher)
         return scalars
 

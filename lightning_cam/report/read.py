@@ -25,6 +25,10 @@ def read_run(run_dir: str | Path, name: str = "cam") -> RunRecord:
     """The record of the run under ``run_dir`` (TensorBoard event files when there are any, else the
     PNG writer's files); ``name`` is the monitor's tag root. ``FileNotFoundError`` says what was looked for."""
     root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root} is not a folder; pass the run's log directory (e.g. lightning_logs/version_0)."
+        )
     events = sorted(root.rglob("events.out.tfevents*"))
     if events:
         return _from_tensorboard(sorted({path.parent for path in events}), name)
