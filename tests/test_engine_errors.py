@@ -131,3 +131,29 @@ def test_auto_layer_without_spatial_output_says_to_name_the_layer() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
     with pytest.raises(ValueError, match=re.escape("target_layer='auto' found no layer")):
         lc.explain(model, torch.rand(1, 3, 4, 4))
+
+
+def test_a_dict_output_without_output_key_names_its_keys_and_the_key_to_pass() -> None:
+    class DictSegmenter(nn.Module):  # torchvision's segmentation models return {"out": ..., "aux": ...}
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = self.conv(x)
+            return {"out": logits, "aux": logits.detach()}
+
+    model, images = DictSegmenter().eval(), torch.rand(2, 3, 8, 8)
+    for targets in (lc.targets.segmentation(1), None):
+        with pytest.raises(ValueError, match=r"keys \['out', 'aux'\]; pass output_key='out'"):
+            lc.explain(model, images, "gradcam", "conv", targets=targets)
+    region = lc.targets.segmentation(1, mask=torch.ones(8, 8))
+    maps = lc.explain(model, images, "gradcam", "conv", targets=region, output_key="out")
+    assert maps["gradcam"].shape == (2, 8, 8)
+
+
+def test_cam_monitor_targets_are_plain_choices_and_say_where_a_function_goes() -> None:
+    from lightning_cam import CAMMonitor
+
+    with pytest.raises(ValueError, match="output_key=a function output -> logits"):
+        CAMMonitor(targets=lambda output: output[:, 0])

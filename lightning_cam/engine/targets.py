@@ -175,8 +175,27 @@ def _for_rows(function: Callable[[Tensor], Tensor], rows: Tensor | None) -> Call
     return function if rows is None or for_rows is None else for_rows(rows)
 
 
+def _output_hint(output: Any) -> str:
+    """What the model returned and the ``output_key`` that would pick a tensor out of it."""
+    if isinstance(output, dict):
+        keys = [key for key, value in output.items() if isinstance(value, Tensor)]
+        return (
+            f"a {type(output).__name__} with keys {list(output)}; pass output_key={keys[0]!r}"
+            if keys
+            else (
+                f"a {type(output).__name__} with keys {list(output)}; pass output_key=a function output -> tensor"
+            )
+        )
+    return f"{type(output).__name__}; pass output_key (an index, a key, or a function output -> tensor)"
+
+
 def make_scorer(targets: Targets, output: Any) -> Scorer:
     """Resolve ``targets`` against the model's output (after ``output_key``); see the module's docstring."""
+    if isinstance(targets, Segmentation) and not isinstance(output, Tensor):
+        raise ValueError(
+            f"segmentation targets read logits [B, C, H, W]; the model returned {_output_hint(output)} "
+            f"(torchvision's segmentation models: output_key='out')."
+        )
     if isinstance(targets, MultiLabel):
         if not isinstance(output, Tensor) or output.dim() != 2:
             raise ValueError(
@@ -197,8 +216,8 @@ def make_scorer(targets: Targets, output: Any) -> Scorer:
         )
     if not isinstance(output, Tensor):
         raise ValueError(
-            f"the model returned {type(output).__name__}; pass output_key to pick its logits, or targets=a callable "
-            f"output -> [B] scores (e.g. for a detection model's list of dicts)."
+            f"the model returned {_output_hint(output)} to pick its logits; or, with explain(), targets=a "
+            f"callable output -> [B] scores (e.g. for a detection model's list of dicts)."
         )
     if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
         return Scorer("binary", _classes(targets, (output.detach().reshape(-1) > 0).long(), 2, binary=True))

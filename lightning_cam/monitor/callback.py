@@ -74,7 +74,9 @@ class CAMMonitor(Callback):
         group_names: names of integer group ids, in order.
         dataloader_idx: the validation dataloader to take the images from.
         model_attr: the LightningModule's attribute holding the network to explain (e.g. a compiled ``"net"``).
-        output_key: where the logits are in a tuple or dict output.
+        output_key: where the logits are in the model's output: an index (tuple), a key (dict, e.g.
+            ``"out"`` for torchvision's segmentation models), or a function ``output -> logits`` for any
+            other head (Python only; YAML takes the index or key).
         reshape_transform: ``"auto"`` (convolutional, channels-last and token layers), or a function (or
             its import path) tensor -> ``[B, K, h, w]`` for any other layer output.
         task: ``"multiclass"``, ``"binary"``, ``"multilabel"`` (a row per image and positive class) or
@@ -140,7 +142,7 @@ class CAMMonitor(Callback):
         group_names: Sequence[str] | None = None,
         dataloader_idx: int = 0,
         model_attr: str | None = None,
-        output_key: int | str | None = None,
+        output_key: int | str | Callable[[Any], Any] | None = None,
         reshape_transform: str | Callable[[Any], Any] = "auto",
         task: str | None = None,
         method_options: dict[str, dict[str, Any]] | None = None,

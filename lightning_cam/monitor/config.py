@@ -37,6 +37,12 @@ def _positive_int(name: str, value: object) -> None:
 
 
 def _target_choices(targets: TargetChoice | Sequence[TargetChoice]) -> tuple[TargetChoice, ...]:
+    if callable(targets) or not isinstance(targets, (str, int, Sequence)):
+        raise ValueError(
+            f"CAMMonitor(targets={targets!r}): the monitor takes plain choices ('predicted', 'label', a class "
+            f"index, or a list of these) so that YAML can set them. For a head whose output is not logits "
+            f"[B, C], pass output_key=a function output -> logits; a callable target is lc.explain()'s."
+        )
     choices = (targets,) if isinstance(targets, (str, int)) else tuple(targets)
     if not choices:
         raise ValueError("targets is empty; use 'predicted', 'label', a class index, or a list of these.")
