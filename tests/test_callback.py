@@ -440,3 +440,11 @@ def test_a_custom_writer_failing_in_the_background_is_reported_once(tmp_path: Pa
     assert fit.current_epoch == 3
     assert written == [("cam/predicted/grid", 4), ("cam/predicted/grid", 8), ("cam/predicted/grid", 12)]
     assert sum("server down" in str(w.message) for w in caught) == 1
+
+
+def test_a_normalisation_for_other_channels_is_refused_not_tinting_the_display() -> None:
+    grey = torch.full((2, 1, 4, 4), 0.5)
+    with pytest.raises(ValueError, match=r"image_mean has 3 values for images with 1 channel\(s\)"):
+        display_images(grey, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    shown = display_images(grey, mean=[0.1], std=[0.5])  # one value per channel: the grey stays grey
+    assert torch.allclose(shown, torch.full((2, 3, 4, 4), 0.35))

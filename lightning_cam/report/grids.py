@@ -131,6 +131,12 @@ def display_images(
     ``(x - mean) / std`` normalisation, show ``channel`` in grey when given (one of several MRI
     sequences, say), repeat a single channel to three, keep the first three of more channels."""
     images = images.detach().float()
+    for name, values in (("image_mean", mean), ("image_std", std)):
+        if values is not None and len(values) not in (1, images.shape[1]):
+            raise ValueError(
+                f"{name} has {len(values)} values for images with {images.shape[1]} channel(s); give one value "
+                f"per channel (or one for all), e.g. {name}=[{', '.join(['0.5'] * images.shape[1])}]."
+            )
     per_channel = (1, -1, *([1] * (images.dim() - 2)))
     if std is not None:
         images = images * torch.tensor(std, device=images.device, dtype=images.dtype).view(per_channel)
