@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from cue_helpers import CueData, cue_fit
+from cue_helpers import CueData, cue_fit, cue_vit
 
 from lightning_cam import CAMMonitor
 from lightning_cam.metrics import deletion_insertion, model_randomization, road
@@ -103,6 +103,16 @@ def trust_fit(seed: int, root: Path) -> dict:
         "road_gap": (roads["on_cue"] - roads["off_cue"]).mean().item(),
         "randomization": {name: value.nanmean().item() for name, value in final.items()},
     }
+
+
+def vit_fit(seed: int, root: Path) -> dict:
+    """tests/test_attention.py: a ViT that reads the corner tag; grad_rollout's cue enrichment and flat share."""
+    import lightning_cam as lc
+
+    model, data = cue_vit(seed), CueData(32, 1, True).data
+    maps = lc.explain(model, data["image"], "grad_rollout", targets=data["label"])["grad_rollout"]
+    enrichment = lc.metrics.nanmean(lc.metrics.enrichment(maps, data["cue"])).item()
+    return {"enrichment": enrichment, "flat": lc.metrics.flat_maps(maps).float().mean().item()}
 
 
 def demo_runs(seed: int, root: Path) -> dict:
@@ -255,6 +265,10 @@ THRESHOLDS = [
         0.5,
         False,
     ),
+    Threshold("attention::grad_rollout", "cue enrichment", lambda f: f["vit"]["enrichment"], 8, True),
+    Threshold(
+        "attention::grad_rollout", "flat maps (none allowed)", lambda f: 32 * f["vit"]["flat"], 1, False
+    ),
 ]
 DEMO_THRESHOLDS = [
     Threshold(
@@ -283,7 +297,7 @@ def main() -> int:
     parser.add_argument("--demos", action="store_true", help="also the shapes and volumes demos (slow)")
     parser.add_argument("--out", type=Path, default=None, help="write every measured value as JSON")
     args = parser.parse_args()
-    stages = {"alarms": alarm_fits, "audit": audit_fits, "trust": trust_fit} | (
+    stages = {"alarms": alarm_fits, "audit": audit_fits, "trust": trust_fit, "vit": vit_fit} | (
         {"demos": demo_runs} if args.demos else {}
     )
     with tempfile.TemporaryDirectory() as root:
