@@ -134,12 +134,17 @@ def cue_vit(seed: int = 0) -> torch.nn.Module:
     pl.seed_everything(seed, verbose=False)
     train, _ = cue_loaders(True, num_train=1024, seed=seed)
     model = CueViT()
+    fit_without_validation(model, train, epochs=12)
+    return model.net.eval()
+
+
+def fit_without_validation(model: pl.LightningModule, train: DataLoader, epochs: int) -> None:
+    """Train ``model`` for ``epochs`` with no validation, logger, checkpoint or progress bar."""
     pl.Trainer(
-        max_epochs=12,
+        max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
     ).fit(model, train)
-    return model.net.eval()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SmallCNN
-from cue_helpers import CueClassifier, CueData, cue_loaders
+from cue_helpers import CueClassifier, CueData, cue_loaders, fit_without_validation
 from lightning.pytorch.loggers import TensorBoardLogger
 from lit_helpers import TinyClassifier, loaders, read_tensorboard_scalars, trainer
 from torch import nn
@@ -197,14 +197,7 @@ def cue_model() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     pl.seed_everything(0, verbose=False)
     train, _ = cue_loaders(True)
     model = CueClassifier()
-    pl.Trainer(
-        max_epochs=12,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    ).fit(model, train)
+    fit_without_validation(model, train, epochs=12)
     data = CueData(8, 1, True)
     return model.net.eval(), {key: data.data[key] for key in ("image", "label", "cue", "object")}
 

@@ -21,6 +21,7 @@ from lightning_cam.engine.logits import OutputKey, select_output
 from lightning_cam.engine.methods import (
     REGISTRY,
     AttentionInputs,
+    GuidedSwitch,
     InputInputs,
     LayerInputs,
     Method,
@@ -389,13 +390,7 @@ def _shared_pass(
         [name for name, _ in layers],
         retain_graph=needs_guided,
     )
-    guided_gradient = None
-    if needs_guided:
-        switch.guided = True
-        (guided_gradient,) = _gradients_of(scores.sum(), [inputs], [], retain_graph=False)
-        _warn_other_activations(switch.other_activations)
     layer_gradients = gradients[: len(raw)] if needs_layer_gradients else [None] * len(raw)
-    input_gradient = gradients[len(layer_sources)] if needs_input_gradients else None
     return _SharedPass(
         output=output,
         scorer=scorer,
@@ -406,10 +401,18 @@ def _shared_pass(
             None if g is None else layout.to_grid(g)
             for layout, g in zip(layouts, layer_gradients, strict=True)
         ],
-        input_gradient=input_gradient,
-        guided_gradient=guided_gradient,
+        input_gradient=gradients[len(layer_sources)] if needs_input_gradients else None,
+        guided_gradient=_guided_gradient(scores, inputs, switch) if needs_guided else None,
         attention=attention_inputs(attention, model, size, inputs.shape[0]) if needs_attention else None,
     )
+
+
+def _guided_gradient(scores: Tensor, inputs: Tensor, switch: GuidedSwitch) -> Tensor:
+    """The input gradient through the same graph once more, every ReLU passing only positive gradients."""
+    switch.guided = True
+    (gradient,) = _gradients_of(scores.sum(), [inputs], [], retain_graph=False)
+    _warn_other_activations(switch.other_activations)
+    return gradient
 
 
 def _scored(targets: Targets, output: Any, batch: int) -> tuple[Scorer, Tensor]:
@@ -430,7 +433,7 @@ def _warn_other_activations(names: set[str]) -> None:
             f"guided backprop is defined for ReLU networks; this model also uses "
             f"{', '.join(sorted(names))}, whose gradients pass unchanged.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,  # _guided_gradient, _shared_pass, explain_batch: the caller's line
         )
 
 
