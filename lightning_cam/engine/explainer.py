@@ -348,6 +348,27 @@ class _SharedPass:
         return self.output if isinstance(self.output, Tensor) else self.scores[:, None]
 
 
+@dataclass(frozen=True)
+class _Needs:
+    """What the requested methods ask of the shared pass."""
+
+    layer_gradients: bool
+    input_gradients: bool
+    guided: bool
+    attention: bool
+    relevance: bool
+
+    @classmethod
+    def of(cls, methods: Sequence[Method]) -> _Needs:
+        return cls(
+            layer_gradients=any(m.needs_gradients for m in methods if m.kind == "layer"),
+            input_gradients=any(m.needs_input_gradients for m in methods),
+            guided=any(m.needs_guided_gradients for m in methods),
+            attention=any(m.kind == "attention" for m in methods),
+            relevance=any(m.needs_attention_gradients for m in methods),
+        )
+
+
 def _shared_pass(
     model: nn.Module,
     inputs: Tensor,
@@ -360,19 +381,15 @@ def _shared_pass(
     """One forward pass capturing the target layers (and every block's attention), then at most one
     ``autograd.grad`` call for the layer, input and attention gradients (and one more with guided ReLUs
     when guided backprop is asked for)."""
-    needs_layer_gradients = any(m.needs_gradients for m in needed if m.kind == "layer")
-    needs_input_gradients = any(m.needs_input_gradients for m in needed)
-    needs_guided = any(m.needs_guided_gradients for m in needed)
-    needs_attention = any(m.kind == "attention" for m in needed)
-    needs_relevance = any(m.needs_attention_gradients for m in needed)
-    full_graph = needs_input_gradients or needs_guided or needs_relevance
+    needs = _Needs.of(needed)
+    full_graph = needs.input_gradients or needs.guided or needs.relevance
     if full_graph:
         inputs.requires_grad_(True)
     modules = [module for _, module in layers]
     with (
-        capture_activations(modules, differentiable=needs_layer_gradients, full_graph=full_graph) as capture,
-        guided_relus(enabled=needs_guided) as switch,
-        capture_attention(model, needs_relevance) if needs_attention else nullcontext() as attention,
+        capture_activations(modules, differentiable=needs.layer_gradients, full_graph=full_graph) as capture,
+        guided_relus(enabled=needs.guided) as switch,
+        capture_attention(model, needs.relevance) if needs.attention else nullcontext() as attention,
     ):
         output = select_output(model(inputs), output_key)
     scorer, scores = _scored(targets, output, inputs.shape[0])
@@ -381,30 +398,32 @@ def _shared_pass(
     layouts = [
         infer_layout(a, size, model, m, n, reshape_transform) for (n, m), a in zip(layers, raw, strict=True)
     ]
-    layer_sources = raw if needs_layer_gradients else []
-    input_sources = [inputs] if needs_input_gradients else []
-    attention_sources = [attention.first] if needs_relevance and attention.first is not None else []
+    layer_sources = raw if needs.layer_gradients else []
+    input_sources = [inputs] if needs.input_gradients else []
+    attention_sources = [attention.first] if needs.relevance and attention.first is not None else []
     gradients = _gradients_of(
         scores.sum(),
         [*layer_sources, *input_sources, *attention_sources],
         [name for name, _ in layers],
-        retain_graph=needs_guided,
+        retain_graph=needs.guided,
     )
-    layer_gradients = gradients[: len(raw)] if needs_layer_gradients else [None] * len(raw)
+    layer_gradients = gradients[: len(raw)] if needs.layer_gradients else [None] * len(raw)
     return _SharedPass(
         output=output,
         scorer=scorer,
         scores=scores,
         layouts=layouts,
-        activations=[layout.to_grid(a.detach()) for layout, a in zip(layouts, raw, strict=True)],
-        layer_gradients=[
-            None if g is None else layout.to_grid(g)
-            for layout, g in zip(layouts, layer_gradients, strict=True)
-        ],
-        input_gradient=gradients[len(layer_sources)] if needs_input_gradients else None,
-        guided_gradient=_guided_gradient(scores, inputs, switch) if needs_guided else None,
-        attention=attention_inputs(attention, model, size, inputs.shape[0]) if needs_attention else None,
+        activations=_on_grids(layouts, [a.detach() for a in raw]),
+        layer_gradients=_on_grids(layouts, layer_gradients),
+        input_gradient=gradients[len(layer_sources)] if needs.input_gradients else None,
+        guided_gradient=_guided_gradient(scores, inputs, switch) if needs.guided else None,
+        attention=attention_inputs(attention, model, size, inputs.shape[0]) if needs.attention else None,
     )
+
+
+def _on_grids(layouts: Sequence[Layout], tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
+    """Each target layer's tensor (activations or gradients) as ``[B, K, *grid]`` (``None`` stays)."""
+    return [None if t is None else layout.to_grid(t) for layout, t in zip(layouts, tensors, strict=True)]
 
 
 def _guided_gradient(scores: Tensor, inputs: Tensor, switch: GuidedSwitch) -> Tensor:
