@@ -130,21 +130,35 @@ def tiny_vit(**options: object) -> torch.nn.Module:
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, **(shape | options))
 
 
-def run_ddp_script(script: str, out: object, pythonpath: str) -> tuple[dict, dict]:
-    """Run ``tests/scripts/<script>`` (a 2-process CPU DDP fit) with a timeout; each rank's record."""
+def run_ddp_script(script: str, out: object, pythonpath: str, timeout: float = 300) -> tuple[dict, dict]:
+    """Run ``tests/scripts/<script>`` (a 2-process CPU DDP fit) with a timeout; each rank's record.
+
+    The script runs in its own process group, killed whole (the ranks Lightning launched too) when
+    it outlives ``timeout``: a hang fails the test instead of stalling the suite."""
     import os
+    import signal
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     environment = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
+    with subprocess.Popen(
         [sys.executable, str(root / "tests" / "scripts" / script), str(out)],
-        check=True,
-        timeout=300,
         env=environment,
         cwd=out,
-        capture_output=True,
-    )
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    ) as process:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            raise AssertionError(
+                f"{script} hung for {timeout} s; its output:\n{output.decode()[-4000:]}"
+            ) from None
+    if process.returncode != 0:
+        raise AssertionError(f"{script} exited with {process.returncode}:\n{output.decode()[-4000:]}")
     return tuple(torch.load(Path(out) / f"rank{rank}.pt", weights_only=False) for rank in (0, 1))  # type: ignore[return-value]

@@ -161,6 +161,21 @@ def test_ddp_audit_counts_each_image_once_and_equals_one_process(tmp_path: Path)
     )
 
 
+def test_one_ranks_failure_stops_every_rank_and_no_rank_waits(tmp_path: Path) -> None:
+    """The audit raises on rank 1 only (a planted out-of-memory error), then a strict check on rank 0
+    only; before the agreement step rank 0 waited in the gather forever (killed by the timeout)."""
+    rank0, rank1 = run_ddp_script("ddp_rank_failure.py", tmp_path, str(ROOT / "tests"), timeout=180)
+    for record in (rank0, rank1):  # the fit (strict=False) ended on both ranks and said why
+        assert record["fit_steps"] == 1 and record["audit_tags"] == []
+        assert len(record["fit_warnings"]) == 1 and "out of memory (planted)" in record["fit_warnings"][0]
+    assert rank1["audit_error"] == ("OutOfMemoryError", "out of memory (planted)")
+    assert (
+        rank0["audit_error"][0] == "OtherRankError" and "rank 1: OutOfMemoryError" in rank0["audit_error"][1]
+    )
+    assert rank0["check_error"] == ("ValueError", "planted check failure")
+    assert rank1["check_error"][0] == "OtherRankError" and "rank 0: ValueError" in rank1["check_error"][1]
+
+
 @pytest.mark.slow
 def test_a_learned_cue_shows_in_the_audit_with_intervals_apart_from_the_control(tmp_path: Path) -> None:
     audits = {}

@@ -14,7 +14,14 @@ from torch.utils.data import DataLoader
 
 from lightning_cam.auditing.aggregate import Figure, aggregate, slices_of
 from lightning_cam.auditing.rows import AuditSettings, MapSums, batch_columns, explain_audited
-from lightning_cam.auditing.shards import AuditStates, exchange, index_batches, kept_positions, rank_and_world
+from lightning_cam.auditing.shards import (
+    AuditStates,
+    agreed,
+    exchange,
+    index_batches,
+    kept_positions,
+    rank_and_world,
+)
 from lightning_cam.auditing.table import audit_report
 from lightning_cam.batches import FixedBatch, Unpacked, group_name, unpack_batch
 from lightning_cam.engine import resolve_methods
@@ -103,8 +110,9 @@ def audit(
         kept = kept_positions(exchange([i for batch in batches for i in batch]), rank_and_world()[0])
         device = model_device_dtype(model, torch.empty(0))[0]
         read = _reader(unpack, dict(keys or {}))
-        pass_result = _explain_all(
-            model, loader, batches, kept, settings, read, device, group_names, progress
+        pass_result = agreed(  # one rank's failure (out of memory, a bad batch) stops every rank here
+            "the audit",
+            lambda: _explain_all(model, loader, batches, kept, settings, read, device, group_names, progress),
         )
     return _gathered(pass_result, settings.methods, class_names, bootstrap_samples, seed)
 

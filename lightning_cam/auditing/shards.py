@@ -11,8 +11,8 @@ with shards of different lengths.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -21,7 +21,23 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["AuditStates", "exchange", "index_batches", "kept_positions", "loader_of", "rank_and_world"]
+__all__ = [
+    "AuditStates",
+    "OtherRankError",
+    "agreed",
+    "exchange",
+    "index_batches",
+    "kept_positions",
+    "loader_of",
+    "rank_and_world",
+]
+
+Result = TypeVar("Result")
+
+
+class OtherRankError(RuntimeError):
+    """Raised on every rank whose own work succeeded when another rank's failed, so no rank is left
+    waiting in a collective that the failed one will never enter."""
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -39,6 +55,40 @@ def exchange(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def agreed(what: str, work: Callable[[], Result]) -> Result:
+    """Run ``work`` on this rank, then agree with every rank (one small exchange) that all succeeded
+    before anything collective follows. A rank whose ``work`` raised re-raises its own error; every
+    other rank raises :class:`OtherRankError` naming the failed ranks and their errors. Outside
+    ``torch.distributed`` this is ``work()``.
+
+    Example::
+
+        >>> agreed("explaining", lambda: 3)
+        3
+    """
+    if rank_and_world()[1] == 1:
+        return work()
+    try:
+        value, failure = work(), None
+    except Exception as error:
+        value, failure = None, error
+    failures = [
+        (rank, text)
+        for rank, text in enumerate(
+            exchange(None if failure is None else f"{type(failure).__name__}: {failure}")
+        )
+        if text is not None
+    ]
+    if failure is not None:
+        raise failure
+    if failures:
+        listed = "; ".join(f"rank {rank}: {text}" for rank, text in failures)
+        raise OtherRankError(
+            f"{what} failed on {listed}. Every rank stops it here, so none waits for the others."
+        )
+    return value  # type: ignore[return-value]
 
 
 def _sharded(loader: DataLoader) -> DataLoader | None:

@@ -273,8 +273,14 @@ class CAMMonitor(Callback):
         """One check, called on every rank: rank 0 explains and publishes; its scalars are shared with
         every rank (``trainer.callback_metrics``) and alerts are raised from them."""
         self.last_check_step = trainer.global_step
-        scalars = self._check_and_publish(trainer, pl_module) if trainer.is_global_zero else {}
-        scalars = share_scalars(trainer, scalars)
+        scalars: dict[str, float] = {}
+        failure: Exception | None = None
+        if trainer.is_global_zero:
+            try:
+                scalars = self._check_and_publish(trainer, pl_module)
+            except Exception as error:  # raised only when strict; shared so that no rank waits
+                failure = error
+        scalars = share_scalars(trainer, scalars, failure)
         dead = dead_alerts_message(self.config.alert_rules, scalars) if scalars else None
         if dead is not None and trainer.is_global_zero:
             self.faults.warn_once("dead alerts", dead)

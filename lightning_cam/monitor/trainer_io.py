@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
+from lightning_cam.auditing.shards import OtherRankError
 from lightning_cam.batches import FixedBatch
 from lightning_cam.engine import needs_target_layer, resolve_methods
 from lightning_cam.engine.capture import preserved_state
@@ -117,10 +118,23 @@ def autocast_dtype(trainer: pl.Trainer, config: MonitorConfig) -> torch.dtype | 
     return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
 
 
-def share_scalars(trainer: pl.Trainer, scalars: Mapping[str, float]) -> dict[str, float]:
+def share_scalars(
+    trainer: pl.Trainer, scalars: Mapping[str, float], failure: BaseException | None = None
+) -> dict[str, float]:
     """Rank 0's scalars on every rank (one small broadcast under DDP, which every rank calls at the
-    same check), put in ``trainer.callback_metrics`` for ``EarlyStopping`` and ``ModelCheckpoint``."""
-    shared = dict(trainer.strategy.broadcast(dict(scalars), src=0) if trainer.world_size > 1 else scalars)
+    same check), put in ``trainer.callback_metrics`` for ``EarlyStopping`` and ``ModelCheckpoint``.
+
+    ``failure``: rank 0's check raised (only when strict). The broadcast still happens, so that every
+    rank raises at this check (rank 0 its own error, the others :class:`OtherRankError`) instead of
+    the others waiting in a broadcast that never comes."""
+    message = None if failure is None else f"{type(failure).__name__}: {failure}"
+    if trainer.world_size > 1:
+        scalars, message = trainer.strategy.broadcast((dict(scalars), message), src=0)
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise OtherRankError(f"CAMMonitor's check failed on rank 0: {message}. Every rank stops here.")
+    shared = dict(scalars)
     trainer.callback_metrics.update(
         {tag: torch.tensor(value, dtype=torch.float32) for tag, value in shared.items()}
     )
