@@ -339,3 +339,91 @@ def test_outputs_without_a_target_say_what_would_work() -> None:
     assert maps["gradcam"].shape == (2, 16, 16)
     with pytest.raises(ValueError, match=r"callable target must return one score per image \[2\]"):
         lc.explain(model, images, "gradcam", "conv", targets=lambda out: out[0]["scores"])
+
+
+def hf_swin() -> nn.Module:
+    from transformers import SwinConfig, SwinForImageClassification
+
+    config = SwinConfig(
+        image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 2], num_heads=[1, 2, 4], window_size=4
+    )
+    return SwinForImageClassification(config.__class__(**config.to_dict() | {"num_labels": 10})).eval()
+
+
+def hf_convnext() -> nn.Module:
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    config = ConvNextConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], num_labels=10)
+    return ConvNextForImageClassification(config).eval()
+
+
+AUTO_CASES = {
+    # name: (factory, image size, expected "auto" layer); each was wrong before "auto" verified its pick
+    "hugging face swin 64 px": (
+        hf_swin,
+        64,
+        "swin.encoder.layers.2.blocks.1.layernorm_before",
+    ),  # was swin.pooler
+    "hugging face convnext 32 px": (  # was a 1x1 Linear inside the last block (every map zero)
+        hf_convnext,
+        32,
+        "convnext.encoder.stages.3.downsampling_layer.0",  # stage 2's output (2x2), normalised
+    ),
+    "timm swin, one block per stage": (  # was the end of stage 0
+        lambda: timm.create_model(
+            "swin_tiny_patch4_window7_224",
+            pretrained=False,
+            depths=(1, 1, 1, 1),
+            embed_dim=16,
+            num_heads=(1, 1, 2, 2),
+            num_classes=10,
+            img_size=64,
+            window_size=4,
+        ).eval(),
+        64,
+        "layers.3.blocks.0.norm1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(AUTO_CASES))
+def test_auto_verifies_its_pick_and_gives_image_specific_maps(case: str) -> None:
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    factory, size, expected = AUTO_CASES[case]
+    model = factory()
+    images = torch.rand(2, 3, size, size)
+    assert find_auto_layer(model, images[:1]) == expected
+    maps = lc.explain(model, images, "gradcam", targets=non_flat_targets(model, images, expected))["gradcam"]
+    assert maps.shape == (2, size, size) and bool((maps.flatten(1).amax(1) > 0).all())
+    assert not torch.allclose(maps[0], maps[1], atol=0.05)  # not the same blob on every image
+
+
+def test_auto_on_deeplab_is_before_the_logits() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=3
+    ).eval()
+    assert (
+        find_auto_layer(model, torch.rand(1, 3, 64, 64), output_key="out") == "classifier.3"
+    )  # was classifier
+
+
+class SideBranch(nn.Module):
+    """A spatial convolution the prediction never reads, and one that pools to a single position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused, self.whole = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 8)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.unused(images)
+        return self.head(self.whole(images).flatten(1))
+
+
+def test_auto_that_cannot_verify_any_layer_says_what_it_tried() -> None:
+    with pytest.raises(ValueError, match="found no layer") as raised:
+        find_auto_layer(SideBranch().requires_grad_(False), torch.rand(1, 3, 8, 8))  # frozen: still probed
+    assert "unused (the score does not depend on it)" in str(raised.value)
+    assert "whole (it has a single spatial position at this input size)" in str(raised.value)

@@ -76,9 +76,9 @@ def _strides_agree(grid: tuple[int, ...], size: tuple[int, ...]) -> bool:
 
 def _hugging_face_prefix_and_patch(module: nn.Module) -> tuple[int, tuple[int, ...]] | None:
     """Hugging Face ViT-style embeddings: ``patch_embeddings.patch_size`` and the prefix-token
-    parameters (``cls_token``, DeiT's ``distillation_token``, ``register_tokens``)."""
+    parameters (``cls_token``, DeiT's ``distillation_token``, ``register_tokens``; none: Swin)."""
     patch = getattr(getattr(module, "patch_embeddings", None), "patch_size", None)
-    if patch is None or not isinstance(getattr(module, "cls_token", None), nn.Parameter):
+    if patch is None:
         return None
     tokens = [getattr(module, name, None) for name in ("cls_token", "distillation_token", "register_tokens")]
     prefix = sum(token.shape[1] for token in tokens if isinstance(token, nn.Parameter))

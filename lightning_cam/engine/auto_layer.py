@@ -1,0 +1,224 @@
+"""``target_layer="auto"``: candidates from one probing forward, each verified, the first kept.
+
+A layer is a candidate only when it is **verified** on the probe image: its output reads as a
+spatial layout (:func:`~lightning_cam.engine.layouts.infer_layout`) with more than one position at
+this input's size, the score (the model's largest output, the predicted class's logit) depends on
+it, it is no pooling layer nor a pooling layer's output, and it is not the head of a dense output
+(a segmentation model's logits: as many channels as the output has classes). Candidates are then
+ordered by one rule: a transformer (its repeated blocks output tokens or channels-last maps) first
+tries the first shape-keeping layer inside its last block (ViT, DeiT: ``norm1``; Swin: ``norm1``);
+a CNN its last candidate (``layer4`` on a ResNet, the last ReLU on VGG); then every other candidate
+from the last. No candidate: ``ValueError`` naming what was tried and why each was refused.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lightning_cam.engine.capture import ForwardHook, forward_hooks
+from lightning_cam.engine.layouts import Layout, ReshapeTransform, infer_layout
+from lightning_cam.engine.logits import OutputKey, select_output
+
+__all__ = ["conv_layer_names", "find_auto_layer"]
+
+_POOLING = (
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveMaxPool1d,
+    nn.AvgPool1d,
+    nn.MaxPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.LPPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool3d,
+    nn.AvgPool3d,
+    nn.MaxPool3d,
+    nn.Flatten,
+    nn.Identity,
+    nn.Dropout,
+)
+
+# "auto" costs one probing forward of a single image; remember the answer per model and input shape.
+_AUTO_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], str]] = weakref.WeakKeyDictionary()
+
+
+def conv_layer_names(model: nn.Module) -> list[str]:
+    """Names of the model's convolution layers, the usual candidates for a target layer."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.modules.conv._ConvNd)]
+
+
+@dataclass
+class _Probe:
+    """One module's output in the probing forward, in the order the modules finished. ``in_tuple``:
+    the module returned a tuple whose first element this is (kept to find blocks, never chosen)."""
+
+    name: str
+    module: nn.Module
+    output: Tensor
+    input_shape: tuple[int, ...] | None
+    in_tuple: bool
+    layout: Layout | None = None
+    refusal: str = ""
+
+
+def _probe(
+    model: nn.Module, sample: Tensor, output_key: OutputKey
+) -> tuple[list[_Probe], object, Tensor | None]:
+    """Every named module's tensor output for one image, the model's output, and the score."""
+    named = [(name, module) for name, module in model.named_modules() if name]  # not the model itself
+    probes: list[_Probe] = []
+
+    def hook_for(index: int) -> ForwardHook:
+        def record(module: nn.Module, inputs: tuple[object, ...], output: object) -> None:
+            in_tuple = isinstance(output, tuple) and bool(output) and isinstance(output[0], Tensor)
+            tensor = output[0] if in_tuple else output  # type: ignore[index]
+            if isinstance(tensor, Tensor) and tensor.dim() >= 3 and tensor.shape[0] == 1:
+                first = next((x for x in inputs if isinstance(x, Tensor)), None)
+                shape = None if first is None else tuple(first.shape)
+                probes.append(_Probe(named[index][0], module, tensor, shape, in_tuple))
+
+        return record
+
+    first = sample[:1].detach()
+    if first.is_floating_point():  # the score depends on the input even when every weight is frozen
+        first.requires_grad_(True)
+    with forward_hooks([module for _, module in named], hook_for), torch.enable_grad():
+        output = select_output(model(first), output_key)
+        score = output.flatten().max() if isinstance(output, Tensor) and output.requires_grad else None
+    return probes, output, score
+
+
+def _positions(probe: _Probe) -> int:
+    layout = probe.layout
+    assert layout is not None
+    grid = layout.grid if layout.kind != "callable" else tuple(layout.to_grid(probe.output).shape[2:])
+    count = 1
+    for size in grid:
+        count *= size
+    return count
+
+
+def _refuse(probes: list[_Probe], score: Tensor | None, head_channels: int | None) -> None:
+    """Set each probe's ``refusal`` (empty: verified): the first check it fails, in plain words."""
+    pooled: set[int] = set()  # outputs of pooling layers so far (a container may return one later)
+    for probe in probes:
+        if isinstance(probe.module, _POOLING):
+            pooled.add(id(probe.output))
+        if probe.in_tuple:
+            probe.refusal = "it returns a tuple"
+        elif probe.layout is None:
+            probe.refusal = f"its output {list(probe.output.shape)} has no spatial layout"
+        elif isinstance(probe.module, _POOLING) or id(probe.output) in pooled:
+            probe.refusal = "it is a pooling layer or returns one's output"
+        elif _positions(probe) < 2:
+            probe.refusal = "it has a single spatial position at this input size"
+        elif (
+            head_channels is not None
+            and probe.layout.kind == "grid"
+            and probe.output.shape[1] == head_channels
+        ):
+            probe.refusal = "it is the head (as many channels as the output has classes)"
+    open_probes = [p for p in probes if not p.refusal]
+    if score is None or not open_probes:  # an integer input into a frozen model: nothing to differentiate
+        return
+    gradients = torch.autograd.grad(
+        score, [p.output for p in open_probes], allow_unused=True, retain_graph=True
+    )
+    for probe, gradient in zip(open_probes, gradients, strict=True):
+        if gradient is None or not bool(gradient.abs().sum() > 0):
+            probe.refusal = "the score does not depend on it"
+
+
+def _blocks(probes: list[_Probe]) -> list[_Probe]:
+    """A model's repeated blocks, innermost: among *units* (shape-keeping modules with children whose
+    type occurs more than once: a block, its MLP, its attention), those that hold another unit (a
+    transformer block holds its MLP; a ResNet's residual block holds no unit, so CNNs have none)."""
+    kinds = Counter(type(p.module) for p in probes)
+    units = [
+        p
+        for p in probes
+        if kinds[type(p.module)] > 1
+        and p.input_shape == tuple(p.output.shape)
+        and any(True for _ in p.module.children())
+    ]
+    blocks = [u for u in units if any(other.name.startswith(u.name + ".") for other in units)]
+    return [b for b in blocks if not any(other.name.startswith(b.name + ".") for other in blocks)]
+
+
+def _preference(probes: list[_Probe]) -> list[_Probe]:
+    """The verified probes, the rule's choice first, then the others from the last."""
+    verified = [p for p in probes if not p.refusal]
+    blocks = [
+        b for b in _blocks(probes) if b.layout is not None and b.layout.kind in ("tokens", "channels_last")
+    ]
+    if not blocks:  # a CNN: channels-first maps, the last one first
+        return [p for p in reversed(verified) if p.layout is not None and p.layout.kind == "grid"]
+    preferred = []
+    for block in reversed(blocks):  # the last block with a verified shape-keeping layer inside
+        inside = [
+            p
+            for p in verified
+            if p.name.startswith(block.name + ".") and tuple(p.output.shape) == block.input_shape
+        ]
+        if inside:
+            preferred = inside[:1]
+            break
+    return preferred + [p for p in reversed(verified) if p not in preferred]
+
+
+def _refused_message(model: nn.Module, sample: Tensor, probes: list[_Probe]) -> str:
+    tried = [p for p in probes if p.layout is not None] or probes
+    reasons = "; ".join(f"{p.name} ({p.refusal})" for p in tried[-6:]) or "no module returned a tensor"
+    convs = ", ".join(conv_layer_names(model)[-8:]) or "none"
+    return (
+        f"target_layer='auto' found no layer of {type(model).__name__} it could verify for inputs of shape "
+        f"{list(sample.shape[1:])}; it tried: {reasons}. Name the layer explicitly (target_layer='...'); "
+        f"convolution layers: {convs}."
+    )
+
+
+def find_auto_layer(
+    model: nn.Module,
+    sample: Tensor,
+    reshape_transform: ReshapeTransform = "auto",
+    output_key: OutputKey = None,
+) -> str:
+    """The target layer ``"auto"`` picks for ``model`` (see the module's docstring for the rule),
+    from one probing forward of one image (cached per model, input shape and ``reshape_transform``;
+    the caller holds the state guard). ``ValueError`` when no layer can be verified.
+    """
+    cache = _AUTO_CACHE.setdefault(model, {})
+    key = (
+        tuple(sample.shape[1:]),
+        reshape_transform if isinstance(reshape_transform, str) else id(reshape_transform),
+        output_key if output_key is None or isinstance(output_key, (int, str)) else id(output_key),
+    )
+    if key in cache:
+        return cache[key]
+    probes, output, score = _probe(model, sample, output_key)
+    size = tuple(sample.shape[2:])
+    for probe in probes:
+        try:
+            probe.layout = infer_layout(
+                probe.output, size, model, probe.module, probe.name, reshape_transform
+            )
+        except ValueError:
+            probe.layout = None
+    if not isinstance(output, Tensor):
+        raise ValueError(
+            f"target_layer='auto' needs the model's prediction as a tensor, but {type(model).__name__} returned "
+            f"{type(output).__name__}; pass output_key= (an index, a key, or a function output -> logits)."
+        )
+    _refuse(probes, score, int(output.shape[1]) if output.dim() >= 3 else None)
+    ordered = _preference(probes)
+    if not ordered:
+        raise ValueError(_refused_message(model, sample, probes))
+    cache[key] = ordered[0].name
+    return ordered[0].name
