@@ -19,6 +19,7 @@ __all__ = [
     "Masks",
     "Unpacked",
     "describe",
+    "missing_groups_message",
     "primary_classes",
     "unpack_batch",
 ]
@@ -86,7 +87,10 @@ def _split(
                 f"unpack must return (images, labels, masks) or (images, labels, masks, groups); it returned "
                 f"{describe(unpacked)}."
             )
-        return (*unpacked, None) if len(unpacked) == 3 else tuple(unpacked)
+        if len(unpacked) == 4:
+            return tuple(unpacked)
+        carried = batch.get(group_key) if isinstance(batch, Mapping) else None  # groups the unpack left out
+        return (*unpacked, carried)
     if isinstance(batch, Tensor):
         return batch, None, None, None
     if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 4:
@@ -167,6 +171,15 @@ def unpack_batch(
             f"batch -> (images, labels or None, masks)."
         )
     return FixedBatch(images, labels, _as_masks(masks, mask_key), _as_groups(groups, len(images)))
+
+
+def missing_groups_message(owner: str, group_names: Sequence[str], group_key: str) -> str:
+    """What to say when ``group_names`` was given but no batch carried groups."""
+    return (
+        f"{owner} got group_names={list(group_names)} but no batch carried groups, so nothing is reported per "
+        f"group. Groups are read from the key {group_key!r} of dict batches (group_key=...), the 4th element of "
+        f"tuple batches, or the 4th value unpack returns."
+    )
 
 
 def group_name(group: object, group_names: Sequence[str] | None = None) -> str:

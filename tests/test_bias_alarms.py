@@ -24,6 +24,7 @@ from lit_helpers import (
     trainer,
 )
 
+import lightning_cam as lc
 from lightning_cam import CAMMonitor, metrics
 from lightning_cam.monitor.alerts import Alert, crossed_alerts, dead_alerts_message, parse_alerts
 from lightning_cam.report.tables import bias_report
@@ -149,6 +150,52 @@ def test_groups_by_integer_id_are_named_by_group_names(tmp_path: Path) -> None:
     trainer(tmp_path, [monitor], max_epochs=1).fit(TinyClassifier(), train, val)
     assert monitor.fixed.groups is not None and sorted(set(monitor.fixed.groups)) == [0, 1]
     assert {"gradcam/mask/group=site_a", "gradcam/mask/group=site_b"} <= set(monitor.history.last)
+
+
+def dict_batches(groups: bool) -> torch.utils.data.DataLoader:
+    images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 3] * 2)
+    masks = torch.zeros(8, 16, 16)
+    masks[:, :4, :4] = 1
+    samples = [
+        {"image": i, "label": y, "mask": m} | ({"group": g} if groups else {})
+        for i, y, m, g in zip(images, labels, masks, [0, 1] * 4, strict=True)
+    ]
+    return torch.utils.data.DataLoader(samples, batch_size=4)
+
+
+class DictValidation(TinyClassifier):
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val_loss", torch.nn.functional.cross_entropy(self(batch["image"]), batch["label"]))
+
+
+def images_labels_masks(batch: dict) -> tuple:
+    return batch["image"], batch["label"], {"tag": batch["mask"]}
+
+
+def test_a_custom_unpack_keeps_the_groups_its_dict_batch_carries(tmp_path: Path) -> None:
+    """The unpack returns (images, labels, masks); the group is still read from the batch's key."""
+    torch.manual_seed(0)
+    monitor = CAMMonitor(
+        methods=["gradcam"], num_samples=8, unpack=images_labels_masks, group_names=["a", "b"], strict=True
+    )
+    trainer(tmp_path, [monitor], max_epochs=1).fit(DictValidation(), loaders()[0], dict_batches(groups=True))
+    assert sorted(set(monitor.fixed.groups)) == [0, 1]
+    assert {"gradcam/tag/group=a", "gradcam/tag/group=b"} <= set(monitor.history.last)
+    result = lc.audit(
+        TinyClassifier().net, dict_batches(groups=True), unpack=images_labels_masks, progress=False
+    )
+    assert {"group=0", "group=1"} <= set(result.figures)
+
+
+def test_group_names_without_groups_in_any_batch_say_so(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=8, group_names=["a", "b"], group_key="site")
+    with pytest.warns(UserWarning, match=r"group_names=\['a', 'b'\] but no batch carried groups.*'site'"):
+        trainer(tmp_path, [monitor], max_epochs=1).fit(
+            DictValidation(), loaders()[0], dict_batches(groups=False)
+        )
+    with pytest.warns(UserWarning, match=r"audit got group_names=\['a', 'b'\] but no batch carried groups"):
+        lc.audit(TinyClassifier().net, dict_batches(groups=False), group_names=["a", "b"], progress=False)
 
 
 def test_alert_rules_parse_plain_values_and_fire_once() -> None:

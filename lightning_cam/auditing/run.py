@@ -4,6 +4,7 @@ once, figures per class and group with bootstrap intervals, and mean maps. No Li
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from lightning_cam.auditing.shards import (
     rank_and_world,
 )
 from lightning_cam.auditing.table import audit_report
-from lightning_cam.batches import FixedBatch, Unpacked, group_name, unpack_batch
+from lightning_cam.batches import FixedBatch, Unpacked, group_name, missing_groups_message, unpack_batch
 from lightning_cam.engine import resolve_methods
 from lightning_cam.engine.capture import model_device_dtype, preserved_rng
 from lightning_cam.engine.layers import TargetLayer
@@ -114,7 +115,11 @@ def audit(
             "the audit",
             lambda: _explain_all(model, loader, batches, kept, settings, read, device, group_names, progress),
         )
-    return _gathered(pass_result, settings.methods, class_names, bootstrap_samples, seed)
+    result = _gathered(pass_result, settings.methods, class_names, bootstrap_samples, seed)
+    if group_names is not None and not any(part.startswith("group=") for part in result.figures):
+        group_key = (keys or {}).get("group", "group")
+        warnings.warn(missing_groups_message("audit", group_names, group_key), UserWarning, stacklevel=2)
+    return result
 
 
 def _reader(unpack: Callable[[Any], Unpacked] | None, keys: dict[str, str]) -> Callable[[Any], FixedBatch]:

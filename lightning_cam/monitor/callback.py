@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_cam.auditing import AuditResult
-from lightning_cam.batches import FixedBatch, Unpacked, unpack_batch
+from lightning_cam.batches import FixedBatch, Unpacked, missing_groups_message, unpack_batch
 from lightning_cam.engine.layers import TargetLayer
 from lightning_cam.monitor.alerts import dead_alerts_message
 from lightning_cam.monitor.check import run_check
@@ -341,3 +341,7 @@ class CAMMonitor(Callback):
                     f"CAMMonitor: only {len(self.fixed.images)} images were available for num_samples="
                     f"{self.config.num_samples}; explaining those.",
                 )
+            config = self.config
+            if self.fixed is not None and self.fixed.groups is None and config.group_names is not None:
+                message = missing_groups_message("CAMMonitor", config.group_names, config.group_key)
+                self.faults.warn_once("no groups", message)
