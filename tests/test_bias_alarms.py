@@ -273,15 +273,18 @@ def test_a_monitor_that_would_never_check_says_so(tmp_path: Path, options: dict,
         trainer(tmp_path, [CAMMonitor(num_samples=4)], **options).fit(TinyClassifier(), train, val)
 
 
-def test_test_and_predict_say_that_they_log_nothing(tmp_path: Path) -> None:
+def test_validate_test_and_predict_say_that_they_log_nothing_and_log_nothing(tmp_path: Path) -> None:
     _, val = loaders()
-    fit = trainer(tmp_path, [CAMMonitor(num_samples=4)], max_epochs=1)
-    for run in (fit.test, fit.predict):
-        stage = "test" if run == fit.test else "predict"
+    monitor = CAMMonitor(num_samples=4)
+    fit = trainer(tmp_path, [monitor], max_epochs=1)
+    for run in (fit.validate, fit.test, fit.predict):
+        stage = run.__name__
         with pytest.warns(
             UserWarning, match=rf"trainer.{stage}\(\) logs nothing from it.*lightning_cam.explain"
         ):
             run(_Testable(), val)
+    assert monitor.checks == 0 and monitor.fixed is None  # validate() used to capture and log a check
+    assert not (tmp_path / "cam").exists()
 
 
 class _Testable(TinyClassifier):

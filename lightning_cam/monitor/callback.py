@@ -203,13 +203,13 @@ class CAMMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        capturing = self.fixed is None and trainer.is_global_zero and not trainer.sanity_checking
+        capturing = self.fixed is None and trainer.is_global_zero and _fitting(trainer)
         if capturing and dataloader_idx == self.config.dataloader_idx:
             self._capture(batch)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if not _fitting(trainer):  # the sanity check, or trainer.validate() (which the setup warning names)
             return
         self._finish_capture()
         if self.config.check_due_after_validation(trainer.current_epoch):
@@ -345,3 +345,8 @@ class CAMMonitor(Callback):
             if self.fixed is not None and self.fixed.groups is None and config.group_names is not None:
                 message = missing_groups_message("CAMMonitor", config.group_names, config.group_key)
                 self.faults.warn_once("no groups", message)
+
+
+def _fitting(trainer: pl.Trainer) -> bool:
+    """Inside ``trainer.fit``, past the sanity check: the only time the monitor explains."""
+    return trainer.state.fn == "fit" and not trainer.sanity_checking
