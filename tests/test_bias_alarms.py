@@ -26,7 +26,7 @@ from lit_helpers import (
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor, metrics
-from lightning_cam.monitor.alerts import Alert, crossed_alerts, dead_alerts_message, parse_alerts
+from lightning_cam.monitor.alerts import Alert, crossed_alerts, dead_tags_message, parse_alerts
 from lightning_cam.report.tables import bias_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,12 +321,26 @@ def test_an_alert_on_a_tag_no_check_logs_is_named_with_the_tags_that_exist(tmp_p
     monitor = CAMMonitor(
         methods=["gradcam"], num_samples=4, alerts={CUE: 3.0, "cam/gradcam/flat_fraction": 0.9}, strict=True
     )
-    with pytest.warns(UserWarning, match="can never fire") as record:
+    with pytest.warns(UserWarning, match="logged no scalar") as record:
         trainer(tmp_path, [monitor], max_epochs=2).fit(TinyClassifier(), train, val)
-    (message,) = [str(w.message) for w in record if "can never fire" in str(w.message)]  # once, not per check
-    assert f"{CUE!r} (closest logged: cam/gradcam/enrichment/mask" in message
+    (message,) = [
+        str(w.message) for w in record if "logged no scalar" in str(w.message)
+    ]  # once, not per check
+    assert f"{CUE!r}, waited for by an alert (closest logged: cam/gradcam/enrichment/mask" in message
     assert "flat_fraction" not in message  # a tag the check logs can fire: not named
-    assert (
-        dead_alerts_message(parse_alerts({"cam/gradcam/drift": 0.5, "audit/count/all": 5}), {"a": 1.0})
-        is None
-    )
+    assert dead_tags_message({"cam/gradcam/drift": [], "audit/count/all": []}, {"a": 1.0}) is None
+
+
+def test_the_shortcut_preset_without_a_cue_mask_names_the_missing_tag_before_checkpointing_fails(
+    tmp_path: Path,
+) -> None:
+    """callbacks/shortcut_alert.yaml's ModelCheckpoint on the cue enrichment, batches without a cue."""
+    train, val = loaders(with_masks=True)
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=4, alerts={CUE: 3.0})
+    keep = ModelCheckpoint(monitor=CUE, mode="min")
+    with pytest.warns(UserWarning, match="logged no scalar") as record, pytest.raises(Exception, match=CUE):
+        trainer(tmp_path, [monitor, keep], max_epochs=1, enable_checkpointing=True).fit(
+            TinyClassifier(), train, val
+        )
+    (message,) = [str(w.message) for w in record if "logged no scalar" in str(w.message)]
+    assert f"waited for by an alert and ModelCheckpoint(monitor={CUE!r})" in message

@@ -89,21 +89,24 @@ LATER_TAGS = ("/drift", "/deletion_auc", "/insertion_auc", "/road", "/randomizat
 every n-th check); an ``audit/`` tag comes with the audit."""
 
 
-def dead_alerts_message(rules: Iterable[Alert], scalars: Mapping[str, float]) -> str | None:
-    """A warning naming the alert tags that the first check's ``scalars`` lack (each with the closest tags
-    that exist), or ``None`` when every rule can fire."""
-    missing = [
-        rule.tag
-        for rule in rules
-        if rule.tag not in scalars and not rule.tag.startswith("audit/") and not rule.tag.endswith(LATER_TAGS)
-    ]
+def dead_tags_message(wanted: Mapping[str, list[str]], scalars: Mapping[str, float]) -> str | None:
+    """A warning naming the tags that alerts or other callbacks (``ModelCheckpoint``, ``EarlyStopping``)
+    wait for and that the first check's ``scalars`` lack (each with the closest tags that exist), or
+    ``None`` when every one is logged. ``wanted``: tag -> who waits for it (``"alerts"``, a callback)."""
+    missing = {
+        tag: users
+        for tag, users in wanted.items()
+        if tag not in scalars and not tag.startswith("audit/") and not tag.endswith(LATER_TAGS)
+    }
     if not missing:
         return None
     named = "; ".join(
-        f"{tag!r} (closest logged: {', '.join(get_close_matches(tag, list(scalars), n=3, cutoff=0.5)) or 'none'})"
-        for tag in missing
+        f"{tag!r}, waited for by {' and '.join(users)} (closest logged: "
+        f"{', '.join(get_close_matches(tag, list(scalars), n=3, cutoff=0.5)) or 'none'})"
+        for tag, users in missing.items()
     )
     return (
-        f"CAMMonitor: alerts on {named} can never fire: the first check logged no such scalar (a mask name "
-        f"the batches do not carry, or a method that is not run?). Alerts are checked on every check's scalars."
+        f"CAMMonitor: the first check logged no scalar {named}: a mask name the batches do not carry, or a "
+        f"method that is not run? Such an alert can never fire, and a ModelCheckpoint or EarlyStopping "
+        f"monitoring the tag will fail when it looks for it."
     )

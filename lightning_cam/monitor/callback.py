@@ -13,7 +13,7 @@ from typing_extensions import override
 from lightning_cam.auditing import AuditResult
 from lightning_cam.batches import FixedBatch, Unpacked, missing_groups_message, unpack_batch
 from lightning_cam.engine.layers import TargetLayer
-from lightning_cam.monitor.alerts import dead_alerts_message
+from lightning_cam.monitor.alerts import dead_tags_message
 from lightning_cam.monitor.check import run_check
 from lightning_cam.monitor.config import MonitorConfig, TargetChoice
 from lightning_cam.monitor.faults import Faults
@@ -281,7 +281,7 @@ class CAMMonitor(Callback):
             except Exception as error:  # raised only when strict; shared so that no rank waits
                 failure = error
         scalars = share_scalars(trainer, scalars, failure)
-        dead = dead_alerts_message(self.config.alert_rules, scalars) if scalars else None
+        dead = dead_tags_message(self._wanted_tags(trainer), scalars) if scalars else None
         if dead is not None and trainer.is_global_zero:
             self.faults.warn_once("dead alerts", dead)
         raise_alerts(trainer, self.config, scalars, self.fired_alerts, self.publisher)
@@ -296,6 +296,15 @@ class CAMMonitor(Callback):
             if trainer.is_global_zero:
                 self.publisher.publish_audit(self.audit_result, trainer.global_step)
         return self.audit_result
+
+    def _wanted_tags(self, trainer: pl.Trainer) -> dict[str, list[str]]:
+        """This monitor's tags that its alerts and other callbacks' ``monitor`` wait for, and who waits."""
+        wanted: dict[str, list[str]] = {rule.tag: ["an alert"] for rule in self.config.alert_rules}
+        for callback in trainer.callbacks:
+            tag = getattr(callback, "monitor", None)
+            if isinstance(tag, str) and tag.startswith(f"{self.config.name}/"):
+                wanted.setdefault(tag, []).append(f"{type(callback).__name__}(monitor={tag!r})")
+        return wanted
 
     def _check_and_publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         if self.fixed is None:
