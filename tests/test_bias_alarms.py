@@ -229,6 +229,28 @@ def test_slice_means_and_the_report_by_hand() -> None:
     ]
 
 
+def test_a_mask_empty_on_some_images_is_measured_on_the_images_that_carry_it(tmp_path: Path) -> None:
+    """``cue`` on group a's four images (4x4 of 16x16: 6.25 %), empty on group b's: the report's area is
+    over the same images as the enrichment, and group b is said to carry no cue, with no peak step."""
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 3] * 2)
+    cue = torch.zeros(8, 16, 16)
+    cue[:4, :4, :4] = 1
+    samples = [
+        {"image": i, "label": y, "mask": {"cue": m}, "group": g}
+        for i, y, m, g in zip(images, labels, cue, ["a"] * 4 + ["b"] * 4, strict=True)
+    ]
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=8, strict=True)
+    val = torch.utils.data.DataLoader(samples, batch_size=4)
+    trainer(tmp_path, [monitor], max_epochs=1).fit(DictValidation(), loaders()[0], val)
+    assert monitor.history.last["gradcam/cue/all"]["area"] == pytest.approx(0.0625)  # not 0.03125
+    report = bias_report(monitor.history.first, monitor.history.peak, monitor.history.last)
+    (group_b,) = [line for line in report.readings if line.startswith("group=b")]
+    assert group_b == "group=b: no figure for `cue` at the last check (no image carries it)"
+    (row,) = [row for row in report.rows if row[2] == "group=b"]
+    assert row[5] == "n/a" and row[-2] == "n/a"  # no area, no peak step beside a missing peak
+
+
 def test_scalars_reach_callback_metrics_under_two_process_ddp(tmp_path: Path) -> None:
     rank0, rank1 = run_ddp_script("ddp_alarms.py", tmp_path, str(ROOT / "tests"))
     assert rank0["checks"] >= 1 and rank1["checks"] == 0  # rank 1 computed nothing...

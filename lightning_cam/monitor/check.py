@@ -293,7 +293,10 @@ def _slice_values(
         values["accuracy"] = torch.full_like(values["count"], float("nan"))
     for name, mask in masks.items():
         area = (mask > 0.5).flatten(1).float().mean(dim=1)
-        values[f"area/{name}"] = metrics.slice_means(area, slices.membership)
+        carried = torch.where(
+            area > 0, area, torch.full_like(area, float("nan"))
+        )  # as enrichment: empty left out
+        values[f"area/{name}"] = metrics.slice_means(carried, slices.membership)
     return values
 
 

@@ -64,13 +64,16 @@ def _row(key: str, first: Record, peak: Record, last: Record) -> list[object]:
         _rounded(last["mass"], 4),
         _rounded(first["enrichment"], 2),
         _rounded(peak["enrichment"], 2),
-        int(peak["step"]),
+        "n/a" if math.isnan(peak["enrichment"]) else int(peak["step"]),
         _rounded(last["enrichment"], 2),
     ]
 
 
 def _reading(key: str, first: Record, peak: Record, last: Record) -> str:
     method, mask, part = key.split("/", 2)
+    if math.isnan(last["area"]) or math.isnan(last["enrichment"]):
+        why = "no image carries it" if math.isnan(last["area"]) else f"every {method} map was flat"
+        return f"{part if part != 'all' else method}: no figure for `{mask}` at the last check ({why})"
     if part != "all":
         accuracy = "" if math.isnan(last["accuracy"]) else f", {last['accuracy']:.0%} accurate"
         return (
