@@ -136,6 +136,13 @@ def _readable_labels(labels: object, images: Tensor) -> bool:
     return not labels.is_floating_point()
 
 
+def _unwrapped(labels: Any) -> Any:
+    """Labels a collate wrapped in a one-element list or tuple (``[tensor([...])]``), unwrapped."""
+    if isinstance(labels, (list, tuple)) and len(labels) == 1 and isinstance(labels[0], Tensor):
+        return labels[0]
+    return labels
+
+
 def unpack_batch(
     batch: Any,
     unpack: Callable[[Any], Unpacked] | None = None,
@@ -158,9 +165,11 @@ def unpack_batch(
         ([0, 1], None, None)
     """
     images, labels, masks, groups = _split(batch, unpack, (image_key, label_key, mask_key, group_key))
-    if not isinstance(images, Tensor) or images.dim() not in (4, 5) or not images.is_floating_point():
+    labels = _unwrapped(labels)
+    readable = isinstance(images, Tensor) and (images.is_floating_point() or images.dtype == torch.uint8)
+    if not readable or images.dim() not in (4, 5):
         raise ValueError(
-            f"CAMMonitor needs images as a float tensor [B, C, H, W] (or volumes [B, C, D, H, W]); the batch "
+            f"CAMMonitor needs images as a float or uint8 tensor [B, C, H, W] (or volumes [B, C, D, H, W]); the batch "
             f"{describe(batch)} gave "
             f"{describe(images)}. Pass unpack=a function batch -> (images, labels, masks)."
         )

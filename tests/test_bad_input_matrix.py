@@ -80,7 +80,7 @@ ROWS: list[Row] = [
         "batch: non-image tensor",
         lambda: unpack_batch((torch.rand(2, 10), LABELS)),
         ValueError,
-        r"images as a float tensor \[B, C, H, W\].*Tensor\[2, 10\]",
+        r"images as a float or uint8 tensor \[B, C, H, W\].*Tensor\[2, 10\]",
     ),
     (
         "batch: soft labels",

@@ -448,3 +448,35 @@ def test_a_normalisation_for_other_channels_is_refused_not_tinting_the_display()
         display_images(grey, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     shown = display_images(grey, mean=[0.1], std=[0.5])  # one value per channel: the grey stays grey
     assert torch.allclose(shown, torch.full((2, 3, 4, 4), 0.35))
+
+
+class Uint8Classifier(TinyClassifier):
+    """Takes uint8 images (scales them itself); its loader wraps each label in a one-element list."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images.float() / 255)
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self(batch[0]), batch[1][0])
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1][0]))
+
+
+def test_uint8_images_and_labels_in_a_one_element_list_are_explained_at_every_check(tmp_path: Path) -> None:
+    """Once a single warning and then nothing for the whole run; now every check logs its grid."""
+    torch.manual_seed(0)
+    samples = [(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), [i % 4]) for i in range(16)]
+    loader = DataLoader(samples, batch_size=8)
+    monitor = CAMMonitor(methods=["gradcam", "guided_backprop"], num_samples=4)
+    with pytest.warns(
+        UserWarning, match=r"guided_backprop failed.*need\(s\) floating-point images.*got uint8"
+    ):
+        trainer(tmp_path, [monitor], max_epochs=2).fit(Uint8Classifier(), loader, loader)
+    assert monitor.checks == 2 and monitor.fixed.images.dtype == torch.uint8
+    assert monitor.fixed.labels.tolist() == [0, 1, 2, 3]
+    grids = sorted((tmp_path / "cam" / "predicted").glob("step_*.png"))
+    assert len(grids) == 2
+    grid = np.asarray(Image.open(grids[-1]).convert("RGB"), dtype=np.float32)
+    noise = grid[40:130, 100:190]  # inside the first row's input tile: uniform uint8 noise, mean 127.5
+    assert 100 < noise.mean() < 155  # drawn at its own brightness (read as 0..1 it saturated to white)

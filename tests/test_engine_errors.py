@@ -74,8 +74,15 @@ CASES = [
         "integer images",
         {},
         SmallCNN,
+        torch.zeros(1, 3, 16, 16, dtype=torch.int64),
+        r"floating-point or uint8.*torch.int64.*images.float\(\)",
+    ),
+    (
+        "uint8 images for a method that differentiates the images",
+        {"methods": ["gradcam", "guided_backprop"]},
+        SmallCNN,
         torch.zeros(1, 3, 16, 16, dtype=torch.uint8),
-        r"floating-point.*torch.uint8.*images.float\(\)",
+        r"guided_backprop need\(s\) floating-point images.*got uint8.*layer methods",
     ),
     (
         "targets wrong length",
@@ -125,6 +132,34 @@ def test_bad_input_raises_value_error_with_guidance(
     torch.manual_seed(0)
     with pytest.raises(ValueError, match=message):
         lc.explain(model_class(), images, **({"methods": "gradcam"} | options))
+
+
+class TakesUint8(nn.Module):
+    """A model that scales uint8 images itself, as a deployed model often does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = SmallCNN()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images.float() / 255)
+
+
+def test_uint8_images_are_explained_as_the_model_takes_them() -> None:
+    torch.manual_seed(0)
+    model = TakesUint8().eval()
+    pixels = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    methods = ["gradcam", "layercam", "eigencam", "ablationcam"]
+    non_flat = set()
+    for target in range(4):  # random weights leave some classes' maps all zero: compare every class
+        ours = lc.explain(model, pixels, methods, target_layer="net.features.4", targets=target)
+        scaled = lc.explain(
+            model.net, pixels.float() / 255, methods, target_layer="features.4", targets=target
+        )
+        for method in methods:
+            torch.testing.assert_close(ours[method], scaled[method])
+            non_flat |= {method} if bool((ours[method].flatten(1).amax(1) > 0).all()) else set()
+    assert non_flat == set(methods)
 
 
 def test_auto_layer_without_spatial_output_says_to_name_the_layer() -> None:

@@ -27,7 +27,7 @@ from lightning_cam.engine.methods import (
     Method,
     guided_relus,
 )
-from lightning_cam.engine.methods.registry import at_least_float32
+from lightning_cam.engine.methods.registry import at_least_float32, needs_float_images
 from lightning_cam.engine.spatial import per_item, resize
 from lightning_cam.engine.targets import Scorer, Targets, make_scorer
 
@@ -70,10 +70,11 @@ def _first_convolution(model: nn.Module) -> nn.Module | None:
     return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
 
 
-def check_images(images: object, model: nn.Module | None = None) -> Tensor:
-    """Images must be a floating tensor ``[B, C, H, W]``, or ``[B, C, D, H, W]`` for volumes and clips
-    (``D`` depth or time), with at least one image; a 4-D batch for a model whose first convolution is
-    3-D is a volume without its channel axis, and says so."""
+def check_images(images: object, model: nn.Module | None = None, methods: Sequence[Method] = ()) -> Tensor:
+    """Images must be a tensor ``[B, C, H, W]``, or ``[B, C, D, H, W]`` for volumes and clips (``D``
+    depth or time), with at least one image; a 4-D batch for a model whose first convolution is 3-D is
+    a volume without its channel axis, and says so. Floating point, or ``uint8`` for a model that takes
+    it when none of ``methods`` needs float images (:func:`needs_float_images`)."""
     if not isinstance(images, Tensor):
         raise ValueError(f"images must be a float tensor [B, C, H, W]; got {type(images).__name__}.")
     if images.dim() not in (4, 5):
@@ -87,10 +88,17 @@ def check_images(images: object, model: nn.Module | None = None) -> Tensor:
             f"the model's first convolution is 3-D, so it takes volumes [B, C, D, H, W]; got {list(images.shape)}, "
             f"a volume batch without its channel axis? Add it with images.unsqueeze(1) (one channel)."
         )
-    if not images.is_floating_point():
+    floating = [m.name for m in methods if needs_float_images(m)]
+    if images.dtype == torch.uint8 and floating:
         raise ValueError(
-            f"images must be a floating-point tensor [B, C, H, W]; got dtype {images.dtype}. "
-            f"Convert with images.float() (and scale uint8 images to [0, 1])."
+            f"{', '.join(floating)} need(s) floating-point images (they differentiate with respect to the "
+            f"images or change them); got uint8. The layer methods (gradcam, layercam, ...) explain uint8 "
+            f"images as the model takes them; for these, pass images.float() scaled as the model expects."
+        )
+    if not images.is_floating_point() and images.dtype != torch.uint8:
+        raise ValueError(
+            f"images must be a floating-point or uint8 tensor [B, C, H, W]; got dtype {images.dtype}. "
+            f"Convert with images.float() (and scale as the model expects)."
         )
     if images.shape[0] == 0:
         raise ValueError("images is an empty batch; pass at least one image.")
@@ -290,8 +298,9 @@ def explain_batch(
     requested = resolve_methods(methods)
     needed = with_requirements(requested)
     method_kwargs = resolve_options(needed, options, method_options)
-    images = check_images(images, model)
+    images = check_images(images, model, needed)
     device, dtype = model_device_dtype(model, images)
+    dtype = dtype if images.is_floating_point() else images.dtype  # uint8 goes in as the model takes it
     size = tuple(images.shape[2:])
     layer_methods = [m for m in needed if m.kind == "layer"]
     start = time.perf_counter()

@@ -129,8 +129,9 @@ def display_images(
 ) -> Tensor:
     """Images ``[B, C, H, W]`` (or volumes ``[B, C, D, H, W]``) as RGB in ``[0, 1]`` for display: undo
     ``(x - mean) / std`` normalisation, show ``channel`` in grey when given (one of several MRI
-    sequences, say), repeat a single channel to three, keep the first three of more channels."""
-    images = images.detach().float()
+    sequences, say), repeat a single channel to three, keep the first three of more channels; ``uint8``
+    images are read as ``0..255``."""
+    images = images.detach().float() / (255.0 if images.dtype == torch.uint8 else 1.0)
     for name, values in (("image_mean", mean), ("image_std", std)):
         if values is not None and len(values) not in (1, images.shape[1]):
             raise ValueError(

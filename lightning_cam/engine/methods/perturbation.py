@@ -76,7 +76,7 @@ def _require_model(inputs: LayerInputs) -> tuple[nn.Module, Tensor]:
     return inputs.model, inputs.images
 
 
-@register("scorecam", options={**_PERTURBATION_OPTIONS, "topk": None})
+@register("scorecam", perturbs_input=True, options={**_PERTURBATION_OPTIONS, "topk": None})
 def scorecam(
     inputs: LayerInputs,
     chunk_size: int | None = None,

@@ -32,6 +32,7 @@ __all__ = [
     "LayerInputs",
     "Method",
     "at_least_float32",
+    "needs_float_images",
     "register",
 ]
 
@@ -127,6 +128,7 @@ class Method:
         needs_input_gradients: whether the pass must compute plain input gradients.
         needs_guided_gradients: whether the pass must compute guided input gradients.
         needs_attention_gradients: whether the pass must compute each attention block's gradient.
+        perturbs_input: whether it feeds the model images it changed (Score-CAM), so it needs float images.
         requires: for ``combined`` methods, the methods whose maps it combines.
         options: the keyword options ``compute`` accepts, with their defaults.
     """
@@ -139,11 +141,18 @@ class Method:
     needs_input_gradients: bool = False
     needs_guided_gradients: bool = False
     needs_attention_gradients: bool = False
+    perturbs_input: bool = False
     requires: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
 REGISTRY: dict[str, Method] = {}
+
+
+def needs_float_images(method: Method) -> bool:
+    """Whether ``method`` needs floating-point images: it differentiates with respect to them (guided
+    backprop, saliency) or changes them (Score-CAM); the others also explain ``uint8`` images."""
+    return method.kind in ("input", "combined") or method.perturbs_input
 
 
 def register(name: str, **properties: Any) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
