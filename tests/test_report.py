@@ -117,6 +117,44 @@ def test_a_run_without_masks_groups_or_trust_gets_a_sensible_page_also_from_png_
     assert without_source_line(rebuilt) == without_source_line(written)
 
 
+def test_every_target_has_its_grids_under_a_heading_that_names_it(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    train, val = loaders(with_masks=True)
+    monitor = CAMMonitor(
+        methods=["gradcam"], num_samples=4, targets=["predicted", 1], report=True, strict=True
+    )
+    trainer(tmp_path, [monitor], max_epochs=2).fit(TinyClassifier(), train, val)
+    written = (tmp_path / REPORT_FILE).read_text()
+    predicted, class_1 = written.index("Target: the predicted class"), written.index("Target: class 1")
+    assert predicted < class_1
+    assert 'alt="class_1 last check grid"' in written[class_1:]  # the second target's grid, under its heading
+    assert 'alt="predicted first check grid"' in written[predicted:class_1]
+
+
+def test_a_run_whose_batches_cannot_be_read_says_so_at_every_check_and_on_the_page(tmp_path: Path) -> None:
+    """Soft labels are refused: before, one warning and then silence, and a page saying "No mask was
+    logged" although every batch carried one."""
+    images, labels, masks = (t[:16] for t in loaders(with_masks=True)[1].dataset.tensors)
+    soft = torch.nn.functional.one_hot(labels, 4).float() * 0.9 + 0.025
+    val = torch.utils.data.DataLoader(list(zip(images, soft, masks, strict=True)), batch_size=8)
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=4, report=True)
+    with pytest.warns(UserWarning) as caught:
+        trainer(tmp_path, [monitor], max_epochs=2).fit(SoftLabels(), loaders()[0], val)
+    skipped = [str(w.message) for w in caught if "is skipped" in str(w.message)]
+    assert len(skipped) == 2 and "step 4" in skipped[0] and "step 8" in skipped[1]
+    assert "could not be read (ValueError: CAMMonitor needs labels as integer class indices" in skipped[0]
+    written = (tmp_path / REPORT_FILE).read_text()
+    assert "What went wrong" in written and "checks were skipped: no images were captured" in written
+    assert "No check ran" in written and "No mask was logged" not in written
+    rebuilt = rebuild_report(tmp_path, tmp_path / "rebuilt.html").read_text()
+    assert without_source_line(rebuilt) == without_source_line(written)
+
+
+class SoftLabels(TinyClassifier):
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        self.log("val_loss", -(batch[1] * self(batch[0]).log_softmax(1)).sum(1).mean())
+
+
 def test_a_run_without_any_mask_writes_no_page_unless_asked(tmp_path: Path) -> None:
     train, val = loaders()
     trainer(tmp_path, [CAMMonitor(methods=["gradcam"], num_samples=4, strict=True)], max_epochs=1).fit(

@@ -238,6 +238,7 @@ class CAMMonitor(Callback):
         log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank asks
         if trainer.is_global_zero:
             self.publisher.publish_end(self.history, self.fixed, trainer.global_step)
+            self.publisher.publish_problems(self.faults.messages, trainer.global_step)
             with self.faults.guard("report"):
                 self.publisher.publish_page(log_dir, trainer.global_step)
         self.publisher.flush()
@@ -307,15 +308,14 @@ class CAMMonitor(Callback):
         return wanted
 
     def _check_and_publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        self.publisher.attach(trainer.loggers, trainer.default_root_dir)
+        step = trainer.global_step
         if self.fixed is None:
-            self.faults.warn_once(
-                "nothing", "CAMMonitor: no images have been captured yet; this check is skipped."
-            )
+            self._skip_check(step)
             return {}
         self.checks += 1
-        self.publisher.attach(trainer.loggers, trainer.default_root_dir)
         self.publisher.take_errors()
-        start, scalars, step = time.perf_counter(), {}, trainer.global_step
+        start, scalars = time.perf_counter(), {}
         with self.faults.guard("check"):
             fixed = self.fixed = self.fixed.to(pl_module.device)
             network = explained_network(pl_module, self.config, self.faults)
@@ -329,7 +329,20 @@ class CAMMonitor(Callback):
             scalars = result.scalars
         scalars[f"{self.config.name}/check_seconds"] = time.perf_counter() - start
         self.publisher.publish_scalars(scalars, step)
+        self.publisher.publish_problems(self.faults.messages, step)
         return scalars
+
+    def _skip_check(self, step: int) -> None:
+        """Say at every skipped check why nothing is explained, and list it for the loggers and the page."""
+        error = self.faults.errors.get("batch")
+        why = f"the batches could not be read ({error})" if error else "no validation batch was seen yet"
+        reason = f"no images were captured, because {why}"
+        self.faults.warn_each(
+            "skipped",
+            f"CAMMonitor: the check at step {step} is skipped: {reason}.",
+            f"CAMMonitor: checks were skipped: {reason}.",
+        )
+        self.publisher.publish_problems(self.faults.messages, step)
 
     def _read_batch(self, batch: Any) -> FixedBatch:
         config = self.config

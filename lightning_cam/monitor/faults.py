@@ -29,18 +29,29 @@ class Faults:
     def __init__(self, strict: bool) -> None:
         self.strict = strict
         self.failed_methods: set[str] = set()
+        self.errors: dict[str, str] = {}  # what failed -> its latest error, "Type: message"
+        self.messages: list[str] = []  # each warning's first line, in order: for the loggers and the page
         self._warned: set[str] = set()
 
     def warn_once(self, key: str, message: str) -> None:
-        """Warn with ``message`` the first time ``key`` comes up."""
+        """Warn with ``message`` the first time ``key`` comes up (and list its first line)."""
         if key not in self._warned:
             self._warned.add(key)
+            self.messages.append(message.splitlines()[0])
             warnings.warn(message, UserWarning, stacklevel=3)
+
+    def warn_each(self, key: str, message: str, listed: str) -> None:
+        """Warn with ``message`` every time (a check skipped again), listing ``listed`` once per ``key``."""
+        if key not in self._warned:
+            self._warned.add(key)
+            self.messages.append(listed)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
     def report(self, what: str, error: BaseException) -> None:
         """Raise ``error`` when strict; else warn once (with the traceback) that ``what`` failed."""
         if self.strict:
             raise error
+        self.errors[what] = f"{type(error).__name__}: {error}"
         self._report(what, error, "training goes on.")
 
     def fail_method(self, name: str, error: BaseException) -> None:
@@ -48,6 +59,7 @@ class Faults:
         if self.strict:
             raise error
         self.failed_methods.add(name)
+        self.errors[name] = f"{type(error).__name__}: {error}"
         self._report(name, error, "it is left out from now on; training goes on.")
 
     @contextmanager

@@ -34,7 +34,7 @@ from lightning_cam.report.grids import (
     render_table,
     render_volume_grid,
 )
-from lightning_cam.report.record import FILE_TAG, SUMMARY_TAG, summary_text, table_of_text
+from lightning_cam.report.record import FILE_TAG, PROBLEMS_TAG, SUMMARY_TAG, summary_text, table_of_text
 from lightning_cam.report.tables import Report, bias_report, trust_report
 from lightning_cam.writers import PNGWriter, Writer, writer_for
 from lightning_cam.writers.background import BackgroundWriter
@@ -256,6 +256,18 @@ class Publisher:
         tag = f"{self.config.name}/{FILE_TAG}"
         self._each_writer(lambda writer: partial(writer.log_file, tag, path, step))
         return path
+
+    def publish_problems(self, messages: list[str], step: int) -> None:
+        """What went wrong so far (``<name>/problems``: one row per warning), when it grew since last time."""
+        tag = f"{self.config.name}/{PROBLEMS_TAG}"
+        if len(messages) == len(self.record.tables.get(tag, Report([], [], [])).rows):
+            return
+        rows: list[list[object]] = [[message.replace("|", "/")] for message in messages]
+        report = Report(["what went wrong"], rows, [])
+        self.record.tables[tag] = report
+        self._each_writer(
+            lambda writer: partial(writer.log_report, tag, report.columns, rows, report.text, step)
+        )
 
     def publish_text(self, tag: str, text: str, step: int) -> None:
         """A line of text (an alert), through each writer's report channel."""

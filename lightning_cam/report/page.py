@@ -8,7 +8,7 @@ import html
 from collections.abc import Iterable
 
 from lightning_cam.report.plots import Family, families, plot_png, plotting_available
-from lightning_cam.report.record import RunRecord, peak_step
+from lightning_cam.report.record import PROBLEMS_TAG, RunRecord, peak_step
 from lightning_cam.report.tables import Report
 
 __all__ = ["render_page"]
@@ -86,11 +86,32 @@ def _verdicts(record: RunRecord) -> str:
         if lines:
             items = "".join(f"<li>{_code(line)}</li>" for line in lines)
             parts.append(f'<h3>{_e(title)}</h3><ul class="verdicts">{items}</ul>')
-    return "".join(parts) or (
-        '<p class="note">No mask was logged, so there is no verdict on a cue: give batches a <code>mask</code> (the '
-        "object, a known shortcut) to measure where the attention mass goes. The curves and grids below still "
-        "show how the maps changed.</p>"
+    return "".join(parts) or f'<p class="note">{_no_verdict(record)}</p>'
+
+
+def _no_verdict(record: RunRecord) -> str:
+    """Why there is no verdict, in the words that fit the run."""
+    if not record.scalars.get(f"{record.name}/check_seconds"):
+        see = " (see what went wrong, above)" if f"{record.name}/{PROBLEMS_TAG}" in record.tables else ""
+        return f"No check ran, so there is nothing to judge{see}."
+    if any("/mass/" in tag for tag in record.scalars):
+        return (
+            "Masks were logged, but no bias report was written (<code>bias_report=False</code>); the curves below "
+            "show where the attention mass went."
+        )
+    return (
+        "No mask was logged, so there is no verdict on a cue: give batches a <code>mask</code> (the object, a "
+        "known shortcut) to measure where the attention mass goes. The curves and grids below still show how "
+        "the maps changed."
     )
+
+
+def _problems(record: RunRecord) -> str:
+    table = record.tables.get(f"{record.name}/{PROBLEMS_TAG}")
+    if table is None:
+        return ""
+    items = "".join(f"<li>{_code(str(row[0]))}</li>" for row in table.rows)
+    return f'<h2>What went wrong</h2><div class="note"><ul class="verdicts">{items}</ul></div>'
 
 
 def _curves(record: RunRecord) -> str:
@@ -128,24 +149,36 @@ def _figure(family: Family, drawing: bool) -> str:
 
 
 def _grids(record: RunRecord) -> str:
-    target = record.summary.get("targets", ["predicted"])[0]  # type: ignore[index]
+    """Per target choice: the first target's first, peak and last grids; each other target's latest."""
+    targets = [str(t) for t in record.summary.get("targets", ["predicted"])]  # type: ignore[union-attr]
+    parts = [_target_grids(record, target, main=i == 0) for i, target in enumerate(targets)]
+    return "".join(part for part in parts if part) or '<p class="muted">No grid was logged.</p>'
+
+
+def _target_grids(record: RunRecord, target: str, main: bool) -> str:
     kept = record.images.get(f"{record.name}/{target}", {})
     if not kept:
-        return '<p class="muted">No grid was logged.</p>'
+        return ""
     steps, peak = sorted(kept), peak_step(record.scalars, record.name)
-    chosen = [("first check", steps[0])]
-    if peak is not None:
+    chosen = [("first check", steps[0])] if main else []
+    if main and peak is not None:
         at = max((s for s in steps if s <= peak[1]), default=steps[0])
         chosen.append((f"peak of {peak[0]}", at))
     chosen.append(("last check", steps[-1]))
-    seen, parts = set(), []
+    seen, figures = set(), []
     for label, step in chosen:
         if step not in seen:
             seen.add(step)
-            parts.append(
-                f"<figure><figcaption>{_code(label)}: step {step}</figcaption>{_image(kept[step], f'{label} grid')}</figure>"
+            caption = f"{label}: step {step}"
+            figures.append(
+                f"<figure><figcaption>{_code(caption)}</figcaption>{_image(kept[step], f'{target} {label} grid')}</figure>"
             )
-    return '<div class="grids">' + "".join(parts) + "</div>"
+    return f'<h3>Target: {_e(_target_words(target))}</h3><div class="grids">{"".join(figures)}</div>'
+
+
+def _target_words(target: str) -> str:
+    words = {"predicted": "the predicted class", "label": "the true label"}
+    return words.get(target, f"class {target.removeprefix('class_')}")
 
 
 def _latest_images(record: RunRecord, suffixes: Iterable[str]) -> str:
@@ -169,6 +202,7 @@ def _tables(record: RunRecord) -> str:
     parts = [
         f"<h3>{_e(titles.get(tag.rsplit('/', 1)[-1], tag))} <span class='muted'>({_e(tag)})</span></h3>{_table(table)}"
         for tag, table in sorted(record.tables.items())
+        if tag != f"{record.name}/{PROBLEMS_TAG}"  # shown at the top
     ]
     return (
         "".join(parts)
@@ -182,6 +216,7 @@ def render_page(record: RunRecord, source: str) -> str:
     sections = [
         f"<h1>lightning-cam audit report: {_e(model)}</h1><p class='muted'>{_code(source)}</p>",
         f"<h2>Run</h2>{_summary(record)}",
+        _problems(record),
         f"<h2>Verdict</h2>{_verdicts(record)}",
         f"<h2>Attention over training</h2>{_curves(record)}",
         f"<h2>Where the model looked</h2>{_grids(record)}",

@@ -19,6 +19,7 @@ from lightning_cam.report.tables import Report
 __all__ = ["RunRecord", "enrichment_tags", "grid_tag", "peak_step", "table_of_text"]
 
 SUMMARY_TAG = "run_summary"
+PROBLEMS_TAG = "problems"  # what went wrong: a row per warning
 FILE_TAG = "report_file"  # the page's path, logged after the page: never part of it
 
 
