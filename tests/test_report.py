@@ -155,6 +155,35 @@ class SoftLabels(TinyClassifier):
         self.log("val_loss", -(batch[1] * self(batch[0]).log_softmax(1)).sum(1).mean())
 
 
+def test_a_resumed_runs_page_holds_both_halves_and_equals_the_rebuilt_page(tmp_path: Path) -> None:
+    """Fit 2 epochs, resume from ``last.ckpt`` to 4 into the same TensorBoard folder, then fit again
+    (nothing left to train): the page has all 4 checks and equals the one rebuilt from the event files."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    torch.manual_seed(0)
+    train, val = loaders(with_masks=True)
+
+    def fit(epochs: int, resume: str | None) -> CAMMonitor:
+        monitor = CAMMonitor(methods=["gradcam"], num_samples=4, strict=True, background_writes=False)
+        keep = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        logger = TensorBoardLogger(tmp_path, name="run", version=0)
+        run = trainer(tmp_path, [monitor, keep], max_epochs=epochs, logger=logger, enable_checkpointing=True)
+        run.fit(TinyClassifier(), train, val, ckpt_path=resume)
+        return monitor
+
+    fit(2, None)
+    log_dir = tmp_path / "run" / "version_0"
+    fit(4, str(tmp_path / "ckpt" / "last.ckpt"))
+    written = (log_dir / REPORT_FILE).read_text()
+    assert "4 (steps 4 to 16)" in written and "first check: step 4" in written  # was "2 (steps 12 to 16)"
+    rebuilt = rebuild_report(log_dir, tmp_path / "rebuilt.html").read_text()
+    assert without_source_line(rebuilt) == without_source_line(written)
+    page_time = (log_dir / REPORT_FILE).stat().st_mtime_ns
+    fit(4, str(tmp_path / "ckpt" / "last.ckpt"))  # trains nothing: logs no report and no page again
+    assert (log_dir / REPORT_FILE).stat().st_mtime_ns == page_time
+
+
 def test_a_run_without_any_mask_writes_no_page_unless_asked(tmp_path: Path) -> None:
     train, val = loaders()
     trainer(tmp_path, [CAMMonitor(methods=["gradcam"], num_samples=4, strict=True)], max_epochs=1).fit(

@@ -3,7 +3,7 @@
 A layer is a candidate only when it is **verified** on the probe image: its output reads as a
 spatial layout (:func:`~lightning_cam.engine.layouts.infer_layout`) with more than one position at
 this input's size, the score (the model's largest output, the predicted class's logit) depends on
-it, it is no pooling layer nor a pooling layer's output, and it is not the head of a dense output
+it (a path in the autograd graph: a classifier still at zero keeps its layers), it is no pooling layer nor a pooling layer's output, and it is not the head of a dense output
 (a segmentation model's logits: as many channels as the output has classes). Candidates are then
 ordered by one rule: a transformer (its repeated blocks output tokens or channels-last maps) first
 tries the first shape-keeping layer inside its last block (ViT, DeiT: ``norm1``; Swin: ``norm1``);
@@ -132,7 +132,7 @@ def _refuse(probes: list[_Probe], score: Tensor | None, head_channels: int | Non
         score, [p.output for p in open_probes], allow_unused=True, retain_graph=True
     )
     for probe, gradient in zip(open_probes, gradients, strict=True):
-        if gradient is None or not bool(gradient.abs().sum() > 0):
+        if gradient is None:  # no path in the graph (a zero gradient still depends: a head at zero, say)
             probe.refusal = "the score does not depend on it"
 
 

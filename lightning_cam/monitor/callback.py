@@ -176,6 +176,9 @@ class CAMMonitor(Callback):
         self.checks, self.last_check_step = 0, -1
         self.fired_alerts: set[str] = set()
         self.audit_result: AuditResult | None = None
+        self.fit_started_at = (
+            -1
+        )  # the global step this fit started at: a fit that trains nothing adds nothing
 
     @property
     @override
@@ -232,7 +235,20 @@ class CAMMonitor(Callback):
             self.run_check(trainer, pl_module)
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.trained_from = None
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.trained_from = trainer.global_step  # after a resume: the checkpoint's step
+
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.trained_from in (
+            None,
+            trainer.global_step,
+        ):  # trained nothing: a second fit, a finished resume
+            return  # every rank alike: the report, the page and the audit of this step are already out
         if self.config.audit_due(None):
             self.run_audit(trainer, pl_module)
         log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank asks
@@ -255,6 +271,7 @@ class CAMMonitor(Callback):
             "last_check_step": self.last_check_step,
             "history": self.history.state_dict(),
             "fired_alerts": sorted(self.fired_alerts),
+            "record": self.publisher.record.state_dict(),
         }
 
     @override
@@ -265,6 +282,7 @@ class CAMMonitor(Callback):
         self.last_check_step = state_dict.get("last_check_step", -1)
         self.history.load_state_dict(state_dict.get("history", {}))
         self.fired_alerts = set(state_dict.get("fired_alerts", []))
+        self.publisher.record.load_state_dict(state_dict.get("record", {}))
 
     def flush(self) -> None:
         """Wait until every image of the checks so far is written (the end of ``fit`` does this)."""

@@ -61,7 +61,8 @@ def _from_tensorboard(directories: list[Path], name: str) -> RunRecord:
                 last = accumulator.Tensors(tag)[-1]
                 _add_text(record, text_tag, last.tensor_proto.string_val[0].decode())
         for tag in filter(lambda t: _ours(t, name), tags.get("scalars", [])):
-            record.scalars[tag] = [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            merged = dict(record.scalars.get(tag, [])) | {e.step: e.value for e in accumulator.Scalars(tag)}
+            record.scalars[tag] = sorted(merged.items())  # a resumed run's folders, one after the other
         for tag in filter(lambda t: _ours(t, name), tags.get("images", [])):
             kept = record.images.setdefault(grid_tag(tag), {})
             kept.update({event.step: event.encoded_image_string for event in accumulator.Images(tag)})

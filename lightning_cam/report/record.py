@@ -82,6 +82,28 @@ class RunRecord:
     images: dict[str, dict[int, object]] = field(default_factory=dict)
     tables: dict[str, Report] = field(default_factory=dict)
 
+    def state_dict(self) -> dict[str, object]:
+        """The record as plain data (images as PNG bytes, tables as the Markdown that is logged), for a
+        checkpoint: a resumed run's page then holds the checks before the resume too."""
+        return {
+            "summary": dict(self.summary),
+            "scalars": {tag: list(series) for tag, series in self.scalars.items()},
+            "images": {
+                tag: {step: _png(image) for step, image in kept.items()} for tag, kept in self.images.items()
+            },
+            "tables": {tag: report.text for tag, report in self.tables.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.summary = dict(state.get("summary", {}))  # type: ignore[call-overload]
+        scalars: Mapping[str, Sequence[tuple[int, float]]] = state.get("scalars", {})  # type: ignore[assignment]
+        self.scalars = {tag: [(int(s), float(v)) for s, v in series] for tag, series in scalars.items()}
+        images: Mapping[str, Mapping[int, bytes]] = state.get("images", {})  # type: ignore[assignment]
+        self.images = {tag: dict(kept) for tag, kept in images.items()}
+        tables: Mapping[str, str] = state.get("tables", {})  # type: ignore[assignment]
+        self.tables = {tag: table_of_text(text) for tag, text in tables.items()}
+
     def add_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         for tag, value in scalars.items():
             self.scalars.setdefault(tag, []).append((step, float(np.float32(value))))
@@ -113,3 +135,7 @@ class RunRecord:
             for step in steps:
                 if step not in wanted:
                     del kept[step]
+
+
+def _png(image: object) -> bytes:
+    return image if isinstance(image, bytes) else image.png()  # type: ignore[attr-defined]
