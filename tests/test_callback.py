@@ -480,3 +480,21 @@ def test_uint8_images_and_labels_in_a_one_element_list_are_explained_at_every_ch
     grid = np.asarray(Image.open(grids[-1]).convert("RGB"), dtype=np.float32)
     noise = grid[40:130, 100:190]  # inside the first row's input tile: uniform uint8 noise, mean 127.5
     assert 100 < noise.mean() < 155  # drawn at its own brightness (read as 0..1 it saturated to white)
+
+
+def test_large_images_are_drawn_as_capped_tiles_unless_full_resolution_is_asked(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    samples = [(torch.rand(3, 300, 300), i % 4) for i in range(4)]
+    loader = DataLoader(samples, batch_size=4)
+    sizes = {}
+    for cap in (128, None):
+        monitor = CAMMonitor(
+            methods=["gradcam"], num_samples=4, max_tile_size=cap, class_means=False, timeline_length=0
+        )
+        trainer(tmp_path / str(cap), [monitor], max_epochs=1).fit(TinyClassifier(), loader, loader)
+        grid = Image.open(next((tmp_path / str(cap) / "cam" / "predicted").glob("step_*.png")))
+        sizes[cap] = grid.size
+    rows_tall = 4 * (128 + 2)  # four rows of 128 px tiles and their padding, plus the header
+    assert rows_tall < sizes[128][1] < rows_tall + 40 and sizes[None][1] > 4 * 300
+    with pytest.raises(ValueError, match="max_tile_size is the longest side"):
+        CAMMonitor(max_tile_size=4)

@@ -72,6 +72,7 @@ class MonitorConfig:
     image_std: Sequence[float] | None = None
     colormap: str = "jet"
     alpha: float = 0.5
+    max_tile_size: int | None = 256
     num_slices: int = 5
     display_channel: int | None = None
     unpack: str | Callable[[Any], Unpacked] | None = None
@@ -164,6 +165,11 @@ class MonitorConfig:
         self.image_std = list(std) if std is not None else None
         if self.colormap not in COLORMAPS:
             raise ValueError(f"unknown colormap {self.colormap!r}; choose one of {', '.join(COLORMAPS)}.")
+        if self.max_tile_size is not None and self.max_tile_size < 16:
+            raise ValueError(
+                f"max_tile_size is the longest side of a grid tile in pixels (at least 16), or None for full "
+                f"resolution; got {self.max_tile_size}."
+            )
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(
                 f"alpha is the heatmap's weight in the overlay and must be in [0, 1]; got {self.alpha}."

@@ -131,6 +131,7 @@ class Publisher:
                 num_slices=config.num_slices,
                 colormap=config.colormap,
                 alpha=config.alpha,
+                max_tile=config.max_tile_size,
             )
         return render_grid(
             result.shown,
@@ -138,6 +139,7 @@ class Publisher:
             target.captions,
             colormap=config.colormap,
             alpha=config.alpha,
+            max_tile=config.max_tile_size,
             regions=result.regions,
         )
 
@@ -183,6 +185,7 @@ class Publisher:
                     colormap=config.colormap,
                     alpha=config.alpha,
                     min_tile=TIMELINE_TILE,
+                    max_tile=config.max_tile_size,
                 )
             if config.class_means and labels is not None and summary.num_classes:
                 means, present = metrics.class_mean_maps(latest, labels, summary.num_classes)
@@ -194,7 +197,10 @@ class Publisher:
                 names = [config.class_name(c) for c in range(summary.num_classes) if bool(present[c])]
                 label = "mean map" if shown.dim() == 4 else "mean map\n(peak slice)"
                 images[f"{config.name}/{method}/class_means"] = render_table(
-                    apply_colormap(means, config.colormap)[None], names, [f"{method}\n{label}"]
+                    apply_colormap(means, config.colormap)[None],
+                    names,
+                    [f"{method}\n{label}"],
+                    max_tile=config.max_tile_size,
                 )
         return images
 
@@ -235,7 +241,8 @@ class Publisher:
             if all(maps.dim() == 3 for maps in result.mean_maps.values())
             else "mean map\n(peak slice)"
         )
-        grid = render_table(tiles, result.map_slices, [f"{method}\n{label}" for method in result.mean_maps])
+        captions = [f"{method}\n{label}" for method in result.mean_maps]
+        grid = render_table(tiles, result.map_slices, captions, max_tile=self.config.max_tile_size)
         self._publish_images({f"{root}/mean_maps": grid}, step)
 
     def publish_summary(self, summary: dict[str, object], step: int) -> None:

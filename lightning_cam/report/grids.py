@@ -228,6 +228,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+MAX_TILE = 256  # the default longest side of a tile, in pixels
+
+
 def _tile_scale(height: int, width: int, min_tile: int) -> int:
     return max(1, -(-min_tile // min(height, width)))
 
@@ -238,15 +241,22 @@ def render_table(
     captions: Sequence[str],
     *,
     min_tile: int = 112,
+    max_tile: int | None = MAX_TILE,
     padding: int = 2,
 ) -> Grid:
     """A labelled table of RGB tiles ``[rows, columns, 3, H, W]`` in ``[0, 1]``: a header with the
     column names, a caption left of each row (one line per ``\\n``). Small tiles are enlarged
-    (nearest neighbour, integer factor) to at least ``min_tile`` pixels. The tiles are assembled on
-    their device; one ``uint8`` transfer to the host, then PIL writes the text."""
+    (nearest neighbour, integer factor) to at least ``min_tile`` pixels; tiles longer than
+    ``max_tile`` pixels are scaled down (antialiased) to that length, so that a long run's logs stay
+    small (``None``: full resolution). The tiles are assembled on their device; one ``uint8``
+    transfer to the host, then PIL writes the text."""
     rows, count, _, height, width = tiles.shape
-    scale = _tile_scale(height, width, min_tile)
     flat = tiles.reshape(rows * count, 3, height, width)
+    if max_tile is not None and max(height, width) > max_tile:
+        factor = max_tile / max(height, width)
+        height, width = max(1, round(height * factor)), max(1, round(width * factor))
+        flat = F.interpolate(flat, size=(height, width), mode="bilinear", antialias=True).clamp(0, 1)
+    scale = _tile_scale(height, width, min_tile)
     if scale > 1:
         flat = F.interpolate(flat, scale_factor=scale, mode="nearest")
     body = make_grid(flat, nrow=count, padding=padding, pad_value=1.0)
@@ -287,6 +297,7 @@ def render_grid(
     colormap: str = "jet",
     alpha: float = 0.5,
     min_tile: int = 112,
+    max_tile: int | None = MAX_TILE,
     padding: int = 2,
     regions: Tensor | None = None,
 ) -> Grid:
@@ -299,6 +310,7 @@ def render_grid(
         colormap: one of :data:`COLORMAPS`.
         alpha: the heat's weight in the overlay.
         min_tile: small images are enlarged (nearest neighbour, integer factor) to at least this size.
+        max_tile: larger images are scaled down to this length (``None``: full resolution).
         padding: pixels between tiles.
         regions: ``[B, H, W]`` regions whose outline is drawn on every tile of their row (a
             segmentation label), or ``None``.
@@ -307,7 +319,9 @@ def render_grid(
     tiles = torch.stack(columns, dim=1)
     if regions is not None:
         tiles = outline(tiles, regions.to(tiles.device))
-    return render_table(tiles, ("input", *maps), captions, min_tile=min_tile, padding=padding)
+    return render_table(
+        tiles, ("input", *maps), captions, min_tile=min_tile, max_tile=max_tile, padding=padding
+    )
 
 
 def slice_indices(depth: int, count: int) -> list[int]:
@@ -339,6 +353,7 @@ def render_volume_grid(
     colormap: str = "jet",
     alpha: float = 0.5,
     min_tile: int = 112,
+    max_tile: int | None = MAX_TILE,
 ) -> Grid:
     """Volumes as rows of slices: per sample and method a row of ``num_slices`` evenly spaced slices
     along ``D`` and the slice where that method's map peaks, each with the map overlaid; the columns
@@ -368,4 +383,5 @@ def render_volume_grid(
         )
     tiles = torch.stack(rows, dim=1).flatten(0, 1)  # sample-major: a sample's methods together
     row_captions = [names[m][b] for b in range(len(captions)) for m in range(len(maps))]
-    return render_table(tiles, (*[f"d={d}" for d in chosen], "peak slice"), row_captions, min_tile=min_tile)
+    columns = (*[f"d={d}" for d in chosen], "peak slice")
+    return render_table(tiles, columns, row_captions, min_tile=min_tile, max_tile=max_tile)
