@@ -102,29 +102,76 @@ def test_deletion_insertion_by_hand_on_a_linear_model() -> None:
     assert insertion.item() == pytest.approx(expected_insertion, abs=1e-6)
 
 
+NEIGHBOUR_WEIGHTS = {2: {1: 1 / 6, 2: 1 / 12}, 3: {1: 1 / 14, 2: 1 / 28, 3: 1 / 56}}  # by offset order
+
+
 def direct_imputation(image: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
-    """The same imputation by a dense solve in float64: one equation per removed pixel."""
-    channels, height, width = image.shape
-    index = {(y, x): i for i, (y, x) in enumerate(removed.nonzero().tolist())}
+    """The same imputation by a dense solve in float64: one equation per removed pixel (or voxel)."""
+    channels, size = image.shape[0], tuple(image.shape[1:])
+    weights = NEIGHBOUR_WEIGHTS[len(size)]
+    index = {tuple(p): i for i, p in enumerate(removed.nonzero().tolist())}
     matrix = torch.zeros(len(index), len(index), dtype=torch.float64)
     right = torch.zeros(len(index), channels, dtype=torch.float64)
-    for (y, x), row in index.items():
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                ny, nx = y + dy, x + dx
-                if (dy, dx) == (0, 0) or not (0 <= ny < height and 0 <= nx < width):
-                    continue
-                weight = 1 / 12 if dy and dx else 1 / 6
-                matrix[row, row] += weight
-                if (ny, nx) in index:
-                    matrix[row, index[(ny, nx)]] -= weight
-                else:
-                    right[row] += weight * image[:, ny, nx].double()
+    for point, row in index.items():
+        for offset in itertools.product((-1, 0, 1), repeat=len(size)):
+            neighbour = tuple(p + o for p, o in zip(point, offset, strict=True))
+            order = sum(o != 0 for o in offset)
+            if not order or not all(0 <= n < s for n, s in zip(neighbour, size, strict=True)):
+                continue
+            matrix[row, row] += weights[order]
+            if neighbour in index:
+                matrix[row, index[neighbour]] -= weights[order]
+            else:
+                right[row] += weights[order] * image[(slice(None), *neighbour)].double()
     solution = torch.linalg.solve(matrix, right)
     filled = image.double().clone()
-    for (y, x), row in index.items():
-        filled[:, y, x] = solution[row]
+    for point, row in index.items():
+        filled[(slice(None), *point)] = solution[row]
     return filled
+
+
+def test_imputation_in_3d_equals_a_direct_solve() -> None:
+    generator = torch.Generator().manual_seed(0)
+    volumes = torch.rand(2, 2, 5, 6, 4, generator=generator)
+    removed = torch.rand(2, 5, 6, 4, generator=generator) < 0.6  # scattered, touching every face
+    removed[1, 1:4, 1:5, :] = True  # a block through the volume
+    filled = noisy_linear_imputation(volumes, removed, noise=0.0)
+    for item in range(2):
+        assert (filled[item].double() - direct_imputation(volumes[item], removed[item])).abs().max() < 1e-4
+    kept = ~removed[:, None].expand_as(volumes)
+    assert torch.equal(filled[kept], volumes[kept])
+
+
+def test_deletion_and_road_on_volumes_read_voxels_as_images_read_pixels() -> None:
+    """A model that flattens its input sees a 2x2x2 volume and a 2x4 image with the same values alike:
+    deletion / insertion, which only rank and replace, give the same AUCs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 3)).eval()
+    volumes, maps = torch.rand(3, 1, 2, 2, 2), torch.rand(3, 2, 2, 2)
+    on_volumes = deletion_insertion(model, volumes, maps, steps=4)
+    on_images = deletion_insertion(model, volumes.view(3, 1, 2, 4), maps.view(3, 2, 4), steps=4)
+    for ours, flat in zip(on_volumes, on_images, strict=True):
+        torch.testing.assert_close(ours, flat)
+    larger = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+    scores = road(larger, torch.rand(3, 1, 4, 4, 4), torch.rand(3, 4, 4, 4))
+    assert all(value.shape == (3,) and bool(value.isfinite().all()) for value in scores.values())
+
+
+@pytest.mark.parametrize(
+    ("maps", "message"),
+    [
+        (
+            torch.rand(2, 8, 8),
+            r"maps must hold one map per image at the images' size, \[2, 16, 16\]; got \[2, 8, 8\]",
+        ),
+        ({"gradcam": torch.rand(3, 16, 16)}, r"gradcam must hold one map per image.*got \[3, 16, 16\]"),
+    ],
+)
+def test_maps_of_the_wrong_size_say_which_size_is_needed(maps: object, message: str) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))
+    for metric in (deletion_insertion, road):
+        with pytest.raises(ValueError, match=message):
+            metric(model, torch.rand(2, 3, 16, 16), maps)
 
 
 def test_imputation_equals_a_direct_solve_with_borders_and_a_full_block() -> None:

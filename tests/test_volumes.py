@@ -232,7 +232,12 @@ def test_a_fit_on_volumes_logs_slice_grids_and_does_not_change_training(tmp_path
 
     without = volume_fit(tmp_path / "without", [])
     monitor = CAMMonitor(
-        methods=["gradcam", "layercam"], num_samples=4, num_slices=3, strict=True, audit=True
+        methods=["gradcam", "layercam"],
+        num_samples=4,
+        num_slices=3,
+        strict=True,
+        audit=True,
+        faithfulness=("deletion", "road"),  # the trust metrics on volumes: ROAD imputes in 3-D
     )
     logger = TensorBoardLogger(tmp_path / "with", name="tb")
     with_monitor = volume_fit(tmp_path / "with", [monitor], logger=logger)
@@ -255,6 +260,8 @@ def test_a_fit_on_volumes_logs_slice_grids_and_does_not_change_training(tmp_path
     assert read_tensorboard_scalars(logger.log_dir, "cam/gradcam/enrichment/cue")  # 3-D masks measured
     assert read_tensorboard_scalars(logger.log_dir, "audit/count/all")[-1][1] == 16
     assert read_tensorboard_images(logger.log_dir, "cam/gradcam/timeline")  # at each sample's peak slice
+    for tag in ("cam/gradcam/deletion_auc", "cam/layercam/road"):
+        assert len(read_tensorboard_scalars(logger.log_dir, tag)) == 2, tag
 
 
 def test_the_peak_slice_tile_is_the_volume_at_the_maps_peak() -> None:

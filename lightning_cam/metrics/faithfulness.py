@@ -14,6 +14,10 @@
   to react to. ``morf`` and ``lerf`` are the mean change of the target's softmax probability;
   ``combined = (lerf - morf) / 2``: **higher is more faithful**.
 
+Both run on images ``[B, C, H, W]`` with maps ``[B, H, W]`` and on volumes ``[B, C, D, H, W]`` with
+maps ``[B, D, H, W]`` (voxels ranked alike; ROAD's imputation in 3-D weighs the 6 face, 12 edge
+and 8 corner neighbours 4 : 2 : 1, as the 2-D weights 1/6 : 1/12 weigh edges and corners 2 : 1).
+
 Every perturbed image of every method, image and step is built on the model's device and scored
 in batched forwards, in chunks sized to a memory budget, inside the state guard (the model's
 modes and the global RNG states are left as they were; ROAD's noise comes from its own seeded
@@ -22,6 +26,7 @@ generator).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -41,9 +46,10 @@ ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 Maps = Tensor | Mapping[str, Tensor]
 
 
-def pixel_ranks(maps: Tensor) -> Tensor:
-    """``[..., N]``: each pixel's place when the map's pixels are sorted highest first (ties by position)."""
-    order = torch.argsort(maps.flatten(-2), dim=-1, descending=True, stable=True)
+def pixel_ranks(maps: Tensor, dims: int = 2) -> Tensor:
+    """``[..., N]``: each pixel's place when the map's pixels (its last ``dims`` axes: 2 for images, 3
+    for volumes) are sorted highest first (ties by position)."""
+    order = torch.argsort(maps.flatten(-dims), dim=-1, descending=True, stable=True)
     return torch.argsort(order, dim=-1)
 
 
@@ -54,11 +60,23 @@ def _flat_as_nan(stacked: Tensor, scores: Tensor) -> Tensor:
     return torch.where(flat, torch.full_like(scores, float("nan")), scores)
 
 
-def _stacked(maps: Maps) -> tuple[list[str] | None, Tensor]:
-    if isinstance(maps, Tensor):
-        return None, maps[None]
-    names = list(maps)
-    return names, torch.stack([maps[name] for name in names])
+def _stacked(maps: Maps, images: Tensor) -> tuple[list[str] | None, Tensor]:
+    """The maps as ``[M, B, *size]``; ``ValueError`` unless each is one map per image at its size."""
+    if images.dim() not in (4, 5):
+        raise ValueError(
+            f"images must be [B, C, H, W] or volumes [B, C, D, H, W]; got shape {list(images.shape)}."
+        )
+    named = {"maps": maps} if isinstance(maps, Tensor) else dict(maps)
+    expected = [images.shape[0], *images.shape[2:]]
+    for name, value in named.items():
+        if not isinstance(value, Tensor) or list(value.shape) != expected:
+            got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"{name} must hold one map per image at the images' size, {expected}; got {got}. explain() returns "
+                f"maps at the input's size; resize others with lightning_cam.engine.spatial.resize."
+            )
+    stacked = torch.stack(list(named.values()))
+    return (None if isinstance(maps, Tensor) else list(named)), stacked
 
 
 def _scores(
@@ -98,8 +116,9 @@ def deletion_insertion(
     output_key: OutputKey = None,
     chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor] | dict[str, tuple[Tensor, Tensor]]:
-    """``(deletion_auc [B], insertion_auc [B])`` of ``maps`` ``[B, H, W]`` (or, for a dict of
-    methods' maps, that pair per method, every method scored in the same batched forwards).
+    """``(deletion_auc [B], insertion_auc [B])`` of ``maps`` ``[B, H, W]`` (volumes: ``[B, D, H, W]``;
+    or, for a dict of methods' maps, that pair per method, every method scored in the same batched
+    forwards).
 
     ``targets``: the class per image (``None``: the predicted one); ``baseline``: what deleted
     pixels become, broadcastable to ``images`` (zeros by default).
@@ -111,13 +130,12 @@ def deletion_insertion(
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer; got {steps!r}.")
-    names, stacked = _stacked(maps)
-    methods, batch, (height, width) = stacked.shape[0], images.shape[0], images.shape[-2:]
-    pixels = height * width
+    names, stacked = _stacked(maps, images)
+    methods, batch, pixels = stacked.shape[0], images.shape[0], math.prod(images.shape[2:])
     step = math.ceil(pixels / steps)
     counts = [*range(0, pixels, step), pixels]
     device = model_device_dtype(model, images)[0]
-    ranks = pixel_ranks(stacked.to(device))  # [M, B, N]
+    ranks = pixel_ranks(stacked.to(device), images.dim() - 2)  # [M, B, N]
     flat = images.to(device).flatten(2)
     base = (
         (torch.zeros_like(images) if baseline is None else baseline.expand_as(images)).to(device).flatten(2)
@@ -156,8 +174,8 @@ def road(
     chunk_size: int | None = None,
     seed: int = 0,
 ) -> dict[str, Tensor] | dict[str, dict[str, Tensor]]:
-    """``{"morf": [B], "lerf": [B], "combined": [B]}`` for ``maps`` ``[B, H, W]`` (or that dict per
-    method for a dict of maps). ``noise`` is the imputation noise's std, drawn from a generator
+    """``{"morf": [B], "lerf": [B], "combined": [B]}`` for ``maps`` ``[B, H, W]`` (volumes: ``[B, D, H,
+    W]``; or that dict per method for a dict of maps). ``noise`` is the imputation noise's std, drawn from a generator
     seeded with ``seed`` (the global RNGs are not touched).
 
     Example::
@@ -167,11 +185,11 @@ def road(
     """
     if not fractions or not all(0 < f < 1 for f in fractions):
         raise ValueError(f"fractions must be in (0, 1), e.g. (0.1, ..., 0.9); got {fractions!r}.")
-    names, stacked = _stacked(maps)
-    methods, batch, (height, width) = stacked.shape[0], images.shape[0], images.shape[-2:]
-    pixels = height * width
+    names, stacked = _stacked(maps, images)
+    size = tuple(images.shape[2:])
+    methods, batch, pixels = stacked.shape[0], images.shape[0], math.prod(size)
     device = model_device_dtype(model, images)[0]
-    ranks = pixel_ranks(stacked.to(device))
+    ranks = pixel_ranks(stacked.to(device), len(size))
     removed_counts = torch.tensor([round(f * pixels) for f in fractions], device=device)
     inputs = images.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -182,7 +200,7 @@ def road(
         image, fraction, lerf = rest // (2 * len(fractions)), (rest // 2) % len(fractions), rest % 2 == 1
         count = removed_counts[fraction][:, None]
         rank = ranks[method, image]
-        removed = torch.where(lerf[:, None], rank >= pixels - count, rank < count).view(-1, height, width)
+        removed = torch.where(lerf[:, None], rank >= pixels - count, rank < count).view(-1, *size)
         return noisy_linear_imputation(inputs[image], removed, noise, generator), image
 
     original, scores = _scores(model, images, targets, methods * per_method, build, output_key, chunk_size)
@@ -201,8 +219,9 @@ def noisy_linear_imputation(
     generator: torch.Generator | None = None,
     tolerance: float = 1e-5,
 ) -> Tensor:
-    """Fill the ``removed`` pixels (``[n, H, W]`` bool) of ``images`` ``[n, C, H, W]``: each removed
-    pixel equals the weighted mean of its in-image 8 neighbours (1/6 edge, 1/12 diagonal), all
+    """Fill the ``removed`` pixels (``[n, H, W]`` bool) of ``images`` ``[n, C, H, W]`` (volumes:
+    ``[n, D, H, W]`` of ``[n, C, D, H, W]``): each removed pixel equals the weighted mean of its in-image
+    8 neighbours (1/6 edge, 1/12 diagonal; in 3-D the 26 weighted 4 : 2 : 1 by face, edge, corner), all
     removed pixels of all images and channels solved jointly by preconditioned conjugate gradients
     (the system is symmetric positive definite wherever an image keeps a pixel), to a relative
     residual of ``tolerance``, starting from the same problem solved at half the resolution (so a
@@ -219,27 +238,39 @@ def noisy_linear_imputation(
 
 
 def _neighbour_sum(x: Tensor) -> Tensor:
-    """Each pixel's in-image neighbours weighted 1/6 (edges) and 1/12 (diagonals); zero outside."""
-    p = F.pad(x, (1, 1, 1, 1))
-    edges = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
-    diagonals = p[..., :-2, :-2] + p[..., :-2, 2:] + p[..., 2:, :-2] + p[..., 2:, 2:]
-    return edges / 6 + diagonals / 12
+    """Each pixel's in-image neighbours: in 2-D (``x`` ``[n, C, H, W]``) weighted 1/6 (edges) and 1/12
+    (diagonals); in 3-D (``[n, C, D, H, W]``) 1/14 (faces), 1/28 (edges), 1/56 (corners). Zero outside."""
+    if x.dim() == 4:
+        p = F.pad(x, (1, 1, 1, 1))
+        edges = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+        diagonals = p[..., :-2, :-2] + p[..., :-2, 2:] + p[..., 2:, :-2] + p[..., 2:, 2:]
+        return edges / 6 + diagonals / 12
+    p = F.pad(x, (1, 1) * 3)
+    by_order: dict[int, Tensor] = {}
+    for offset in itertools.product((0, 1, 2), repeat=3):
+        order = sum(o != 1 for o in offset)  # 1 face, 2 edge, 3 corner
+        if order:
+            view = p[(..., *(slice(o, o + n) for o, n in zip(offset, x.shape[-3:], strict=True)))]
+            by_order[order] = by_order[order] + view if order in by_order else view
+    return by_order[1] / 14 + by_order[2] / 28 + by_order[3] / 56
 
 
 def _impute(values: Tensor, mask: Tensor, tolerance: float) -> Tensor:
     """The images with their removed pixels (``mask`` ``[n, 1, H, W]``, 1 = removed) solved for;
     the initial guess is the half-resolution solution, upsampled (cascadic multigrid)."""
-    height, width = values.shape[-2:]
+    size, spatial = tuple(values.shape[2:]), tuple(range(2, values.dim()))
     known = 1 - mask
-    if min(height, width) >= 16:
-        pooled_known = F.avg_pool2d(known, 2, ceil_mode=True)
-        coarse = F.avg_pool2d(values * known, 2, ceil_mode=True) / pooled_known.clamp(min=1e-12)
+    if min(size) >= 16:
+        pool = F.avg_pool2d if len(size) == 2 else F.avg_pool3d
+        pooled_known = pool(known, 2, ceil_mode=True)
+        coarse = pool(values * known, 2, ceil_mode=True) / pooled_known.clamp(min=1e-12)
         coarse = _impute(coarse, (pooled_known == 0).to(mask.dtype), tolerance)
-        guess = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        guess = F.interpolate(coarse, size=size, mode=mode, align_corners=False)
     else:
-        guess = (values * known).sum((-2, -1), keepdim=True) / known.sum((-2, -1), keepdim=True).clamp(min=1)
+        guess = (values * known).sum(spatial, keepdim=True) / known.sum(spatial, keepdim=True).clamp(min=1)
         guess = guess.expand_as(values)
-    weights = _neighbour_sum(torch.ones(1, 1, height, width, dtype=values.dtype, device=values.device))
+    weights = _neighbour_sum(torch.ones(1, 1, *size, dtype=values.dtype, device=values.device))
     right = mask * _neighbour_sum(values * known)
     solution = _conjugate_gradients(
         lambda u: mask * (weights * u - _neighbour_sum(u)), right, weights, tolerance, guess * mask
@@ -250,25 +281,29 @@ def _impute(values: Tensor, mask: Tensor, tolerance: float) -> Tensor:
 def _conjugate_gradients(
     operator: Callable[[Tensor], Tensor], right: Tensor, diagonal: Tensor, tolerance: float, initial: Tensor
 ) -> Tensor:
-    """Solve ``operator(x) = right`` for every ``[H, W]`` system of ``right`` ``[n, C, H, W]`` at once
-    (Jacobi-preconditioned CG from ``initial``); convergence is checked every 8 iterations (one host
-    sync each)."""
+    """Solve ``operator(x) = right`` for every ``[H, W]`` (or ``[D, H, W]``) system of ``right``
+    ``[n, C, ...]`` at once (Jacobi-preconditioned CG from ``initial``); convergence is checked every 8
+    iterations (one host sync each)."""
+    spatial = tuple(range(2, right.dim()))
 
     def dot(a: Tensor, b: Tensor) -> Tensor:
-        return (a * b).sum(dim=(-2, -1), keepdim=True)
+        return (a * b).sum(dim=spatial, keepdim=True)
+
+    def norm(a: Tensor) -> Tensor:
+        return a.flatten(2).norm(dim=-1).view(*a.shape[:2], *([1] * len(spatial)))
 
     solution = initial.clone()
     residual = right - operator(solution)
     preconditioned = residual / diagonal
     direction, rz = preconditioned.clone(), dot(residual, preconditioned)
-    limit = tolerance * right.flatten(-2).norm(dim=-1)[..., None, None].clamp(min=1e-30)
-    for iteration in range(10 * (right.shape[-1] + right.shape[-2]) + 100):
+    limit = tolerance * norm(right).clamp(min=1e-30)
+    for iteration in range(10 * sum(right.shape[2:]) + 100):
         applied = operator(direction)
         curvature = dot(direction, applied)
         alpha = torch.where(curvature > 0, rz / torch.where(curvature > 0, curvature, 1.0), 0.0)
         solution += alpha * direction
         residual -= alpha * applied
-        if iteration % 8 == 7 and bool((residual.flatten(-2).norm(dim=-1)[..., None, None] <= limit).all()):
+        if iteration % 8 == 7 and bool((norm(residual) <= limit).all()):
             break
         preconditioned = residual / diagonal
         rz_next = dot(residual, preconditioned)
