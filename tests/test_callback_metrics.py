@@ -164,8 +164,10 @@ def test_a_check_whose_maps_are_all_flat_reads_nan_never_a_uniform_map(tmp_path:
     torch.nn.init.zeros_(model.net.classifier.weight)
     model.net.classifier.requires_grad_(False)
     logger = TensorBoardLogger(tmp_path, name="tb")
-    monitor = CAMMonitor(methods=["gradcam"], num_samples=4, strict=True)
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=4, strict=True, report=True)
     trainer(tmp_path, [monitor], max_epochs=2, logger=logger).fit(model, train, val)
+    page = (Path(logger.log_dir) / "cam_report.html").read_text()  # the page says so, in a plot and in words
+    assert "flat maps: share with no attention anywhere" in page and "every gradcam map was flat" in page
     flat = read_tensorboard_scalars(logger.log_dir, "cam/gradcam/flat_fraction")
     enrichment = read_tensorboard_scalars(logger.log_dir, "cam/gradcam/enrichment/mask")
     mass = read_tensorboard_scalars(logger.log_dir, "cam/gradcam/mass/mask")
