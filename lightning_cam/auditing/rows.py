@@ -33,6 +33,7 @@ class AuditSettings:
     output_key: OutputKey = None
     reshape_transform: ReshapeTransform | str = "auto"
     method_options: dict[str, dict] = field(default_factory=dict)
+    strategies: bool = False
 
 
 def _targets(settings: AuditSettings, batch: FixedBatch) -> Tensor | int | None:

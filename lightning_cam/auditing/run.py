@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -23,6 +23,8 @@ from lightning_cam.auditing.shards import (
     kept_positions,
     rank_and_world,
 )
+from lightning_cam.auditing.spray import SMALL_SIZE, small_maps
+from lightning_cam.auditing.strategies import Strategy, find_strategies, strategy_scalars
 from lightning_cam.auditing.table import audit_report
 from lightning_cam.batches import FixedBatch, Unpacked, group_name, missing_groups_message, unpack_batch
 from lightning_cam.engine import resolve_methods
@@ -40,13 +42,15 @@ class AuditResult:
     """What an audit found. ``rows``: one value per image and column (sorted by dataset index, on the
     CPU; see :func:`~lightning_cam.auditing.rows.batch_columns`); ``figures``: per slice (``all``,
     ``class=<name>``, ``group=<name>``) its :class:`Figure` s; ``mean_maps``: per method ``[S, H, W]``
-    mean maps of the slices in ``map_slices``; ``pairs``: the (method, mask) pairs measured."""
+    mean maps of the slices in ``map_slices``; ``pairs``: the (method, mask) pairs measured;
+    ``strategies``: with ``strategies=True``, each class's :class:`~.strategies.Strategy` s."""
 
     rows: dict[str, Tensor]
     figures: dict[str, dict[str, Figure]]
     mean_maps: dict[str, Tensor]
     map_slices: list[str]
     pairs: list[tuple[str, str]]
+    strategies: list[Strategy] = field(default_factory=list)
 
     def scalars(self, root: str = "audit") -> dict[str, float]:
         """``<root>/<figure>/<slice>`` (and ``.../ci_low``, ``.../ci_high``), the slice being ``all``, a
@@ -59,7 +63,7 @@ class AuditResult:
                 if not math.isnan(figure.low):
                     scalars[f"{root}/{key}/{tag_part}/ci_low"] = figure.low
                     scalars[f"{root}/{key}/{tag_part}/ci_high"] = figure.high
-        return scalars
+        return scalars | (strategy_scalars(self.strategies, root) if self.strategies else {})
 
     def report(self) -> Report:
         """The table (a row per slice, method and mask) and a plain-words reading per group and mask."""
@@ -83,6 +87,7 @@ def audit(
     bootstrap_samples: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    strategies: bool = False,
 ) -> AuditResult:
     """Explain every image of ``dataloader`` and return per-image rows and per-slice figures.
 
@@ -91,6 +96,10 @@ def audit(
     every rank explains its own shard (a loader whose sampler does not shard gets a
     ``DistributedSampler``); each image is counted once, padded copies are dropped, and every rank
     returns the same result. The model's modes, gradients and RNG states are left as they were.
+
+    ``strategies=True`` also clusters each class's maps (the first method's) into the strategies the
+    model uses and tests each region on the model (:mod:`lightning_cam.auditing.strategies`; needs
+    scikit-learn: ``pip install lightning-cam[strategies]``): ``AuditResult.strategies``.
 
     Example::
 
@@ -105,6 +114,7 @@ def audit(
         output_key,
         reshape_transform,
         {name: dict(options) for name, options in (method_options or {}).items()},
+        strategies,
     )
     with preserved_rng():  # listing a sampler and starting a loader draw from the global generators
         loader, batches = index_batches(dataloader)
@@ -115,7 +125,12 @@ def audit(
             "the audit",
             lambda: _explain_all(model, loader, batches, kept, settings, read, device, group_names, progress),
         )
-    result = _gathered(pass_result, settings.methods, class_names, bootstrap_samples, seed)
+        result, small = _gathered(pass_result, settings.methods, class_names, bootstrap_samples, seed)
+        if small is not None:
+            found = find_strategies(
+                model, result.rows, small, _fetcher(loader, read, device), _namer(class_names), output_key
+            )
+            result = replace(result, strategies=found)
     if group_names is not None and not any(part.startswith("group=") for part in result.figures):
         group_key = (keys or {}).get("group", "group")
         warnings.warn(missing_groups_message("audit", group_names, group_key), UserWarning, stacklevel=2)
@@ -170,6 +185,8 @@ def _explain_all(
         explanation = explain_audited(model, batch, settings)
         codes = _group_codes(batch, result.groups, group_names)
         columns = batch_columns(batch, explanation, torch.tensor(indices)[keep], codes)
+        if settings.strategies:  # travels with the rows: every rank clusters the same maps
+            columns["small_map"] = small_maps(explanation.maps[settings.methods[0]])
         for name, values in columns.items():
             result.columns.setdefault(name, []).append(values)
         classes = columns["label"] if batch.labels is not None else columns["target"]
@@ -207,8 +224,9 @@ def _gathered(
     class_names: Sequence[str] | None,
     resamples: int,
     seed: int,
-) -> AuditResult:
-    """Every rank's rows and map sums (torchmetrics sync), sorted by dataset index, then the figures."""
+) -> tuple[AuditResult, Tensor | None]:
+    """Every rank's rows and map sums (torchmetrics sync), sorted by dataset index, then the figures;
+    and the small maps (rows' order) when the strategies are asked for."""
     shared = exchange((sorted(local.columns), sorted(local.sums.sums), local.groups, local.sums.size))
     groups = sorted({name for _, _, vocabulary, _ in shared for name in vocabulary})
     names = sorted({name for column_names, _, _, _ in shared for name in column_names})
@@ -227,7 +245,8 @@ def _gathered(
     columns, sums = states.compute()
     order = columns["index"].argsort()
     rows = {name: values[order] for name, values in columns.items()}
-    return _result(rows, sums, map_keys, methods, class_names, groups, resamples, seed)
+    small = rows.pop("small_map", None)
+    return _result(rows, sums, map_keys, methods, class_names, groups, resamples, seed), small
 
 
 def _slice_order(key: str) -> tuple[int, int, str]:
@@ -245,12 +264,34 @@ def _local_columns(local: _PassResult, names: list[str], groups: list[str]) -> d
         integer = ("index", "label", "target", "predicted", "group")
         return {
             name: torch.empty(0, dtype=torch.long if name in integer else torch.float32) for name in names
-        }
+        } | ({"small_map": torch.empty(0, SMALL_SIZE * SMALL_SIZE)} if "small_map" in names else {})
     count = len(columns["index"])
     renumber = torch.tensor([groups.index(name) for name in local.groups] + [-1], dtype=torch.long)
     columns["group"] = renumber.to(columns["group"].device)[columns["group"]]
     nan = torch.full((count,), float("nan"), device=columns["index"].device)
     return {name: columns.get(name, nan) for name in names}
+
+
+def _namer(class_names: Sequence[str] | None) -> Callable[[int], str]:
+    """A class index's name: from ``class_names``, else the index."""
+    return lambda index: (
+        class_names[index] if class_names is not None and 0 <= index < len(class_names) else str(index)
+    )
+
+
+def _fetcher(
+    loader: DataLoader, read: Callable[[Any], FixedBatch], device: torch.device
+) -> Callable[[list[int]], Tensor]:
+    """Images by dataset index, read as the audit read them, on ``device`` (for the strategies' tests)."""
+
+    def fetch(indices: list[int]) -> Tensor:
+        chunks = [
+            indices[i : i + (loader.batch_size or 1)] for i in range(0, len(indices), loader.batch_size or 1)
+        ]
+        images = [read(loader.collate_fn([loader.dataset[i] for i in chunk])).images for chunk in chunks]
+        return torch.cat(images).to(device) if images else torch.empty(0, device=device)
+
+    return fetch
 
 
 def _result(
@@ -263,9 +304,7 @@ def _result(
     resamples: int,
     seed: int,
 ) -> AuditResult:
-    def class_name(index: int) -> str:
-        return class_names[index] if class_names is not None and 0 <= index < len(class_names) else str(index)
-
+    class_name = _namer(class_names)
     slices = slices_of(rows, class_name, groups)
     masks = sorted({name.split("/", 1)[1] for name in rows if name.startswith("area/")})
     pairs = [(method, mask) for method in methods for mask in masks]
