@@ -5,6 +5,7 @@ same images without the tag. Both are audited on the same tagged validation imag
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
@@ -57,3 +58,33 @@ def planted_validation() -> tuple[DataLoader, Tensor]:
     """240 tagged validation images (batches of 60) and which of them carry the tag."""
     images, labels, tagged = planted(240, 1000, True)
     return DataLoader(TensorDataset(images, labels), batch_size=60), tagged
+
+
+class PlantedClassifier(pl.LightningModule):
+    """:func:`planted_model`'s network and optimiser as a LightningModule, on (images, labels) batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = SmallCNN(width=8)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), 3e-3)
+
+
+def planted_train_loader(seed: int) -> DataLoader:
+    images, labels, _ = planted(1024, seed, True)
+    return DataLoader(
+        TensorDataset(images, labels),
+        batch_size=32,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
-from strategy_helpers import TAG, planted_model, planted_validation
+from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, trainer
+from strategy_helpers import TAG, PlantedClassifier, planted_model, planted_train_loader, planted_validation
 
 import lightning_cam as lc
+from lightning_cam import CAMMonitor
 from lightning_cam.auditing.spray import cluster_maps, small_maps
 from lightning_cam.auditing.strategies import Strategy, strategy_scalars
 
@@ -112,3 +116,34 @@ def test_a_planted_tag_is_one_flagged_strategy_on_the_tag_and_a_control_flags_no
         planted_model(seed, tag=False), val, "gradcam", targets="predicted", progress=False, strategies=True
     )
     assert control.strategies and not any(s.flagged for s in control.strategies)
+
+
+@pytest.mark.slow
+def test_the_monitor_finds_the_planted_tag_and_puts_it_on_the_page(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    pl.seed_everything(0, verbose=False)
+    val, _ = planted_validation()
+    monitor = CAMMonitor(
+        methods=["gradcam"],
+        num_samples=8,
+        audit=True,
+        strategies=True,
+        audit_bootstrap_samples=0,
+        report=True,
+    )
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer(tmp_path, [monitor], max_epochs=8, logger=logger).fit(
+        PlantedClassifier(), planted_train_loader(0), val
+    )
+    metrics = monitor.audit_result.scalars()
+    assert metrics["audit/strategies/flagged"] >= 1 and "audit/strategies/0/0/flip_rate" in metrics
+    assert read_tensorboard_scalars(logger.log_dir, "audit/strategies/flagged")[-1][1] >= 1
+    assert read_tensorboard_images(logger.log_dir, "audit/strategies/prototypes")
+    page = (Path(logger.log_dir) / "cam_report.html").read_text()
+    assert "Strategies the model uses" in page and "shortcut suspect" in page and "at the top left" in page
+
+
+def test_strategies_need_the_audit() -> None:
+    with pytest.raises(ValueError, match=r"CAMMonitor\(audit=True, strategies=True\)"):
+        CAMMonitor(strategies=True)

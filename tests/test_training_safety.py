@@ -85,6 +85,7 @@ def test_fit_is_bit_identical_with_and_without_the_monitor(tmp_path: Path) -> No
         sanity_every_n_checks=1,
         audit=True,
         audit_every_n_epochs=1,
+        strategies=True,  # clustering and the transplant forwards change nothing either
         strict=True,
     )
     every_step = CAMMonitor(
@@ -95,6 +96,7 @@ def test_fit_is_bit_identical_with_and_without_the_monitor(tmp_path: Path) -> No
     assert (
         every_epoch.audit_result is not None and every_epoch.audit_result.figures["all"]["count"].value == 16
     )
+    assert every_epoch.audit_result.strategies  # the strategies ran on every audit
     assert_bitwise_equal(without, with_monitors)
 
 

@@ -32,8 +32,16 @@ from torch import Tensor, nn
 from lightning_cam.auditing.spray import SMALL_SIZE, cluster_maps
 from lightning_cam.engine.capture import preserved_state
 from lightning_cam.engine.logits import OutputKey, select_output
+from lightning_cam.report.tables import Report
 
-__all__ = ["FLIP_THRESHOLD", "MAX_REGION_AREA", "Strategy", "find_strategies", "strategy_scalars"]
+__all__ = [
+    "FLIP_THRESHOLD",
+    "MAX_REGION_AREA",
+    "Strategy",
+    "find_strategies",
+    "strategy_report",
+    "strategy_scalars",
+]
 
 MAX_REGION_AREA = 0.05
 REGION_CELLS = SMALL_SIZE * SMALL_SIZE // 10  # a region covers at most a tenth of the image
@@ -323,3 +331,48 @@ def strategy_scalars(strategies: list[Strategy], root: str = "audit") -> dict[st
             f"{part}/occlusion_drop": strategy.occlusion_drop,
         }
     return scalars
+
+
+STRATEGY_COLUMNS = [
+    "class",
+    "strategy",
+    "images",
+    "share of class",
+    "accuracy",
+    "confidence",
+    "region area",
+    "occlusion drop",
+    "flip rate",
+    "shortcut suspect",
+]
+
+
+def strategy_report(strategies: list[Strategy]) -> Report:
+    """A row per strategy; the readings: each flagged strategy in words (flagged first), else one line
+    saying that no spot carries a class alone."""
+
+    def share(value: float) -> str:
+        return "n/a" if value != value else _percent(value)
+
+    rows: list[list[object]] = [
+        [
+            s.class_name,
+            s.number,
+            s.size,
+            share(s.share),
+            share(s.accuracy),
+            f"{s.confidence:.2f}",
+            share(s.region_area),
+            f"{s.occlusion_drop:.2f}",
+            share(s.flip_rate),
+            "yes" if s.flagged else "no",
+        ]
+        for s in strategies
+    ]
+    flagged = [s.words() for s in strategies if s.flagged]
+    classes = len({s.class_index for s in strategies})
+    readings = flagged or [
+        f"no shortcut suspect: {len(strategies)} strategies over {classes} classes, and no small spot of theirs "
+        f"turns other classes' images into their class"
+    ]
+    return Report(list(STRATEGY_COLUMNS), rows, readings)

@@ -107,6 +107,10 @@ class CAMMonitor(Callback):
             intervals (``audit/...`` tags, a table, mean maps; see ``lightning_cam.audit``).
         audit_every_n_epochs: audit after every n-th validation epoch instead of at the end of fit.
         audit_bootstrap_samples: bootstrap draws for the audit's intervals (0: none).
+        strategies: with the audit, cluster each class's maps into the strategies the model uses and test
+            each on the model (``audit/strategies/...`` tags, a table, prototypes; flags a shortcut suspect
+            without any mask of it; see ``lightning_cam.auditing.strategies``; ``pip install
+            lightning-cam[strategies]``).
         report: write the audit page ``cam_report.html`` (one self-contained HTML file: curves, grids, tables,
             verdicts) into the log directory at the end of fit and hand it to every logger; ``None``: when a
             bias report, trust table or audit was logged.
@@ -165,6 +169,7 @@ class CAMMonitor(Callback):
         audit: bool = False,
         audit_every_n_epochs: int | None = None,
         audit_bootstrap_samples: int = 1000,
+        strategies: bool = False,
         report: bool | None = None,
         name: str = "cam",
         strict: bool = False,

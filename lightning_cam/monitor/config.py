@@ -101,6 +101,7 @@ class MonitorConfig:
     stop_on_alert: bool = False
     audit: bool = False
     audit_every_n_epochs: int | None = None
+    strategies: bool = False
     audit_bootstrap_samples: int = 1000
     report: bool | None = None
     name: str = "cam"
@@ -199,6 +200,11 @@ class MonitorConfig:
             _positive_int("sanity_every_n_checks", self.sanity_every_n_checks)
         if self.audit_every_n_epochs is not None:
             _positive_int("audit_every_n_epochs", self.audit_every_n_epochs)
+        if self.strategies and not self.audit:
+            raise ValueError(
+                "strategies=True clusters the full audit's maps; turn the audit on: CAMMonitor(audit=True, "
+                "strategies=True)."
+            )
         if not isinstance(self.audit_bootstrap_samples, int) or self.audit_bootstrap_samples < 0:
             raise ValueError(
                 "audit_bootstrap_samples is the number of bootstrap draws for the audit's intervals (0: none); "

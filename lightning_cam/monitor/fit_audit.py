@@ -56,6 +56,7 @@ def audit_in_fit(trainer: pl.Trainer, network: nn.Module, config: MonitorConfig)
         method_options=config.method_options,
         bootstrap_samples=config.audit_bootstrap_samples,
         progress=trainer.progress_bar_callback is not None,
+        strategies=config.strategies,
     )
     trainer.callback_metrics.update(
         {

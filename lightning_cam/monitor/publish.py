@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lightning_cam import metrics
 from lightning_cam.auditing import AuditResult
+from lightning_cam.auditing.strategies import Strategy, strategy_report
 from lightning_cam.batches import FixedBatch
 from lightning_cam.engine.targets import num_classes
 from lightning_cam.monitor.check import CheckResult, TargetResult
@@ -29,6 +30,7 @@ from lightning_cam.report.grids import (
     apply_colormap,
     at_slices,
     display_images,
+    outline,
     peak_slices,
     render_grid,
     render_table,
@@ -41,6 +43,7 @@ from lightning_cam.writers.background import BackgroundWriter
 
 __all__ = ["Publisher", "SummaryInputs"]
 
+PROTOTYPE_ROWS = 8  # strategies shown with their prototypes (flagged first)
 TIMELINE_TILE = 64  # timelines are wide: their tiles are enlarged less than the grid's
 
 
@@ -244,6 +247,30 @@ class Publisher:
         captions = [f"{method}\n{label}" for method in result.mean_maps]
         grid = render_table(tiles, result.map_slices, captions, max_tile=self.config.max_tile_size)
         self._publish_images({f"{root}/mean_maps": grid}, step)
+        if result.strategies:
+            self.publish_report(f"{root}/strategies", strategy_report(result.strategies), step)
+            self._publish_images({f"{root}/strategies/prototypes": self._prototypes(result.strategies)}, step)
+
+    def _prototypes(self, strategies: list[Strategy]) -> Grid:
+        """A row per strategy (flagged first, at most 8): its prototypes with its region outlined."""
+        config, shown = self.config, sorted(strategies, key=lambda s: not s.flagged)[:PROTOTYPE_ROWS]
+        count = max(len(s.prototype_images) for s in shown)
+        tiles = []
+        for strategy in shown:
+            images = display_images(
+                strategy.prototype_images, config.image_mean, config.image_std, config.display_channel
+            )
+            blank = torch.ones(count - len(images), *images.shape[1:])
+            tiles.append(torch.cat([images, blank]))
+        regions = torch.stack([s.region for s in shown])
+        captions = [
+            f"{s.class_name} #{s.number}\n{s.size} images" + ("\nshortcut suspect" if s.flagged else "")
+            for s in shown
+        ]
+        columns = [f"prototype {i + 1}" for i in range(count)]
+        return render_table(
+            outline(torch.stack(tiles), regions), columns, captions, max_tile=config.max_tile_size
+        )
 
     def publish_summary(self, summary: dict[str, object], step: int) -> None:
         """The run's summary (model, layer, methods, ...) for the page, logged as text so that a rebuilt page has it."""

@@ -77,6 +77,7 @@ def _summary(record: RunRecord) -> str:
 
 def _verdicts(record: RunRecord) -> str:
     sources = [
+        ("Strategies the model uses (no mask needed)", "audit/strategies"),
         ("The full audit: every validation image, with 95 % intervals", "audit/table"),
         ("The fixed samples over training: last check, first check and peak", "bias_report"),
     ]
@@ -197,6 +198,7 @@ def _tables(record: RunRecord) -> str:
         "bias_report": "Bias report",
         "trust_report": "Trust: which map to believe",
         "table": "Full audit",
+        "strategies": "Strategies the model uses",
         "alerts": "Alerts",
     }
     parts = [
@@ -220,7 +222,7 @@ def render_page(record: RunRecord, source: str) -> str:
         f"<h2>Verdict</h2>{_verdicts(record)}",
         f"<h2>Attention over training</h2>{_curves(record)}",
         f"<h2>Where the model looked</h2>{_grids(record)}",
-        f"<h2>Timelines and mean maps</h2><div class='plots'>{_latest_images(record, ('timeline', 'class_means', 'mean_maps'))}</div>",
+        f"<h2>Timelines, mean maps and prototypes</h2><div class='plots'>{_latest_images(record, ('timeline', 'class_means', 'mean_maps', 'prototypes'))}</div>",
         f"<h2>Tables</h2>{_tables(record)}",
     ]
     return (
