@@ -147,10 +147,21 @@ def test_ddp_audit_counts_each_image_once_and_equals_one_process(tmp_path: Path)
     network = SmallCNN(width=8)
     network.load_state_dict(rank0["state_dict"])
     val = DataLoader(CueData(37, 1, None), batch_size=8)
-    single = as_tuples(lc.audit(network, val, ["gradcam", "gradcam++"], targets="predicted", progress=False))
+    alone = lc.audit(
+        network, val, ["gradcam", "gradcam++"], targets="predicted", progress=False, strategies=True
+    )
+    single = as_tuples(alone)
     for record in (rank0, rank1):  # every rank holds the same figures, equal to one process's
         assert record["in_fit"]["index"] == list(range(37))
         assert_figures_close(record["in_fit"]["figures"], single)
+    strategies = [(s.class_index, s.number, s.indices, s.flagged) for s in alone.strategies]
+    assert strategies and all(  # the same strategies on every rank, as in one process
+        [(c, n, i, f) for c, n, i, _, f in record["in_fit"]["strategies"]] == strategies
+        for record in (rank0, rank1)
+    )
+    for record in (rank0, rank1):
+        flips = [flip for *_, flip, _ in record["in_fit"]["strategies"]]
+        np.testing.assert_allclose(flips, [s.flip_rate for s in alone.strategies], atol=1e-6)
     plain = as_tuples(lc.audit(network, val, ["gradcam", "gradcam++"], progress=False))
     assert_figures_close(rank0["plain"]["figures"], plain)  # lc.audit on an unsharded loader, sharded
     assert single["all"]["count"][0] == 37

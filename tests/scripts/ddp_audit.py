@@ -30,6 +30,9 @@ def figures_of(result: lc.AuditResult) -> dict:
         "index": result.rows["index"].tolist(),
         "mean_maps": result.mean_maps,
         "map_slices": result.map_slices,
+        "strategies": [
+            (s.class_index, s.number, s.indices, s.flip_rate, s.flagged) for s in result.strategies
+        ],
     }
 
 
@@ -39,7 +42,9 @@ def main(out: Path) -> None:
         CueData(64, 0, None), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
     val = DataLoader(CueData(NUM_VAL, 1, None), batch_size=8)
-    monitor = CAMMonitor(methods=["gradcam", "gradcam++"], num_samples=4, audit=True, strict=True)
+    monitor = CAMMonitor(
+        methods=["gradcam", "gradcam++"], num_samples=4, audit=True, strategies=True, strict=True
+    )
     model = CueClassifier()
     trainer = ddp_trainer(out, [monitor], max_epochs=2)
     trainer.fit(model, train, val)
