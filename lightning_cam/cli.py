@@ -35,6 +35,11 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"  validation accuracy, cue drawn at random (decorrelated):      {decorrelated:6.1%}")
     if cued - decorrelated > 0.1:
         print("  -> the model relies on the corner cue: the grids show attention on the tag.")
+    if result.suspects:
+        print(
+            "\nShortcut suspects the audits found without any mask (strategies of the in-distribution set):"
+        )
+        print("\n".join(f"  - {words}" for words in result.suspects))
     print(f"\nLogs and grids: {result.log_dir}")
     print(f"  the audit page: {result.log_dir}/cam_report.html")
     if args.logger == "tensorboard":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 from lightning_cam.demo.model import ShapesClassifier, ShapesDataModule
@@ -19,11 +20,13 @@ LOGGERS = ("tensorboard", "wandb", "csv")
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What a demo run produced: where its logs are, its accuracies and how long it took."""
+    """What a demo run produced: where its logs are, its accuracies, how long it took, and the shortcut
+    suspects its audit found without any mask (in words)."""
 
     log_dir: Path
     accuracy: dict[str, float]
     seconds: float
+    suspects: list[str] = field(default_factory=list)
 
 
 def make_logger(kind: str, out: Path) -> Logger:
@@ -41,8 +44,10 @@ def make_logger(kind: str, out: Path) -> Logger:
 
 
 def _demo_monitor(methods: tuple[str, ...] | None, vit: bool, class_names: list[str]) -> CAMMonitor:
-    """The demo's monitor: 8 decorrelated validation samples every epoch, and the full audit at the end;
-    the ViT's is explained by gradient-weighted attention rollout beside Grad-CAM, with their deletion AUC."""
+    """The demo's monitor: 8 decorrelated validation samples every epoch, and at the end the full audit of
+    the decorrelated set; the CNN's audit also looks for strategies in the in-distribution set (where
+    the tag agrees with the label), without the cue mask. The ViT is explained by gradient-weighted
+    attention rollout beside Grad-CAM, with their deletion AUC."""
     return CAMMonitor(
         methods=list(methods or (("grad_rollout", "gradcam") if vit else ("gradcam", "gradcam++"))),
         target_layer="net.blocks.2" if vit else "auto",
@@ -53,7 +58,36 @@ def _demo_monitor(methods: tuple[str, ...] | None, vit: bool, class_names: list[
         colormap="jet",
         faithfulness=("deletion",) if vit else (),
         audit=True,
+        audit_every_n_epochs=None if vit else 2,
+        audit_dataloader_idx=1 if vit else 0,
+        strategies=not vit and _clustering_available(),
     )
+
+
+class _SuspectLog(Callback):
+    """After each audit of ``monitor`` (placed before it in the callbacks), its flagged strategies in
+    words, with the epoch: the shortcut may be taken early and left later."""
+
+    def __init__(self, monitor: CAMMonitor) -> None:
+        self.monitor = monitor
+        self.suspects: list[str] = []
+        self.seen: object = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        result = self.monitor.audit_result
+        if result is not None and result is not self.seen and not trainer.sanity_checking:
+            self.seen = result
+            epoch = trainer.current_epoch + 1
+            self.suspects += [f"epoch {epoch}: {s.words()}" for s in result.strategies if s.flagged]
+
+
+def _clustering_available() -> bool:
+    """Whether scikit-learn (the ``[strategies]`` extra) is installed."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def run_demo(
@@ -90,10 +124,11 @@ def run_demo(
     )
     vit = arch == "vit"
     monitor = _demo_monitor(methods, vit, data_module.class_names)
+    suspects = _SuspectLog(monitor)
     trainer = pl.Trainer(
         max_epochs=epochs,
         logger=make_logger(logger, out),
-        callbacks=[monitor],
+        callbacks=[monitor, suspects],
         default_root_dir=out,
         enable_checkpointing=False,
         enable_progress_bar=progress,
@@ -112,4 +147,4 @@ def run_demo(
     log_dir = Path(
         trainer.logger.log_dir if not isinstance(trainer.logger, WandbLogger) else trainer.logger.save_dir
     )
-    return DemoResult(log_dir=log_dir, accuracy=accuracy, seconds=seconds)
+    return DemoResult(log_dir=log_dir, accuracy=accuracy, seconds=seconds, suspects=suspects.suspects)

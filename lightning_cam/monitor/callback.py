@@ -107,6 +107,8 @@ class CAMMonitor(Callback):
             intervals (``audit/...`` tags, a table, mean maps; see ``lightning_cam.audit``).
         audit_every_n_epochs: audit after every n-th validation epoch instead of at the end of fit.
         audit_bootstrap_samples: bootstrap draws for the audit's intervals (0: none).
+        audit_dataloader_idx: the validation dataloader the audit explains (default: ``dataloader_idx``),
+            e.g. the in-distribution set while the grids show a decorrelated one.
         strategies: with the audit, cluster each class's maps into the strategies the model uses and test
             each on the model (``audit/strategies/...`` tags, a table, prototypes; flags a shortcut suspect
             without any mask of it; see ``lightning_cam.auditing.strategies``; ``pip install
@@ -169,6 +171,7 @@ class CAMMonitor(Callback):
         audit: bool = False,
         audit_every_n_epochs: int | None = None,
         audit_bootstrap_samples: int = 1000,
+        audit_dataloader_idx: int | None = None,
         strategies: bool = False,
         report: bool | None = None,
         name: str = "cam",

@@ -101,6 +101,7 @@ class MonitorConfig:
     stop_on_alert: bool = False
     audit: bool = False
     audit_every_n_epochs: int | None = None
+    audit_dataloader_idx: int | None = None
     strategies: bool = False
     audit_bootstrap_samples: int = 1000
     report: bool | None = None

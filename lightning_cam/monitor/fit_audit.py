@@ -26,7 +26,7 @@ def validation_loader(trainer: pl.Trainer, index: int) -> Any:
         loaders = list(loaders.values())[index] if index < len(loaders) else None
     if loaders is None:
         raise ValueError(
-            f"CAMMonitor(audit=True) explains the validation dataloader {index} (dataloader_idx), but the "
+            f"CAMMonitor(audit=True) explains the validation dataloader {index} (audit_dataloader_idx), but the "
             "trainer has none: give fit() val_dataloaders, or call lightning_cam.audit(model, loader) yourself."
         )
     return loaders
@@ -38,7 +38,10 @@ def audit_in_fit(trainer: pl.Trainer, network: nn.Module, config: MonitorConfig)
     choice = config.targets[0]
     result = audit(
         network,
-        validation_loader(trainer, config.dataloader_idx),
+        validation_loader(
+            trainer,
+            config.dataloader_idx if config.audit_dataloader_idx is None else config.audit_dataloader_idx,
+        ),
         config.methods,
         config.target_layer,
         choice,
