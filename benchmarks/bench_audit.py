@@ -1,9 +1,12 @@
 """The full audit's throughput: 2,048 images of 64x64 (the demo's shapes with a cue mask and two groups),
 the demo's CNN, Grad-CAM + Grad-CAM++, batches of 64, against one plain inference pass over the same
 dataloader (images per second, median of several runs, timed in turn); then the wall time of the same
-audit under 2-process CPU DDP (gloo), each rank explaining its half.
+audit under 2-process CPU DDP (gloo), each rank explaining its half. The strategies' own cost: the same
+audit with ``strategies=True`` (the demo's CNN with random weights), and clustering 10,000 maps of one
+class alone.
 
-    python benchmarks/bench_audit.py            # single process, then DDP
+    python benchmarks/bench_audit.py                # single process, the strategies, then DDP
+    python benchmarks/bench_audit.py --strategies   # the strategies' own cost only
 """
 
 from __future__ import annotations
@@ -69,6 +72,34 @@ def single_process() -> None:
     )
 
 
+def strategies_cost() -> None:
+    """The strategies' own cost: the audit with and without ``strategies=True`` on this set (median of 5),
+    and the clustering of 10,000 maps of one class alone."""
+    from lightning_cam.auditing.spray import cluster_maps, small_maps
+
+    torch.manual_seed(0)
+    model, loader = SmallCNN().eval(), DataLoader(AuditSet(), batch_size=BATCH)
+    times = interleaved_medians(
+        {
+            "audit": lambda: lc.audit(model, loader, METHODS, progress=False),
+            "audit + strategies": lambda: lc.audit(model, loader, METHODS, progress=False, strategies=True),
+        },
+        repeats=5,
+    )
+    extra = times["audit + strategies"] - times["audit"]
+    print(
+        f"strategies: {extra:.2f} s on top of the audit's {times['audit']:.2f} s "
+        f"({extra / times['audit']:.0%} of the audit's time)"
+    )
+    maps = torch.rand(10_000, SIZE, SIZE) * 0.1
+    maps[:4_000, :8, :8] += 1.0  # 40 % of the class looks at the corner
+    small = small_maps(maps)
+    start = time.perf_counter()
+    labels = cluster_maps(small)
+    seconds = time.perf_counter() - start
+    print(f"clustering 10,000 maps of one class: {seconds:.2f} s, clusters of {labels.bincount().tolist()}")
+
+
 def ddp_rank() -> None:
     """One rank of the DDP run (started by :func:`ddp`): audit, report the wall time on rank 0."""
     torch.distributed.init_process_group("gloo")
@@ -105,10 +136,14 @@ def ddp() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--strategies", action="store_true", help="only the strategies' cost")
     arguments = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     if arguments.rank:
         ddp_rank()
+    elif arguments.strategies:
+        strategies_cost()
     else:
         single_process()
+        strategies_cost()
         ddp()

@@ -48,8 +48,8 @@ REGION_CELLS = SMALL_SIZE * SMALL_SIZE // 10  # a region covers at most a tenth 
 MERGE_IOU = 0.5
 SPOT_CELLS = (1, 2, 4, 9, 16, 25)  # the spots tried, in cells of the small maps' grid
 FLIP_THRESHOLD = 0.5
-MAX_TESTED = 32
-MAX_RECIPIENTS = 48
+MAX_TESTED = 8
+MAX_RECIPIENTS = 32
 PROTOTYPES = 4
 
 Fetch = Callable[[list[int]], Tensor]  # dataset indices -> their images, on the model's device
@@ -147,9 +147,8 @@ class _Model:
     output_key: OutputKey
 
     def __call__(self, images: Tensor, class_index: int) -> tuple[Tensor, Tensor]:
-        device = images.device
-        with preserved_state(self.network, device.type), torch.inference_mode():
-            output = select_output(self.network(images), self.output_key)
+        """The class's probability and the predictions (the caller holds the state guard)."""
+        output = select_output(self.network(images), self.output_key)
         return _probability_and_prediction(output, class_index)
 
 
@@ -162,14 +161,12 @@ def _occlusion_drop(model: _Model, members: Tensor, region: Tensor, class_index:
 def _flip_rates(
     model: _Model, donors: Tensor, recipients: Tensor, regions: Tensor, class_index: int
 ) -> Tensor:
-    """Per region ``[R, H, W]``, of the recipients not predicted as the class: the share turned to the class
-    when the region is pasted from the donors (in turn), minus the share turned when it is pasted from
-    another recipient (the same spot with other content: a model that moves to the class at any change
-    there is not reading the strategy's spot). NaN where fewer than two recipients are eligible."""
-    eligible = model(recipients, class_index)[1] != class_index
-    if int(eligible.sum()) < 2:
+    """Per region ``[R, H, W]``, of the recipients (images of other classes not predicted as the class):
+    the share turned to the class when the region is pasted from the donors (in turn), minus the share
+    turned when it is pasted from another recipient (the same spot with other content: a model that moves
+    to the class at any change there is not reading the strategy's spot). NaN with fewer than two."""
+    if len(recipients) < 2:
         return torch.full((len(regions),), float("nan"))
-    recipients = recipients[eligible]
     sources = donors[torch.arange(len(recipients), device=donors.device) % len(donors)]
     contents = torch.stack([sources, recipients.roll(1, dims=0)])  # [2, n, C, H, W]
     pasted = torch.where(regions[None, :, None, None], contents[:, None], recipients[None, None])
@@ -300,21 +297,30 @@ def find_strategies(
     loads images by dataset index. Every rank holding the same rows finds the same strategies."""
     classes = rows["label"] if bool((rows["label"] >= 0).any()) else rows["target"]
     model, found = _Model(network, output_key), []
-    for value in classes.unique().tolist():
-        inside = classes == value
-        recipients = fetch(_spread(rows["index"][~inside], MAX_RECIPIENTS)) if bool((~inside).any()) else None
-        data = _ClassData(
-            value,
-            class_name(value),
-            rows["index"][inside],
-            small[inside],
-            rows["correct"][inside],
-            rows["confidence"][inside],
-            recipients if recipients is not None else torch.empty(0),
-        )
-        for number, members in enumerate(_merged(cluster_maps(data.small), data)):
-            found.append(_strategy(model, data, members, number, fetch))
+    device_type = next((p.device.type for p in network.parameters()), "cpu")
+    with preserved_state(network, device_type), torch.inference_mode():
+        for value in classes.unique().tolist():
+            found += _class_strategies(model, rows, small, classes == value, value, class_name(value), fetch)
     return found
+
+
+def _class_strategies(
+    model: _Model, rows: dict[str, Tensor], small: Tensor, inside: Tensor, value: int, name: str, fetch: Fetch
+) -> list[Strategy]:
+    """The strategies of class ``value`` (its images: ``inside``)."""
+    eligible = ~inside & (rows["predicted"] != value)  # the audit's own predictions: no forward needed
+    recipients = fetch(_spread(rows["index"][eligible], MAX_RECIPIENTS)) if bool(eligible.any()) else None
+    data = _ClassData(
+        value,
+        name,
+        rows["index"][inside],
+        small[inside],
+        rows["correct"][inside],
+        rows["confidence"][inside],
+        recipients if recipients is not None else torch.empty(0),
+    )
+    merged = _merged(cluster_maps(data.small), data)
+    return [_strategy(model, data, members, number, fetch) for number, members in enumerate(merged)]
 
 
 def strategy_scalars(strategies: list[Strategy], root: str = "audit") -> dict[str, float]:
