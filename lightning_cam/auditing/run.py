@@ -127,10 +127,10 @@ def audit(
         )
         result, small = _gathered(pass_result, settings.methods, class_names, bootstrap_samples, seed)
         if small is not None:
-            found = find_strategies(
-                model, result.rows, small, _fetcher(loader, read, device), _namer(class_names), output_key
+            fetch, name = _fetcher(loader, read, device), _namer(class_names)
+            result = replace(
+                result, strategies=find_strategies(model, result.rows, small, fetch, name, output_key)
             )
-            result = replace(result, strategies=found)
     if group_names is not None and not any(part.startswith("group=") for part in result.figures):
         group_key = (keys or {}).get("group", "group")
         warnings.warn(missing_groups_message("audit", group_names, group_key), UserWarning, stacklevel=2)

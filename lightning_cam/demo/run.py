@@ -43,11 +43,12 @@ def make_logger(kind: str, out: Path) -> Logger:
     raise ValueError(f"unknown logger {kind!r}; choose one of {', '.join(LOGGERS)}.")
 
 
-def _demo_monitor(methods: tuple[str, ...] | None, vit: bool, class_names: list[str]) -> CAMMonitor:
+def _demo_monitor(methods: tuple[str, ...] | None, arch: str, class_names: list[str]) -> CAMMonitor:
     """The demo's monitor: 8 decorrelated validation samples every epoch, and at the end the full audit of
     the decorrelated set; the CNN's audit also looks for strategies in the in-distribution set (where
     the tag agrees with the label), without the cue mask. The ViT is explained by gradient-weighted
-    attention rollout beside Grad-CAM, with their deletion AUC."""
+    attention rollout beside Grad-CAM, with their deletion AUC; the volumes' audit has no strategies (2-D only)."""
+    vit, strategies = arch == "vit", arch == "cnn" and _clustering_available()
     return CAMMonitor(
         methods=list(methods or (("grad_rollout", "gradcam") if vit else ("gradcam", "gradcam++"))),
         target_layer="net.blocks.2" if vit else "auto",
@@ -58,9 +59,9 @@ def _demo_monitor(methods: tuple[str, ...] | None, vit: bool, class_names: list[
         colormap="jet",
         faithfulness=("deletion",) if vit else (),
         audit=True,
-        audit_every_n_epochs=None if vit else 2,
-        audit_dataloader_idx=1 if vit else 0,
-        strategies=not vit and _clustering_available(),
+        audit_every_n_epochs=2 if strategies else None,
+        audit_dataloader_idx=0 if strategies else 1,
+        strategies=strategies,
     )
 
 
@@ -123,7 +124,7 @@ def run_demo(
         batch_size=32 if volumes else 64,
     )
     vit = arch == "vit"
-    monitor = _demo_monitor(methods, vit, data_module.class_names)
+    monitor = _demo_monitor(methods, arch, data_module.class_names)
     suspects = _SuspectLog(monitor)
     trainer = pl.Trainer(
         max_epochs=epochs,
