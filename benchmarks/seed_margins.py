@@ -6,7 +6,7 @@ whether any seed comes within 20 % of its threshold.
 
 Exit code 1 when a seed falls within 20 % of a threshold (or on its wrong side): the test that asserts
 it would be fragile on another CPU, whose kernels round differently and so train differently. The cue
-fixtures take about two minutes for five seeds on 2 CPU cores; ``--demos`` adds the shapes and
+fixtures (and the planted-tag strategies) take about three minutes for five seeds on 2 CPU cores; ``--demos`` adds the shapes and
 volumes demos (about 5 minutes more).
 """
 
@@ -113,6 +113,37 @@ def vit_fit(seed: int, root: Path) -> dict:
     maps = lc.explain(model, data["image"], "grad_rollout", targets=data["label"])["grad_rollout"]
     enrichment = lc.metrics.nanmean(lc.metrics.enrichment(maps, data["cue"])).item()
     return {"enrichment": enrichment, "flat": lc.metrics.flat_maps(maps).float().mean().item()}
+
+
+def strategy_fits(seed: int, root: Path) -> dict:
+    """tests/test_strategies.py: the planted tag's strategy (purity, recall, spot, excess flip rate) and
+    how many strategies the control model (trained without the tag) flags."""
+    from strategy_helpers import TAG, planted_model, planted_validation
+
+    import lightning_cam as lc
+
+    val, tagged = planted_validation()
+    tags = set(tagged.nonzero().flatten().tolist())
+    found = lc.audit(
+        planted_model(seed, True), val, "gradcam", targets="predicted", progress=False, strategies=True
+    )
+    flagged = [s for s in found.strategies if s.flagged and s.class_index == 0] or [None]
+    best = flagged[0]
+    members = set(best.indices) if best is not None else set()
+    rows, columns = (
+        best.region.nonzero(as_tuple=True) if best is not None else (torch.zeros(1), torch.zeros(1))
+    )
+    control = lc.audit(
+        planted_model(seed, False), val, "gradcam", targets="predicted", progress=False, strategies=True
+    )
+    return {
+        "purity": len(members & tags) / max(1, len(members)),
+        "recall": len(members & tags) / len(tags),
+        "flip": best.flip_rate if best is not None else float("nan"),
+        "centre": max(rows.float().mean().item(), columns.float().mean().item()),
+        "on_tag": float(best.region[TAG].any()) if best is not None else 0.0,
+        "control_flagged": sum(s.flagged for s in control.strategies),
+    }
 
 
 def demo_runs(seed: int, root: Path) -> dict:
@@ -266,6 +297,24 @@ THRESHOLDS = [
         False,
     ),
     Threshold("attention::grad_rollout", "cue enrichment", lambda f: f["vit"]["enrichment"], 8, True),
+    Threshold("strategies::planted", "tag strategy purity", lambda f: f["strategies"]["purity"], 0.8, True),
+    Threshold("strategies::planted", "tag strategy recall", lambda f: f["strategies"]["recall"], 0.8, True),
+    Threshold("strategies::planted", "excess flip rate", lambda f: f["strategies"]["flip"], 0.5, True),
+    Threshold("strategies::planted", "spot overlaps the tag", lambda f: f["strategies"]["on_tag"], 0.5, True),
+    Threshold(
+        "strategies::planted",
+        "spot centre from the corner (px)",
+        lambda f: f["strategies"]["centre"],
+        12,
+        False,
+    ),
+    Threshold(
+        "strategies::planted",
+        "control: strategies flagged",
+        lambda f: f["strategies"]["control_flagged"],
+        1,
+        False,
+    ),
     Threshold(
         "attention::grad_rollout", "flat maps (none allowed)", lambda f: 32 * f["vit"]["flat"], 1, False
     ),
@@ -297,9 +346,13 @@ def main() -> int:
     parser.add_argument("--demos", action="store_true", help="also the shapes and volumes demos (slow)")
     parser.add_argument("--out", type=Path, default=None, help="write every measured value as JSON")
     args = parser.parse_args()
-    stages = {"alarms": alarm_fits, "audit": audit_fits, "trust": trust_fit, "vit": vit_fit} | (
-        {"demos": demo_runs} if args.demos else {}
-    )
+    stages = {
+        "alarms": alarm_fits,
+        "audit": audit_fits,
+        "trust": trust_fit,
+        "vit": vit_fit,
+        "strategies": strategy_fits,
+    } | ({"demos": demo_runs} if args.demos else {})
     with tempfile.TemporaryDirectory() as root:
         fits = {
             seed: {name: stage(seed, Path(root)) for name, stage in stages.items()} for seed in args.seeds
