@@ -5,9 +5,9 @@ same images without the tag. Both are audited on the same tagged validation imag
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
+from lit_helpers import TinyClassifier
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -75,21 +75,11 @@ def planted_validation() -> tuple[DataLoader, Tensor]:
     return DataLoader(TensorDataset(images, labels), batch_size=60), tagged
 
 
-class PlantedClassifier(pl.LightningModule):
+class PlantedClassifier(TinyClassifier):
     """:func:`planted_model`'s network and optimiser as a LightningModule, on (images, labels) batches."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.net = SmallCNN(width=8)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return F.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+        super().__init__(width=8)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), 3e-3)
