@@ -22,7 +22,7 @@ _SINGLE = {
     "road": "faithfulness: ROAD (higher is better)",
     "randomization_spearman": "sanity: randomisation Spearman (lower is better)",
     "average_drop": "confidence: average drop (lower is better)",
-    "flat_fraction": "flat maps: share with no attention anywhere (left out of every figure)",
+    "flat_fraction": "flat maps: share with no attention anywhere",
 }
 
 
