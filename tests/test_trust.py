@@ -23,6 +23,7 @@ import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.metrics import (
     deletion_insertion,
+    faithfulness,
     learnable_layers,
     model_randomization,
     noisy_linear_imputation,
@@ -174,7 +175,12 @@ def test_maps_of_the_wrong_size_say_which_size_is_needed(maps: object, message: 
             metric(model, torch.rand(2, 3, 16, 16), maps)
 
 
-def test_imputation_equals_a_direct_solve_with_borders_and_a_full_block() -> None:
+@pytest.mark.parametrize("row_solve_limit", [64, 0], ids=["row blocks", "conjugate gradients"])
+def test_imputation_equals_a_direct_solve_with_borders_and_a_full_block(
+    row_solve_limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both solvers (exact row-block elimination for small images, CG for large ones)."""
+    monkeypatch.setattr(faithfulness, "ROW_SOLVE_LIMIT", row_solve_limit)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 9, 11, generator=generator)
     removed = torch.zeros(4, 9, 11, dtype=torch.bool)
@@ -190,6 +196,24 @@ def test_imputation_equals_a_direct_solve_with_borders_and_a_full_block() -> Non
     assert torch.equal(
         filled[~removed[:, None].expand_as(images)], images[~removed[:, None].expand_as(images)]
     )
+
+
+@pytest.mark.parametrize("row_solve_limit", [64, 0], ids=["row blocks", "conjugate gradients"])
+def test_imputing_an_image_with_no_pixel_left_gives_zeros_not_nan(
+    row_solve_limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(faithfulness, "ROW_SOLVE_LIMIT", row_solve_limit)
+    removed = torch.zeros(2, 5, 7, dtype=torch.bool)
+    removed[0] = True
+    removed[1, 2, 3] = True
+    images = torch.rand(2, 3, 5, 7)
+    filled = noisy_linear_imputation(images, removed)
+    assert torch.equal(filled[0], torch.zeros(3, 5, 7))
+    expected = (
+        images[1, :, [1, 3, 2, 2], [3, 3, 2, 4]].sum(1) / 6
+        + images[1, :, [1, 1, 3, 3], [2, 4, 2, 4]].sum(1) / 12
+    )
+    torch.testing.assert_close(filled[1, :, 2, 3], expected)
 
 
 def test_imputation_noise_comes_from_its_own_generator() -> None:
