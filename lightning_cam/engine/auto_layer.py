@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam.engine.capture import ForwardHook, forward_hooks
+from lightning_cam.engine.detection import detector_canvas, is_box_output
 from lightning_cam.engine.layouts import Layout, ReshapeTransform, infer_layout
 from lightning_cam.engine.logits import OutputKey, select_output
 
@@ -69,9 +70,10 @@ class _Probe:
 
 
 def _probe(
-    model: nn.Module, sample: Tensor, output_key: OutputKey
-) -> tuple[list[_Probe], object, Tensor | None]:
-    """Every named module's tensor output for one image, the model's output, and the score."""
+    model: nn.Module, sample: Tensor | list[Tensor], output_key: OutputKey
+) -> tuple[list[_Probe], object, Tensor | None, tuple[int, ...]]:
+    """Every named module's tensor output for one image, the model's output, the score (a detector's:
+    the sum of its detections' scores), and the spatial size its layers saw (a detector's canvas)."""
     named = [(name, module) for name, module in model.named_modules() if name]  # not the model itself
     probes: list[_Probe] = []
 
@@ -86,13 +88,26 @@ def _probe(
 
         return record
 
-    first = sample[:1].detach()
-    if first.is_floating_point():  # the score depends on the input even when every weight is frozen
-        first.requires_grad_(True)
-    with forward_hooks([module for _, module in named], hook_for), torch.enable_grad():
+    listed = isinstance(sample, list)
+    first = [sample[0].detach()] if listed else sample[:1].detach()
+    for image in first if listed else [first]:
+        if image.is_floating_point():  # the score depends on the input even when every weight is frozen
+            image.requires_grad_(True)
+    with (
+        forward_hooks([module for _, module in named], hook_for),
+        torch.enable_grad(),
+        detector_canvas(model) as canvas,
+    ):
         output = select_output(model(first), output_key)
-        score = output.flatten().max() if isinstance(output, Tensor) and output.requires_grad else None
-    return probes, output, score
+        if is_box_output(output):
+            score: Tensor | None = torch.stack([item["scores"].sum() for item in output]).sum()
+        else:
+            score = output.flatten().max() if isinstance(output, Tensor) and output.requires_grad else None
+    if canvas is not None and canvas.padded is not None:
+        size = canvas.padded
+    else:
+        size = tuple(first[0].shape[1:] if listed else first.shape[2:])
+    return probes, output, score, size
 
 
 def _positions(probe: _Probe) -> int:
@@ -173,20 +188,32 @@ def _preference(probes: list[_Probe]) -> list[_Probe]:
     return preferred + [p for p in reversed(verified) if p not in preferred]
 
 
-def _refused_message(model: nn.Module, sample: Tensor, probes: list[_Probe]) -> str:
+def _in_backbone(model: nn.Module, probes: list[_Probe]) -> list[_Probe]:
+    """A detector's candidates: the layers of its backbone's feature extractor (``backbone.body``,
+    before a feature pyramid; else ``backbone``), so that "auto" takes its deepest feature map, which
+    every head reads, and never a head's own layer."""
+    names = [name for name, _ in model.named_modules()]
+    for suffix in ("backbone.body", "backbone"):
+        root = next((name for name in names if name == suffix or name.endswith("." + suffix)), None)
+        if root is not None:
+            return [p for p in probes if p.name.startswith(root + ".")]
+    return probes
+
+
+def _refused_message(model: nn.Module, sample: Tensor | list[Tensor], probes: list[_Probe]) -> str:
     tried = [p for p in probes if p.layout is not None] or probes
     reasons = "; ".join(f"{p.name} ({p.refusal})" for p in tried[-6:]) or "no module returned a tensor"
     convs = ", ".join(conv_layer_names(model)[-8:]) or "none"
     return (
         f"target_layer='auto' found no layer of {type(model).__name__} it could verify for inputs of shape "
-        f"{list(sample.shape[1:])}; it tried: {reasons}. Name the layer explicitly (target_layer='...'); "
+        f"{list(sample[0].shape if isinstance(sample, list) else sample.shape[1:])}; it tried: {reasons}. Name the layer explicitly (target_layer='...'); "
         f"convolution layers: {convs}."
     )
 
 
 def find_auto_layer(
     model: nn.Module,
-    sample: Tensor,
+    sample: Tensor | list[Tensor],
     reshape_transform: ReshapeTransform = "auto",
     output_key: OutputKey = None,
 ) -> str:
@@ -196,14 +223,15 @@ def find_auto_layer(
     """
     cache = _AUTO_CACHE.setdefault(model, {})
     key = (
-        tuple(sample.shape[1:]),
+        tuple(sample[0].shape) if isinstance(sample, list) else tuple(sample.shape[1:]),
         reshape_transform if isinstance(reshape_transform, str) else id(reshape_transform),
         output_key if output_key is None or isinstance(output_key, (int, str)) else id(output_key),
     )
     if key in cache:
         return cache[key]
-    probes, output, score = _probe(model, sample, output_key)
-    size = tuple(sample.shape[2:])
+    probes, output, score, size = _probe(model, sample, output_key)
+    if is_box_output(output):
+        probes = _in_backbone(model, probes)
     for probe in probes:
         try:
             probe.layout = infer_layout(
@@ -211,12 +239,13 @@ def find_auto_layer(
             )
         except ValueError:
             probe.layout = None
-    if not isinstance(output, Tensor):
+    if not isinstance(output, Tensor) and not is_box_output(output):
         raise ValueError(
             f"target_layer='auto' needs the model's prediction as a tensor, but {type(model).__name__} returned "
             f"{type(output).__name__}; pass output_key= (an index, a key, or a function output -> logits)."
         )
-    _refuse(probes, score, int(output.shape[1]) if output.dim() >= 3 else None)
+    dense = isinstance(output, Tensor) and output.dim() >= 3
+    _refuse(probes, score, int(output.shape[1]) if dense else None)
     ordered = _preference(probes)
     if not ordered:
         raise ValueError(_refused_message(model, sample, probes))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from lightning_cam.engine.attention import attention_inputs, capture_attention
 from lightning_cam.engine.capture import capture_activations, model_device_dtype, preserved_state
+from lightning_cam.engine.detection import Canvas, detector_canvas, detector_transforms
 from lightning_cam.engine.layers import TargetLayer, resolve_target_layers
 from lightning_cam.engine.layouts import Layout, ReshapeTransform, infer_layout
 from lightning_cam.engine.logits import OutputKey, select_output
@@ -76,7 +78,13 @@ def check_images(images: object, model: nn.Module | None = None, methods: Sequen
     a volume without its channel axis, and says so. Floating point, or ``uint8`` for a model that takes
     it when none of ``methods`` needs float images (:func:`needs_float_images`)."""
     if not isinstance(images, Tensor):
-        raise ValueError(f"images must be a float tensor [B, C, H, W]; got {type(images).__name__}.")
+        hint = (
+            " (lists of images of any sizes are explained for torchvision detectors, which batch them "
+            "themselves; stack equal-size images with torch.stack)"
+            if isinstance(images, (list, tuple))
+            else ""
+        )
+        raise ValueError(f"images must be a float tensor [B, C, H, W]; got {type(images).__name__}{hint}.")
     if images.dim() not in (4, 5):
         hint = " Add a batch dimension with images.unsqueeze(0)." if images.dim() == 3 else ""
         raise ValueError(
@@ -105,6 +113,40 @@ def check_images(images: object, model: nn.Module | None = None, methods: Sequen
     return images
 
 
+def check_image_list(images: Sequence[object], methods: Sequence[Method]) -> list[Tensor]:
+    """A list of images ``[C, H_i, W_i]`` (sizes may differ), for a detector: floating point, the same
+    channels, at least one; only the layer methods that need no further forwards explain lists."""
+    refused = [m.name for m in methods if m.kind != "layer" or m.reruns_model]
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)} cannot explain a list of images; use the layer methods (gradcam, "
+            f"gradcam++, xgradcam, layercam, hirescam, eigencam), or a tensor [B, C, H, W] of equal-size images."
+        )
+    if not images:
+        raise ValueError("images is an empty list; pass at least one image [C, H, W].")
+    for index, image in enumerate(images):
+        if not isinstance(image, Tensor) or image.dim() != 3 or not image.is_floating_point():
+            shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"images[{index}] must be a float tensor [C, H, W]; got {shape}.")
+        if image.shape[0] != images[0].shape[0]:  # type: ignore[union-attr]
+            raise ValueError(
+                f"images[{index}] has {image.shape[0]} channels, images[0] {images[0].shape[0]}."  # type: ignore[union-attr]
+            )
+    return list(images)  # type: ignore[arg-type]
+
+
+def _refuse_reruns_on_detectors(methods: Sequence[Method]) -> None:
+    """Score-CAM and Ablation-CAM would run the whole detector once per channel, and their masks are
+    laid on the input, not on the detector's padded canvas: refused, with what works instead."""
+    refused = [m.name for m in methods if m.reruns_model]
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)} do not run on detectors (one detector forward per channel, masks off the "
+            f"detector's padded canvas); use the gradient family (gradcam, gradcam++, xgradcam, layercam, "
+            f"hirescam) or eigencam."
+        )
+
+
 def find_classifier_weight(model: nn.Module, channels: int) -> Tensor:
     """The weight ``[num_classes, K]`` of the model's last ``nn.Linear`` taking ``K`` features."""
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -131,8 +173,16 @@ def normalize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
     its largest value, as upsampling a constant gives); a map with a non-finite value becomes all
     zeros too (the caller warns), never NaN. Maps are ``[B, h, w]`` or, for volumes, ``[B, d, h, w]``.
     """
-    valid = finite_rows(maps)
-    maps = resize(torch.where(per_item(valid, maps), maps, torch.zeros_like(maps)).clamp(min=0), size)
+    return _min_max(resize(_cleaned(maps), size))
+
+
+def _cleaned(maps: Tensor) -> Tensor:
+    """ReLU; a map with a non-finite value becomes all zeros."""
+    return torch.where(per_item(finite_rows(maps), maps), maps, torch.zeros_like(maps)).clamp(min=0)
+
+
+def _min_max(maps: Tensor) -> Tensor:
+    """Each map min-max scaled to ``[0, 1]``; a flat one (spread below ``1e-5`` of its peak) all zeros."""
     flat = maps.reshape(maps.shape[0], -1)
     low = flat.min(dim=1, keepdim=True).values
     high = flat.max(dim=1, keepdim=True).values
@@ -199,7 +249,8 @@ class Explanation:
     class of each image (``targets``; ``-1`` for a callable target) they were computed for, and the
     :class:`~lightning_cam.engine.targets.Scorer` that turns an output into the explained scores."""
 
-    maps: dict[str, Tensor]
+    maps: dict[str, Tensor | list[Tensor]]
+    """Per method ``[B, H, W]`` (a list of ``[H_i, W_i]`` maps for a list of images)."""
     logits: Tensor
     targets: Tensor
     seconds: dict[str, float] = field(default_factory=dict)
@@ -210,7 +261,7 @@ class Explanation:
 
 def explain(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | Sequence[Tensor],
     methods: str | Sequence[str] = "gradcam",
     target_layer: TargetLayer = "auto",
     targets: Targets = None,
@@ -233,11 +284,16 @@ def explain(
 
     Args:
         model: any ``nn.Module``: a classifier returning logits ``[B, num_classes]``, a one-logit
-            binary classifier (``[B]`` or ``[B, 1]``), or any model with a callable target.
-        images: float tensor ``[B, C, H, W]``.
+            binary classifier (``[B]`` or ``[B, 1]``), a torchvision detector (with
+            :func:`lightning_cam.targets.boxes`), or any model with a callable target.
+        images: float tensor ``[B, C, H, W]``; for a detector also a list of ``[C, H_i, W_i]``
+            images of any sizes (a list of maps comes back, each at its image's size; the layer
+            methods that need no further forwards explain lists). On a detector the maps are
+            mapped back through its transform's resize and padding to each original image.
         methods: a name or a sequence of names from :data:`METHODS`.
         target_layer: ``"auto"`` (CNNs: the last layer with a spatial output; transformers: the
-            first layer of the last block whose patch tokens carry the score's gradient), a dotted
+            first layer of the last block whose patch tokens carry the score's gradient; detectors:
+            the deepest feature map of the backbone's feature extractor), a dotted
             module name such as ``"layer4"``, the module itself, or a list of these (the maps of the
             layers are normalised, averaged, and normalised again).
         targets: ``None`` for the predicted class, an ``int`` for one class for all images, one
@@ -255,7 +311,8 @@ def explain(
             run their forwards under autocast with this dtype).
 
     Returns:
-        ``{method name: float32 tensor [B, H, W] in [0, 1]}`` on the images' device.
+        ``{method name: float32 tensor [B, H, W] in [0, 1]}`` on the images' device (a list of
+        ``[H_i, W_i]`` maps for a list of images).
 
     Example::
 
@@ -280,7 +337,7 @@ def explain(
 
 def explain_batch(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | Sequence[Tensor],
     methods: str | Sequence[str] = "gradcam",
     target_layer: TargetLayer = "auto",
     targets: Targets = None,
@@ -298,14 +355,23 @@ def explain_batch(
     requested = resolve_methods(methods)
     needed = with_requirements(requested)
     method_kwargs = resolve_options(needed, options, method_options)
-    images = check_images(images, model, needed)
-    device, dtype = model_device_dtype(model, images)
-    dtype = dtype if images.is_floating_point() else images.dtype  # uint8 goes in as the model takes it
-    size = tuple(images.shape[2:])
+    detector = bool(detector_transforms(model))
+    listed = detector and isinstance(images, (list, tuple))
+    if detector:
+        _refuse_reruns_on_detectors(needed)
+    images = check_image_list(images, needed) if listed else check_images(images, model, needed)
+    first = images[0] if listed else images
+    device, dtype = model_device_dtype(model, first)
+    dtype = dtype if first.is_floating_point() else first.dtype  # uint8 goes in as the model takes it
     layer_methods = [m for m in needed if m.kind == "layer"]
     start = time.perf_counter()
     with preserved_state(model, device.type):
-        inputs = images.to(device=device, dtype=dtype).clone()  # a normal tensor, even from inference mode
+        # a normal tensor, even from inference mode
+        inputs = (
+            [image.to(device=device, dtype=dtype).clone() for image in images]
+            if listed
+            else images.to(device=device, dtype=dtype).clone()
+        )
         layers = (
             resolve_target_layers(model, target_layer, inputs, reshape_transform, output_key)
             if layer_methods
@@ -318,21 +384,55 @@ def explain_batch(
             gradients=None,
             targets=shared.scorer.classes,
             model=model,
-            images=inputs.detach(),
+            images=None if listed else inputs.detach(),
             logits=at_least_float32(shared.prediction.detach()),
             output_key=output_key,
             scorer=shared.scorer,
             scores=at_least_float32(shared.scores.detach()),
         )
-        maps = _layer_maps(model, layer_methods, layers, shared, context, method_kwargs, size, seconds)
-        maps |= _input_maps(needed, shared, maps, inputs, size, seconds)
+        placement = _Placement(tuple(first.shape[-2:] if listed else first.shape[2:]), shared.canvas, listed)
+        maps = _layer_maps(model, layer_methods, layers, shared, context, method_kwargs, placement, seconds)
+        maps |= _input_maps(needed, shared, maps, inputs, placement, seconds)
     return Explanation(
-        maps={m.name: maps[m.name].to(device=images.device, dtype=torch.float32) for m in requested},
-        logits=shared.prediction.detach().float().to(images.device),
-        targets=shared.scorer.classes.to(images.device),
+        maps={m.name: _on_device(maps[m.name], first.device) for m in requested},
+        logits=shared.prediction.detach().float().to(first.device),
+        targets=shared.scorer.classes.to(first.device),
         seconds=seconds,
         scorer=shared.scorer,
     )
+
+
+def _on_device(maps: Tensor | list[Tensor], device: torch.device) -> Tensor | list[Tensor]:
+    if isinstance(maps, Tensor):
+        return maps.to(device=device, dtype=torch.float32)
+    return [item.to(device=device, dtype=torch.float32) for item in maps]
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """How raw maps become image maps: resized to the images' ``size``, or, on a detector, placed back
+    through its transform's ``canvas`` (one map per image at its own size; a list when ``listed``)."""
+
+    size: tuple[int, ...]
+    canvas: Canvas | None
+    listed: bool
+
+    def normalized(self, raw: Tensor) -> Tensor | list[Tensor]:
+        """:func:`normalize_maps` of ``raw`` ``[B, *grid]`` on the images."""
+        if self.canvas is None:
+            return normalize_maps(raw, self.size)
+        maps = [_min_max(placed[None])[0] for placed in self.canvas.place(_cleaned(raw))]
+        return maps if self.listed else torch.stack(maps)
+
+    def averaged(self, layer_maps: Sequence[Tensor | list[Tensor]]) -> Tensor | list[Tensor]:
+        """Several target layers' normalised maps, averaged and normalised again."""
+        if len(layer_maps) == 1:
+            return layer_maps[0]
+        if not self.listed:
+            return normalize_maps(torch.stack(layer_maps).mean(0), self.size)  # type: ignore[arg-type]
+        return [
+            _min_max(torch.stack(per_image).mean(0)[None])[0] for per_image in zip(*layer_maps, strict=True)
+        ]
 
 
 @dataclass(frozen=True)
@@ -350,6 +450,8 @@ class _SharedPass:
     input_gradient: Tensor | None
     guided_gradient: Tensor | None
     attention: AttentionInputs | None
+    canvas: Canvas | None = None
+    """A detector's padded input canvas (its feature maps' extent), or ``None``."""
 
     @property
     def prediction(self) -> Tensor:
@@ -380,7 +482,7 @@ class _Needs:
 
 def _shared_pass(
     model: nn.Module,
-    inputs: Tensor,
+    inputs: Tensor | list[Tensor],
     layers: Sequence[tuple[str, nn.Module]],
     needed: Sequence[Method],
     targets: Targets,
@@ -399,11 +501,13 @@ def _shared_pass(
         capture_activations(modules, differentiable=needs.layer_gradients, full_graph=full_graph) as capture,
         guided_relus(enabled=needs.guided) as switch,
         capture_attention(model, needs.relevance) if needs.attention else nullcontext() as attention,
+        detector_canvas(model) as canvas,
     ):
         output = select_output(model(inputs), output_key)
-    scorer, scores = _scored(targets, output, inputs.shape[0])
+    scorer, scores = _scored(targets, output, len(inputs))
     raw = _checked_activations(layers, capture.activations)
-    size = tuple(inputs.shape[2:])
+    canvas = canvas if canvas is not None and canvas.padded is not None else None
+    size = canvas.padded if canvas is not None else tuple(inputs.shape[2:])
     layouts = [
         infer_layout(a, size, model, m, n, reshape_transform) for (n, m), a in zip(layers, raw, strict=True)
     ]
@@ -427,6 +531,7 @@ def _shared_pass(
         input_gradient=gradients[len(layer_sources)] if needs.input_gradients else None,
         guided_gradient=_guided_gradient(scores, inputs, switch) if needs.guided else None,
         attention=attention_inputs(attention, model, size, inputs.shape[0]) if needs.attention else None,
+        canvas=canvas,
     )
 
 
@@ -468,13 +573,16 @@ def _warn_other_activations(names: set[str]) -> None:
 def _input_maps(
     needed: Sequence[Method],
     shared: _SharedPass,
-    layer_maps: dict[str, Tensor],
-    inputs: Tensor,
-    size: tuple[int, ...],
+    layer_maps: dict[str, Tensor | list[Tensor]],
+    inputs: Tensor | list[Tensor],
+    placement: _Placement,
     seconds: dict[str, float],
-) -> dict[str, Tensor]:
+) -> dict[str, Tensor | list[Tensor]]:
     """The maps of the input-level methods (saliency, guided backprop), the attention methods and the
-    ones combining maps."""
+    ones combining maps (none of them for image lists, which take the layer methods only)."""
+    if not isinstance(inputs, Tensor):
+        return {}
+    size = placement.size
     gradients = InputInputs(
         gradients=None if shared.input_gradient is None else at_least_float32(shared.input_gradient),
         guided_gradients=None if shared.guided_gradient is None else at_least_float32(shared.guided_gradient),
@@ -487,7 +595,7 @@ def _input_maps(
         method_start = time.perf_counter()
         inputs_of_kind = {"input": gradients, "attention": shared.attention, "combined": maps}
         raw = method.compute(inputs_of_kind[method.kind])
-        maps[method.name] = _normalized(method, raw, size, bad_images)
+        maps[method.name] = _normalized(method, raw, partial(normalize_maps, size=size), bad_images)
         seconds[method.name] = time.perf_counter() - method_start
     return {name: value for name, value in maps.items() if name not in layer_maps}
 
@@ -526,9 +634,13 @@ def _gradients_of(
 
 
 def _normalized(
-    method: Method, raw: Tensor, size: tuple[int, ...], bad_images: Tensor | None = None
-) -> Tensor:
-    """:func:`normalize_maps`, with a warning naming the images whose map is not finite."""
+    method: Method,
+    raw: Tensor,
+    normalize: Callable[[Tensor], Tensor | list[Tensor]],
+    bad_images: Tensor | None = None,
+) -> Tensor | list[Tensor]:
+    """``normalize(raw)`` (:func:`normalize_maps` or a placement's), with a warning naming the images
+    whose map is not finite."""
     invalid = ~finite_rows(raw) if bad_images is None else bad_images | ~finite_rows(raw)
     if bool(invalid.any()):
         warnings.warn(
@@ -538,7 +650,7 @@ def _normalized(
             stacklevel=4,
         )
         raw = torch.where(per_item(invalid, raw), torch.full_like(raw, float("nan")), raw)
-    return normalize_maps(raw, size)
+    return normalize(raw)
 
 
 def _layer_maps(
@@ -548,10 +660,10 @@ def _layer_maps(
     shared: _SharedPass,
     context: LayerInputs,
     method_kwargs: Mapping[str, Mapping[str, Any]],
-    size: tuple[int, ...],
+    placement: _Placement,
     seconds: dict[str, float],
-) -> dict[str, Tensor]:
-    per_method: dict[str, list[Tensor]] = {method.name: [] for method in methods}
+) -> dict[str, Tensor | list[Tensor]]:
+    per_method: dict[str, list[Tensor | list[Tensor]]] = {method.name: [] for method in methods}
     for index, (name, layer) in enumerate(layers):
         activation = at_least_float32(shared.activations[index])
         gradient = shared.layer_gradients[index]
@@ -572,9 +684,6 @@ def _layer_maps(
         for method in methods:
             method_start = time.perf_counter()
             raw = method.compute(inputs, **method_kwargs[method.name])
-            per_method[method.name].append(_normalized(method, raw, size, bad_images))
+            per_method[method.name].append(_normalized(method, raw, placement.normalized, bad_images))
             seconds[method.name] = seconds.get(method.name, 0.0) + time.perf_counter() - method_start
-    return {
-        name: layer_maps[0] if len(layer_maps) == 1 else normalize_maps(torch.stack(layer_maps).mean(0), size)
-        for name, layer_maps in per_method.items()
-    }
+    return {name: placement.averaged(layer_maps) for name, layer_maps in per_method.items()}

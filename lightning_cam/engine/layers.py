@@ -32,7 +32,7 @@ def _unknown_layer_message(model: nn.Module, name: str) -> str:
 def resolve_target_layers(
     model: nn.Module,
     target_layer: TargetLayer,
-    sample: Tensor,
+    sample: Tensor | list[Tensor],
     reshape_transform: ReshapeTransform = "auto",
     output_key: OutputKey = None,
 ) -> list[tuple[str, nn.Module]]:

@@ -5,6 +5,7 @@
 - on a one-logit binary classifier (output ``[B]`` or ``[B, 1]``): class 1 explains ``+logit``,
   class 0 explains ``-logit``, predicted is ``logit > 0`` (the probability is ``sigmoid(+-logit)``);
 - :func:`segmentation`: the sum of a class's logits over a region of a ``[B, C, H, W]`` output;
+- :func:`~lightning_cam.engine.detection.boxes`: per image, reference boxes matched in a detector's output;
 - any callable ``output -> [B]`` for any other head (its value is also its "probability").
 """
 
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from lightning_cam.engine.detection import is_box_output
 
 __all__ = [
     "MultiLabel",
@@ -214,10 +217,15 @@ def make_scorer(targets: Targets, output: Any) -> Scorer:
         return Scorer(
             "callable", torch.full((len(output),), -1, dtype=torch.long, device=scores.device), targets
         )
+    if is_box_output(output):
+        raise ValueError(
+            "the model is a detector (it returned a list of {'boxes', 'labels', 'scores'} dicts); say which "
+            "boxes to explain: targets=lightning_cam.targets.boxes(boxes, labels), e.g. its own detections."
+        )
     if not isinstance(output, Tensor):
         raise ValueError(
             f"the model returned {_output_hint(output)} to pick its logits; or, with explain(), targets=a "
-            f"callable output -> [B] scores (e.g. for a detection model's list of dicts)."
+            f"callable output -> [B] scores."
         )
     if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
         return Scorer("binary", _classes(targets, (output.detach().reshape(-1) > 0).long(), 2, binary=True))

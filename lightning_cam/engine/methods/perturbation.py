@@ -76,7 +76,7 @@ def _require_model(inputs: LayerInputs) -> tuple[nn.Module, Tensor]:
     return inputs.model, inputs.images
 
 
-@register("scorecam", perturbs_input=True, options={**_PERTURBATION_OPTIONS, "topk": None})
+@register("scorecam", perturbs_input=True, reruns_model=True, options={**_PERTURBATION_OPTIONS, "topk": None})
 def scorecam(
     inputs: LayerInputs,
     chunk_size: int | None = None,
@@ -153,7 +153,7 @@ class _AblationMismatchError(ValueError):
     """Running only the layers after the target layer did not reproduce the model's logits."""
 
 
-@register("ablationcam", options=dict(_PERTURBATION_OPTIONS))
+@register("ablationcam", reruns_model=True, options=dict(_PERTURBATION_OPTIONS))
 def ablationcam(
     inputs: LayerInputs, chunk_size: int | None = None, autocast_dtype: torch.dtype | None = None
 ) -> Tensor:

@@ -129,6 +129,7 @@ class Method:
         needs_guided_gradients: whether the pass must compute guided input gradients.
         needs_attention_gradients: whether the pass must compute each attention block's gradient.
         perturbs_input: whether it feeds the model images it changed (Score-CAM), so it needs float images.
+        reruns_model: whether it runs further batched forwards of the model (Score-CAM, Ablation-CAM).
         requires: for ``combined`` methods, the methods whose maps it combines.
         options: the keyword options ``compute`` accepts, with their defaults.
     """
@@ -142,6 +143,7 @@ class Method:
     needs_guided_gradients: bool = False
     needs_attention_gradients: bool = False
     perturbs_input: bool = False
+    reruns_model: bool = False
     requires: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
 

@@ -1,0 +1,166 @@
+"""Detectors: the box target by hand, Grad-CAM against pytorch-grad-cam and against a reference that
+maps back through the detector's padding, image lists, "auto", and the errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from detection_helpers import faster_rcnn, own_detections, retinanet
+from test_models import pearson
+
+import lightning_cam as lc
+from lightning_cam.engine.auto_layer import find_auto_layer
+from lightning_cam.targets import boxes
+
+pytestmark = pytest.mark.slow  # every test runs a detector (about a second per forward and backward)
+
+
+def output(boxes_: list[list[float]], labels: list[int], scores: list[float]) -> dict[str, torch.Tensor]:
+    return {
+        "boxes": torch.tensor(boxes_),
+        "labels": torch.tensor(labels),
+        "scores": torch.tensor(scores, requires_grad=True),
+    }
+
+
+def test_box_score_sums_iou_plus_score_of_the_matched_boxes_by_hand() -> None:
+    detections = output([[0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30]], [1, 2, 1], [0.9, 0.8, 0.4])
+    target = boxes(
+        [torch.tensor([[0.0, 0.0, 10.0, 8.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 10.0, 5.0]])],
+        [torch.tensor([1, 1, 1])],
+        iou=0.5,
+    )
+    # box 1 overlaps output 0 most (IoU 80/100 = 0.8, label 1): 0.8 + 0.9; box 2 matches output 2 exactly:
+    # 1.0 + 0.4; box 3 overlaps output 1 most (IoU 1) but its label is 2: not counted.
+    score = target([detections])
+    torch.testing.assert_close(score, torch.tensor([0.8 + 0.9 + 1.0 + 0.4]))
+    (gradient,) = torch.autograd.grad(score.sum(), detections["scores"])
+    torch.testing.assert_close(gradient, torch.tensor([1.0, 0.0, 1.0]))
+    strict = boxes(target.references, target.labels, iou=0.85)  # box 1's 0.8 overlap no longer counts
+    torch.testing.assert_close(strict([detections]), torch.tensor([1.0 + 0.4]))
+
+
+def test_a_box_score_without_a_match_is_zero_and_still_in_the_graph() -> None:
+    detections = output([[0, 0, 10, 10]], [1], [0.9])
+    score = boxes([torch.tensor([[50.0, 50.0, 60.0, 60.0]])], [torch.tensor([1])])([detections])
+    assert score.tolist() == [0.0] and score.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (([torch.zeros(2, 4)], [torch.zeros(3)]), r"image 0: boxes must be \[N, 4\].*labels \[3\]"),
+        (([torch.tensor([[5.0, 0, 1, 1]])], [torch.zeros(1)]), "x2 < x1"),
+        (([torch.zeros(1, 4)], []), "one label tensor per image"),
+    ],
+)
+def test_bad_boxes_say_what_is_wrong(arguments: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        boxes(*arguments)
+
+
+def pytorch_grad_cam_boxes(detector: torch.nn.Module, images: torch.Tensor, references: list, labels: list):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    targets = [
+        FasterRCNNBoxScoreTarget(label.tolist(), box.detach().numpy())
+        for box, label in zip(references, labels, strict=True)
+    ]
+    with GradCAM(detector, [detector.backbone.body.layer4]) as cam:
+        return cam(images, targets=targets)
+
+
+def test_box_gradcam_equals_pytorch_grad_cam_on_images_the_detector_does_not_pad() -> None:
+    detector = faster_rcnn()
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))  # -> 160x160, no padding
+    references, labels = own_detections(detector, images)
+    ours = lc.explain(detector, images, "gradcam", "backbone.body.layer4", targets=boxes(references, labels))
+    theirs = pytorch_grad_cam_boxes(detector, images, references, labels)
+    assert ours["gradcam"].shape == (2, 128, 128)
+    assert (pearson(ours["gradcam"], theirs) >= 0.99).all(), pearson(ours["gradcam"], theirs)
+
+
+def reference_gradcam(
+    detector: torch.nn.Module, images: list[torch.Tensor], target: object, through_padding: bool = True
+) -> list[torch.Tensor]:
+    """Grad-CAM by hand: layer4's activations and gradients of the box scores on the padded canvas the
+    transform built; per image upsampled to the canvas, cropped to the resized image and resized to the
+    image (or, ``through_padding=False``, stretched from the whole canvas onto the image)."""
+    captured = {}
+    hook = detector.backbone.body.layer4.register_forward_hook(lambda m, i, o: captured.update(a=o))
+    try:
+        score = target(detector(images))
+    finally:
+        hook.remove()
+    (gradient,) = torch.autograd.grad(score.sum(), captured["a"])
+    cams = (gradient.mean((2, 3), keepdim=True) * captured["a"]).sum(1, keepdim=True).clamp(min=0).detach()
+    batch, _ = detector.transform(images)
+    maps = []
+    for cam, image, (height, width) in zip(cams, images, batch.image_sizes, strict=True):
+        cam = cam[None]
+        if through_padding:
+            cam = F.interpolate(cam, size=tuple(batch.tensors.shape[-2:]), mode="bilinear")[
+                ..., :height, :width
+            ]
+        cam = F.interpolate(cam, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
+        maps.append((cam - cam.min()) / (cam.max() - cam.min()))
+    return maps
+
+
+def test_box_gradcam_maps_back_through_the_padding_of_a_non_square_image() -> None:
+    detector = faster_rcnn()
+    image = torch.rand(
+        3, 96, 128, generator=torch.Generator().manual_seed(2)
+    )  # -> 160x213 on a 160x224 canvas
+    batch, _ = detector.transform([image])
+    assert batch.image_sizes[0] == (160, 213) and tuple(batch.tensors.shape[-2:]) == (160, 224)
+    target = boxes(*own_detections(detector, [image]))
+    ours = lc.explain(detector, [image], "gradcam", "backbone.body.layer4", targets=target)["gradcam"][0]
+    torch.testing.assert_close(ours, reference_gradcam(detector, [image], target)[0], atol=1e-4, rtol=0)
+    stretched = reference_gradcam(detector, [image], target, through_padding=False)[0]
+    assert float((ours - stretched).abs().max()) > 0.05  # the padding is 11 of 224 columns: it shows
+
+
+def test_variable_size_images_get_one_map_each_at_their_own_size() -> None:
+    detector = faster_rcnn()
+    generator = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, 96, 128, generator=generator), torch.rand(3, 80, 80, generator=generator)]
+    target = boxes(*own_detections(detector, images))
+    maps = lc.explain(detector, images, ("gradcam", "layercam", "eigencam"), targets=target)
+    for method, per_image in maps.items():
+        assert [tuple(m.shape) for m in per_image] == [(96, 128), (80, 80)], method
+        assert all(float(m.max()) == 1.0 and float(m.min()) == 0.0 for m in per_image), method
+    for ours, expected in zip(maps["gradcam"], reference_gradcam(detector, images, target), strict=True):
+        torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("build", [faster_rcnn, retinanet], ids=["faster_rcnn", "retinanet"])
+def test_auto_takes_the_backbones_deepest_feature_map(build: object) -> None:
+    detector = build()
+    images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(4))
+    assert find_auto_layer(detector, images) == "backbone.body.layer4"
+    maps = lc.explain(detector, images, "gradcam", targets=boxes(*own_detections(detector, images)))[
+        "gradcam"
+    ]
+    assert maps.shape == (2, 96, 128) and not torch.allclose(maps[0], maps[1])
+    assert all(float(m.std()) > 0.05 for m in maps)
+
+
+def test_detector_errors_say_what_works() -> None:
+    detector = faster_rcnn()
+    images = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"targets=lightning_cam.targets.boxes\(boxes, labels\)"):
+        lc.explain(detector, images, "gradcam")
+    target = boxes(*own_detections(detector, images))
+    with pytest.raises(ValueError, match=r"scorecam do not run on detectors.*gradcam"):
+        lc.explain(detector, images, "scorecam", targets=target)
+    with pytest.raises(ValueError, match="saliency cannot explain a list of images"):
+        lc.explain(detector, list(images), "saliency", targets=target)
+    with pytest.raises(
+        ValueError, match=r"got list \(lists of images of any sizes are explained for torchvision"
+    ):
+        lc.explain(torch.nn.Conv2d(3, 2, 3), [images[0]], "gradcam")
+    assert np.isfinite(lc.explain(detector, images, "gradcam++", targets=target)["gradcam++"].numpy()).all()
