@@ -13,11 +13,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_cam.engine.detection import PredictedBoxes, boxes
+from lightning_cam.engine.targets import Targets
+
 __all__ = [
     "FixedBatch",
     "Groups",
     "Masks",
     "Unpacked",
+    "box_union",
     "describe",
     "missing_groups_message",
     "primary_classes",
@@ -165,6 +169,8 @@ def unpack_batch(
         ([0, 1], None, None)
     """
     images, labels, masks, groups = _split(batch, unpack, (image_key, label_key, mask_key, group_key))
+    if _is_detection_batch(images, labels):
+        return _detection_batch(images, labels, _as_masks(masks, mask_key), groups)
     labels = _unwrapped(labels)
     readable = isinstance(images, Tensor) and (images.is_floating_point() or images.dtype == torch.uint8)
     if not readable or images.dim() not in (4, 5):
@@ -180,6 +186,53 @@ def unpack_batch(
             f"batch -> (images, labels or None, masks)."
         )
     return FixedBatch(images, labels, _as_masks(masks, mask_key), _as_groups(groups, len(images)))
+
+
+def _is_detection_batch(images: Any, labels: Any) -> bool:
+    """A detection batch: a list of images ``[C, H, W]`` and one ``{"boxes", "labels"}`` dict per image."""
+    return (
+        isinstance(images, (list, tuple))
+        and isinstance(labels, (list, tuple))
+        and bool(labels)
+        and all(isinstance(item, Mapping) and "boxes" in item and "labels" in item for item in labels)
+    )
+
+
+def _detection_batch(
+    images: Sequence[Any], targets: Sequence[Mapping], masks: Masks | None, groups: Any
+) -> FixedBatch:
+    """A detection batch as a :class:`FixedBatch`: the images stacked (the monitor's fixed samples share
+    one size), each image's first box's label as its class (``0``, background, without boxes) and the
+    union of its boxes as the mask ``boxes``."""
+    if not all(isinstance(image, Tensor) and image.dim() == 3 for image in images):
+        raise ValueError(f"detection batches hold images [C, H, W]; got {describe(list(images))}.")
+    sizes = sorted({tuple(image.shape) for image in images})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"CAMMonitor's detection task keeps fixed samples of one size; this batch has images of sizes "
+            f"{[list(size) for size in sizes[:4]]}. Resize the monitored validation images to one size "
+            f"(lightning_cam.explain itself takes lists of any sizes)."
+        )
+    stacked = torch.stack(list(images))
+    boxes = [
+        {"boxes": t["boxes"].float().reshape(-1, 4), "labels": t["labels"].long().reshape(-1)}
+        for t in targets
+    ]
+    classes = torch.tensor([int(t["labels"][0]) if len(t["labels"]) else 0 for t in boxes])
+    union = torch.stack([box_union(t["boxes"], tuple(stacked.shape[-2:])) for t in boxes])
+    return FixedBatch(
+        stacked, classes, {**(masks or {}), "boxes": union}, _as_groups(groups, len(stacked)), boxes
+    )
+
+
+def box_union(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """``[H, W]``: 1 on every pixel that a box ``(x1, y1, x2, y2)`` of ``boxes`` ``[N, 4]`` covers (a
+    pixel ``(x, y)`` spans ``[x, x + 1)``: covered where that span overlaps the box), else 0."""
+    height, width = size
+    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype)[:, None]
+    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype)[None, :]
+    inside = [(xs + 1 > x1) & (xs < x2) & (ys + 1 > y1) & (ys < y2) for x1, y1, x2, y2 in boxes.tolist()]
+    return torch.stack(inside).any(dim=0).float() if inside else torch.zeros(height, width)
 
 
 def missing_groups_message(owner: str, group_names: Sequence[str], group_key: str) -> str:
@@ -206,16 +259,26 @@ class FixedBatch:
     labels: Tensor | None = None
     masks: Masks | None = None
     groups: Groups | None = None
+    boxes: list[dict[str, Tensor]] | None = None
+    """Detection batches: each image's ground-truth ``{"boxes" [N, 4], "labels" [N]}``."""
 
     def to(self, device: torch.device) -> FixedBatch:
         """The same samples with every tensor on ``device``."""
         masks = None if self.masks is None else {name: m.to(device) for name, m in self.masks.items()}
         labels = None if self.labels is None else self.labels.to(device)
-        return FixedBatch(self.images.to(device), labels, masks, self.groups)
+        boxes = None if self.boxes is None else [{k: v.to(device) for k, v in b.items()} for b in self.boxes]
+        return FixedBatch(self.images.to(device), labels, masks, self.groups, boxes)
 
-    def targets_for(self, choice: str | int) -> Tensor | int | None:
+    def targets_for(self, choice: str | int, score_threshold: float = 0.5) -> Targets:
         """What a target choice explains: ``"predicted"`` -> ``None`` (the model's prediction), ``"label"``
-        -> the labels, a class index as it is."""
+        -> the labels, a class index as it is. Detection batches: ``"label"`` -> the ground-truth boxes,
+        ``"predicted"`` -> each image's detections scoring at least ``score_threshold``."""
+        if self.boxes is not None:
+            if choice == "label":
+                return boxes([b["boxes"] for b in self.boxes], [b["labels"] for b in self.boxes])
+            if choice == "predicted":
+                return PredictedBoxes(score_threshold)
+            raise ValueError(f"detection monitoring explains targets 'label' or 'predicted'; got {choice!r}.")
         if choice == "predicted":
             return None
         return self.labels if choice == "label" else choice

@@ -3,14 +3,20 @@ maps back through the detector's padding, image lists, "auto", and the errors.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from detection_helpers import faster_rcnn, own_detections, retinanet
+from detection_helpers import DetectorModule, detection_loaders, faster_rcnn, own_detections, retinanet
+from lightning.pytorch.loggers import TensorBoardLogger
+from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, trainer
 from test_models import pearson
 
 import lightning_cam as lc
+from lightning_cam import CAMMonitor
 from lightning_cam.engine.auto_layer import find_auto_layer
 from lightning_cam.targets import boxes
 
@@ -164,3 +170,47 @@ def test_detector_errors_say_what_works() -> None:
     ):
         lc.explain(torch.nn.Conv2d(3, 2, 3), [images[0]], "gradcam")
     assert np.isfinite(lc.explain(detector, images, "gradcam++", targets=target)["gradcam++"].numpy()).all()
+
+
+def fit_detector(tmp_path: Path, callbacks: list) -> dict[str, torch.Tensor]:
+    pl.seed_everything(0, verbose=False)
+    module = DetectorModule()
+    train, val = detection_loaders()
+    logger = TensorBoardLogger(str(tmp_path), name="", version="")
+    fit = trainer(tmp_path, callbacks, max_epochs=2, logger=logger)
+    fit.fit(module, train, val)
+    return {name: tensor.clone() for name, tensor in module.state_dict().items()}
+
+
+def test_cammonitor_on_a_detector_logs_grids_and_mass_on_the_boxes_without_changing_training(
+    tmp_path: Path,
+) -> None:
+    monitor = CAMMonitor(
+        methods=("gradcam", "layercam"),
+        targets=("label", "predicted"),
+        num_samples=4,
+        class_names=["background", "bright", "dark"],
+        detection_score_threshold=0.0,
+        bias_report=False,
+        report=False,
+    )
+    watched = fit_detector(tmp_path / "watched", [monitor])
+    assert monitor.config.task is None and monitor.fixed is not None and monitor.fixed.boxes is not None
+    log_dir = tmp_path / "watched"
+    numbers = 0
+    for series in ("gradcam", "layercam", "predicted/gradcam", "predicted/layercam"):
+        flat = read_tensorboard_scalars(log_dir, f"cam/{series}/flat_fraction")
+        masses = read_tensorboard_scalars(log_dir, f"cam/{series}/mass/boxes")
+        assert len(flat) == len(masses) == 2, series
+        for (_, fraction), (_, mass) in zip(flat, masses, strict=True):
+            # a box the detector does not find gives a flat map: no evidence, NaN, never a number
+            assert (mass != mass) if fraction == 1.0 else 0 < mass < 1, (series, fraction, mass)
+            numbers += fraction < 1.0
+    assert numbers >= 2  # the detections above score 0 are always there to explain
+    assert not read_tensorboard_scalars(log_dir, "cam/all/accuracy")  # no class accuracy for boxes
+    (_, grid), *_ = read_tensorboard_images(log_dir, "cam/predicted/grid")
+    pixels = np.asarray(grid.convert("RGB"))
+    assert pixels.shape[0] > 4 * 96  # a row per sample
+    plain = fit_detector(tmp_path / "plain", [])
+    for name, tensor in plain.items():
+        assert torch.equal(tensor, watched[name]), name

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from lightning_cam.engine.capture import ForwardHook, forward_hooks
 from lightning_cam.engine.spatial import resize
 
-__all__ = ["Boxes", "Canvas", "boxes", "detector_canvas", "is_box_output"]
+__all__ = ["Boxes", "Canvas", "PredictedBoxes", "boxes", "detector_canvas", "is_box_output"]
 
 BOX_KEYS = ("boxes", "labels", "scores")
 
@@ -80,6 +80,19 @@ class Boxes:
                 for detections, references, labels in zip(output, self.references, self.labels, strict=True)
             ]
         )
+
+
+@dataclass(frozen=True)
+class PredictedBoxes:
+    """Each image's own detections scoring at least ``threshold``: its score is their summed detection
+    score (each matches itself, so :func:`boxes` of them adds only the constant IoU 1 per box)."""
+
+    threshold: float = 0.5
+
+    def __call__(self, output: Any) -> Tensor:
+        if not is_box_output(output):
+            raise ValueError(f"predicted-box targets read a detector's output; got {type(output).__name__}.")
+        return torch.stack([(s * (s >= self.threshold)).sum() for s in (item["scores"] for item in output)])
 
 
 def boxes(

@@ -84,7 +84,13 @@ class CAMMonitor(Callback):
             its import path) tensor -> ``[B, K, h, w]`` for any other layer output.
         task: ``"multiclass"``, ``"binary"``, ``"multilabel"`` (a row per image and positive class) or
             ``"segmentation"`` (each image's largest labelled class, its region outlined and used as mask
-            ``label``); ``None`` infers it from the labels' shape and the model's output.
+            ``label``); ``None`` infers it from the labels' shape and the model's output. ``"detection"``
+            (inferred from batches of (list of images, list of ``{"boxes", "labels"}``)): targets
+            ``"label"`` explain the ground-truth boxes (:func:`lightning_cam.targets.boxes`), ``"predicted"``
+            each image's detections scoring at least ``detection_score_threshold``; the union of an
+            image's boxes is outlined and is the mask ``boxes`` (``cam/<method>/mass/boxes``: attention
+            on the objects or on their context).
+        detection_score_threshold: the detection score from which ``"predicted"`` explains a box.
         method_options: per method, e.g. ``{"scorecam": {"topk": 64}}``.
         perturbation_autocast: run Score-CAM's and Ablation-CAM's forwards under the trainer's mixed precision.
         confidence_metrics: log average drop and increase in confidence (one batched forward).
@@ -155,6 +161,7 @@ class CAMMonitor(Callback):
         output_key: int | str | Callable[[Any], Any] | None = None,
         reshape_transform: str | Callable[[Any], Any] = "auto",
         task: str | None = None,
+        detection_score_threshold: float = 0.5,
         method_options: dict[str, dict[str, Any]] | None = None,
         perturbation_autocast: bool = False,
         confidence_metrics: bool = True,

@@ -99,7 +99,11 @@ def explain_target(
     methods = [name for name in config.methods if name not in faults.failed_methods]
     if not methods:
         return None
-    targets = task_target if task_target is not None else fixed.targets_for(choice)
+    targets = (
+        task_target
+        if task_target is not None
+        else fixed.targets_for(choice, config.detection_score_threshold)
+    )
     perturbing = autocast_dtype is not None and any(m in ("scorecam", "ablationcam") for m in methods)
 
     def run(names: list[str]) -> Explanation:
@@ -158,6 +162,11 @@ def captions(fixed: FixedBatch, explanation: Explanation, config: MonitorConfig,
         rows.append(fixed.labels.to(confidence.device).double())
     values = torch.stack(rows).tolist()  # one transfer for every caption
     labels = [int(label) for label in values[2]] if fixed.labels is not None else [None] * len(values[0])
+    if fixed.boxes is not None:  # a detector: the classes of each image's boxes
+        return [
+            "boxes: " + (", ".join(config.class_name(int(c)) for c in image["labels"].tolist()) or "none")
+            for image in fixed.boxes
+        ]
     return [
         (f"true: {config.class_name(label)}\n" if label is not None else "")
         + (
@@ -217,8 +226,9 @@ def _map_values(
 def _confidence_values(
     network: nn.Module, fixed: FixedBatch, explanation: Explanation, prefix: str, config: MonitorConfig
 ) -> dict[str, Tensor]:
-    """Average drop and increase in confidence of every method, from one batched forward."""
-    if not config.confidence_metrics or not explanation.maps:
+    """Average drop and increase in confidence of every method, from one batched forward (not for
+    detectors: a box score is no probability)."""
+    if not config.confidence_metrics or not explanation.maps or fixed.boxes is not None:
         return {}
     assert explanation.scorer is not None
     confidence = explanation.scorer.probability(explanation.logits)
@@ -285,7 +295,7 @@ def _slice_values(
 ) -> dict[str, Tensor]:
     """Per slice: the number of samples, the accuracy (NaN without labels) and each mask's area."""
     values = {"count": slices.membership.sum(dim=1).float()}
-    if fixed.labels is not None:
+    if fixed.labels is not None and explanation.targets.min() >= 0:  # not a callable's (a box target's)
         predicted = prediction(explanation.scorer, explanation.logits)[1]
         correct = (predicted == fixed.labels.to(predicted.device)).float()
         values["accuracy"] = metrics.slice_means(correct, slices.membership)
@@ -331,9 +341,10 @@ def run_check(
     ``<name>/<target>/<method>/...``; mask metrics also per group (``.../<mask>/<group>``). The trust
     metrics (first target choice only) run when ``check_index`` (this check's number, from 1) is due.
     """
-    view = task_view(fixed, infer_task(config.task, fixed.labels), config.num_samples)
+    view = task_view(fixed, infer_task(config.task, fixed.labels, fixed.boxes), config.num_samples)
     fixed = view.fixed
-    regions = (fixed.masks or {}).get("label") if view.task == "segmentation" else None
+    outlined = {"segmentation": "label", "detection": "boxes"}.get(view.task)
+    regions = (fixed.masks or {}).get(outlined) if outlined else None
     result = CheckResult(
         step,
         display_images(fixed.images, config.image_mean, config.image_std, config.display_channel),

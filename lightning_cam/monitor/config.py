@@ -12,6 +12,7 @@ from lightning_cam.engine import OutputKey, resolve_methods, resolve_options
 from lightning_cam.engine.layers import TargetLayer
 from lightning_cam.engine.layouts import ReshapeTransform
 from lightning_cam.monitor.alerts import Alert, parse_alerts
+from lightning_cam.monitor.tasks import TASKS
 from lightning_cam.report.grids import COLORMAPS
 
 __all__ = ["MonitorConfig", "TargetChoice", "import_object"]
@@ -86,6 +87,7 @@ class MonitorConfig:
     output_key: OutputKey = None
     reshape_transform: ReshapeTransform | str = "auto"
     task: str | None = None
+    detection_score_threshold: float = 0.5
     method_options: Mapping[str, Mapping[str, Any]] | None = None
     perturbation_autocast: bool = False
     confidence_metrics: bool = True
@@ -137,9 +139,11 @@ class MonitorConfig:
                 f"name is the first part of every tag, e.g. 'cam' or 'cam_fast'; got {self.name!r}."
             )
         self.alert_rules = parse_alerts(self.alerts or {})
-        if self.task is not None and self.task not in ("multiclass", "binary", "multilabel", "segmentation"):
+        if self.task is not None and self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose {', '.join(TASKS)} (or None).")
+        if not 0 <= self.detection_score_threshold < 1:
             raise ValueError(
-                f"unknown task {self.task!r}; choose multiclass, binary, multilabel or segmentation (or None)."
+                f"detection_score_threshold must be in [0, 1); got {self.detection_score_threshold!r}."
             )
         self._check_trust()
 

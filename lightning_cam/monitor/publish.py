@@ -153,7 +153,7 @@ class Publisher:
         if summary is not None and fixed is not None:
             with self.faults.guard("summary images"):
                 rows = task_view(
-                    fixed, infer_task(self.config.task, fixed.labels), self.config.num_samples
+                    fixed, infer_task(self.config.task, fixed.labels, fixed.boxes), self.config.num_samples
                 ).fixed
                 config = self.config
                 shown = display_images(

@@ -26,8 +26,8 @@ class SampleBuffer:
     """
 
     num_samples: int
-    samples: dict[int | None, list[tuple[Tensor, Masks | None, int | str | None]]] = field(
-        default_factory=dict
+    samples: dict[int | None, list[tuple[Tensor, Tensor | None, Masks | None, int | str | None, Any]]] = (
+        field(default_factory=dict)
     )
 
     @property
@@ -54,7 +54,8 @@ class SampleBuffer:
                 )
                 group = None if batch.groups is None else batch.groups[row]
                 label = None if batch.labels is None else batch.labels[row].clone()
-                kept.append((batch.images[row].clone(), label, masks, group))
+                boxes = None if batch.boxes is None else {k: v.clone() for k, v in batch.boxes[row].items()}
+                kept.append((batch.images[row].clone(), label, masks, group, boxes))
 
     def is_complete(self, num_classes: int | None) -> bool:
         """Whether more batches could not make the selection more balanced."""
@@ -67,7 +68,7 @@ class SampleBuffer:
 
     def select(self) -> FixedBatch:
         """Up to ``num_samples`` samples, taking one of each class in turn (classes by first appearance)."""
-        chosen: list[tuple[int | None, Tensor, Tensor | None, Masks | None, int | str | None]] = []
+        chosen: list[tuple[int | None, Tensor, Tensor | None, Masks | None, int | str | None, Any]] = []
         depth = 0
         while len(chosen) < self.num_samples and depth < self.num_samples:
             for label, items in self.samples.items():
@@ -78,13 +79,14 @@ class SampleBuffer:
             raise ValueError("no samples were captured")
         first_seen = {label: index for index, label in enumerate(self.samples)}
         chosen.sort(key=lambda item: first_seen[item[0]])  # rows grouped by class, stable
-        _, images, labels, masks, groups = zip(*chosen, strict=True)
+        _, images, labels, masks, groups, boxes = zip(*chosen, strict=True)
         stacked = torch.stack(images)
         return FixedBatch(
             stacked,
             None if labels[0] is None else torch.stack(labels),
             None if masks[0] is None else {name: torch.stack([m[name] for m in masks]) for name in masks[0]},
             None if groups[0] is None else list(groups),
+            None if boxes[0] is None else list(boxes),
         )
 
 

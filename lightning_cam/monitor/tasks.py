@@ -1,7 +1,9 @@
 """What CAMMonitor explains for each kind of model, from its labels: ``multiclass`` and ``binary``
 (labels ``[B]``: the target choices as given), ``multilabel`` (multi-hot labels ``[B, C]``: a row per
 image and positive class) and ``segmentation`` (label maps ``[B, H, W]``: each image's largest
-labelled class, its label region as the mask ``label``). No Lightning in it."""
+labelled class, its label region as the mask ``label``) and ``detection`` (lists of images and of
+``{"boxes", "labels"}``: the ground-truth boxes or the detections, their union as the mask ``boxes``).
+No Lightning in it."""
 
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ from lightning_cam.engine.targets import Targets, multilabel, segmentation
 
 __all__ = ["TASKS", "TaskView", "infer_task", "primary_classes", "task_view"]
 
-TASKS = ("multiclass", "binary", "multilabel", "segmentation")
+TASKS = ("multiclass", "binary", "multilabel", "segmentation", "detection")
 
 
-def infer_task(task: str | None, labels: Tensor | None) -> str:
-    """``task`` when given, else from the labels' shape (``[B]`` multiclass or binary: the model's
-    output tells those apart; ``[B, C]`` multilabel; ``[B, H, W]`` segmentation)."""
+def infer_task(task: str | None, labels: Tensor | None, boxes: object = None) -> str:
+    """``task`` when given, else ``detection`` where the batch carried boxes, else from the labels' shape
+    (``[B]`` multiclass or binary: the model's output tells those apart; ``[B, C]`` multilabel;
+    ``[B, H, W]`` segmentation)."""
     if task is not None:
         return task
+    if boxes is not None:
+        return "detection"
     if labels is None or labels.dim() == 1:
         return "multiclass"
     return "multilabel" if labels.dim() == 2 else "segmentation"
