@@ -366,12 +366,7 @@ def explain_batch(
     layer_methods = [m for m in needed if m.kind == "layer"]
     start = time.perf_counter()
     with preserved_state(model, device.type):
-        # a normal tensor, even from inference mode
-        inputs = (
-            [image.to(device=device, dtype=dtype).clone() for image in images]
-            if listed
-            else images.to(device=device, dtype=dtype).clone()
-        )
+        inputs = _model_inputs(images, device, dtype)
         layers = (
             resolve_target_layers(model, target_layer, inputs, reshape_transform, output_key)
             if layer_methods
@@ -400,6 +395,15 @@ def explain_batch(
         seconds=seconds,
         scorer=shared.scorer,
     )
+
+
+def _model_inputs(
+    images: Tensor | list[Tensor], device: torch.device, dtype: torch.dtype
+) -> Tensor | list[Tensor]:
+    """The images on the model's device and dtype, as normal tensors (even from inference mode)."""
+    if isinstance(images, Tensor):
+        return images.to(device=device, dtype=dtype).clone()
+    return [image.to(device=device, dtype=dtype).clone() for image in images]
 
 
 def _on_device(maps: Tensor | list[Tensor], device: torch.device) -> Tensor | list[Tensor]:
