@@ -228,11 +228,11 @@ def _detection_batch(
 def box_union(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     """``[H, W]``: 1 on every pixel that a box ``(x1, y1, x2, y2)`` of ``boxes`` ``[N, 4]`` covers (a
     pixel ``(x, y)`` spans ``[x, x + 1)``: covered where that span overlaps the box), else 0."""
-    height, width = size
-    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype)[:, None]
-    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype)[None, :]
-    inside = [(xs + 1 > x1) & (xs < x2) & (ys + 1 > y1) & (ys < y2) for x1, y1, x2, y2 in boxes.tolist()]
-    return torch.stack(inside).any(dim=0).float() if inside else torch.zeros(height, width)
+    x1, y1, x2, y2 = (boxes[:, i, None, None] for i in range(4))  # [N, 1, 1] each
+    ys = torch.arange(size[0], device=boxes.device, dtype=boxes.dtype)[:, None]
+    xs = torch.arange(size[1], device=boxes.device, dtype=boxes.dtype)[None, :]
+    inside = (xs + 1 > x1) & (xs < x2) & (ys + 1 > y1) & (ys < y2)  # [N, H, W]
+    return inside.any(dim=0).to(boxes.dtype)
 
 
 def missing_groups_message(owner: str, group_names: Sequence[str], group_key: str) -> str:

@@ -17,6 +17,7 @@ from test_models import pearson
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
+from lightning_cam.batches import box_union
 from lightning_cam.engine.auto_layer import find_auto_layer
 from lightning_cam.targets import boxes
 
@@ -52,6 +53,15 @@ def test_a_box_score_without_a_match_is_zero_and_still_in_the_graph() -> None:
     detections = output([[0, 0, 10, 10]], [1], [0.9])
     score = boxes([torch.tensor([[50.0, 50.0, 60.0, 60.0]])], [torch.tensor([1])])([detections])
     assert score.tolist() == [0.0] and score.requires_grad
+
+
+def test_the_boxes_mask_covers_every_pixel_a_box_overlaps() -> None:
+    union = box_union(torch.tensor([[1.0, 1.0, 3.0, 2.5], [4.0, 0.0, 5.0, 1.0]]), (4, 5))
+    expected = torch.zeros(4, 5)
+    expected[1:3, 1:3] = 1  # x in [1, 3), y in [1, 2.5): rows 1-2 (row 2 spans [2, 3)), columns 1-2
+    expected[0, 4] = 1
+    assert torch.equal(union, expected)
+    assert torch.equal(box_union(torch.zeros(0, 4), (2, 3)), torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize(

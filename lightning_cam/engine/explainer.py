@@ -135,6 +135,18 @@ def check_image_list(images: Sequence[object], methods: Sequence[Method]) -> lis
     return list(images)  # type: ignore[arg-type]
 
 
+def _checked_inputs(
+    model: nn.Module, images: object, methods: Sequence[Method]
+) -> tuple[Tensor | list[Tensor], bool]:
+    """The checked images, and whether they are a list (a detector's images of any sizes)."""
+    detector = bool(detector_transforms(model))
+    if detector:
+        _refuse_reruns_on_detectors(methods)
+    if detector and isinstance(images, (list, tuple)):
+        return check_image_list(images, methods), True
+    return check_images(images, model, methods), False
+
+
 def _refuse_reruns_on_detectors(methods: Sequence[Method]) -> None:
     """Score-CAM and Ablation-CAM would run the whole detector once per channel, and their masks are
     laid on the input, not on the detector's padded canvas: refused, with what works instead."""
@@ -355,11 +367,7 @@ def explain_batch(
     requested = resolve_methods(methods)
     needed = with_requirements(requested)
     method_kwargs = resolve_options(needed, options, method_options)
-    detector = bool(detector_transforms(model))
-    listed = detector and isinstance(images, (list, tuple))
-    if detector:
-        _refuse_reruns_on_detectors(needed)
-    images = check_image_list(images, needed) if listed else check_images(images, model, needed)
+    images, listed = _checked_inputs(model, images, needed)
     first = images[0] if listed else images
     device, dtype = model_device_dtype(model, first)
     dtype = dtype if first.is_floating_point() else first.dtype  # uint8 goes in as the model takes it

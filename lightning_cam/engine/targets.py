@@ -208,15 +208,7 @@ def make_scorer(targets: Targets, output: Any) -> Scorer:
             "multilabel", _classes(targets.classes.to(output.device), output.argmax(dim=1), output.shape[1])
         )
     if callable(targets) and not isinstance(targets, Tensor):
-        scores = targets(output)
-        if not isinstance(scores, Tensor) or scores.shape != (len(output),):
-            shape = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(
-                f"a callable target must return one score per image [{len(output)}]; it returned {shape}."
-            )
-        return Scorer(
-            "callable", torch.full((len(output),), -1, dtype=torch.long, device=scores.device), targets
-        )
+        return _callable_scorer(targets, output)
     if is_box_output(output):
         raise ValueError(
             "the model is a detector (it returned a list of {'boxes', 'labels', 'scores'} dicts); say which "
@@ -236,6 +228,17 @@ def make_scorer(targets: Targets, output: Any) -> Scorer:
         f"binary logit [B]. For a segmentation output use targets=lightning_cam.engine.targets.segmentation(class_index), "
         f"for any other head a callable output -> [B] scores, or output_key to pick the logits."
     )
+
+
+def _callable_scorer(targets: Callable[[Any], Tensor], output: Any) -> Scorer:
+    """A callable target's scorer, checked to give one score per image."""
+    scores = targets(output)
+    if not isinstance(scores, Tensor) or scores.shape != (len(output),):
+        shape = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(
+            f"a callable target must return one score per image [{len(output)}]; it returned {shape}."
+        )
+    return Scorer("callable", torch.full((len(output),), -1, dtype=torch.long, device=scores.device), targets)
 
 
 def _classes(targets: Targets, predicted: Tensor, num_classes: int, binary: bool = False) -> Tensor:
