@@ -19,6 +19,8 @@ import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.batches import box_union
 from lightning_cam.engine.auto_layer import find_auto_layer
+from lightning_cam.monitor.check import shown_detections
+from lightning_cam.report.grids import BOX_COLOUR, draw_boxes
 from lightning_cam.targets import boxes
 
 pytestmark = pytest.mark.slow  # every test runs a detector (about a second per forward and backward)
@@ -62,6 +64,35 @@ def test_the_boxes_mask_covers_every_pixel_a_box_overlaps() -> None:
     expected[0, 4] = 1
     assert torch.equal(union, expected)
     assert torch.equal(box_union(torch.zeros(0, 4), (2, 3)), torch.zeros(2, 3))
+
+
+def test_detections_are_drawn_as_rectangles_on_every_tile_of_their_row() -> None:
+    tiles = torch.zeros(2, 3, 3, 6, 7)
+    drawn = draw_boxes(tiles, [torch.tensor([[1.0, 1.0, 5.0, 4.0]]), torch.zeros(0, 4)])
+    expected = torch.zeros(6, 7, dtype=torch.bool)
+    expected[1, 1:5] = expected[3, 1:5] = True  # x in [1, 5), y in [1, 4): the last pixels are 4 and 3
+    expected[1:4, 1] = expected[1:4, 4] = True
+    for tile in drawn[0]:
+        assert torch.equal(tile[0] == BOX_COLOUR[0], expected) and torch.equal(
+            tile[1] == BOX_COLOUR[1], expected
+        )
+    assert torch.equal(drawn[1], tiles[1])  # no detection, nothing drawn
+
+
+def test_shown_detections_keep_the_best_above_the_threshold() -> None:
+    detections = [
+        {
+            "boxes": torch.rand(5, 4),
+            "labels": torch.arange(5),
+            "scores": torch.tensor([0.9, 0.8, 0.6, 0.4, 0.3]),
+        }
+    ]
+    explanation = lc.engine.Explanation({}, torch.zeros(1, 1), torch.tensor([-1]), detections=detections)
+    (shown,) = shown_detections(explanation, 0.5)
+    assert shown["labels"].tolist() == [0, 1, 2] and shown["scores"].tolist() == pytest.approx(
+        [0.9, 0.8, 0.6]
+    )
+    assert shown_detections(lc.engine.Explanation({}, torch.zeros(1, 1), torch.tensor([0])), 0.5) is None
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,15 @@ from torch import Tensor, nn
 from lightning_cam.engine.capture import ForwardHook, forward_hooks
 from lightning_cam.engine.spatial import resize
 
-__all__ = ["Boxes", "Canvas", "PredictedBoxes", "boxes", "detector_canvas", "is_box_output"]
+__all__ = [
+    "Boxes",
+    "Canvas",
+    "PredictedBoxes",
+    "boxes",
+    "detached_detections",
+    "detector_canvas",
+    "is_box_output",
+]
 
 BOX_KEYS = ("boxes", "labels", "scores")
 
@@ -38,6 +46,13 @@ def is_box_output(output: Any) -> bool:
         and bool(output)
         and all(isinstance(item, dict) and all(key in item for key in BOX_KEYS) for item in output)
     )
+
+
+def detached_detections(output: Any) -> list[dict[str, Tensor]] | None:
+    """A detector's output without autograd history (its boxes, labels and scores), else ``None``."""
+    if not is_box_output(output):
+        return None
+    return [{key: item[key].detach() for key in BOX_KEYS} for item in output]
 
 
 def _image_score(detections: dict[str, Tensor], references: Tensor, labels: Tensor, iou: float) -> Tensor:

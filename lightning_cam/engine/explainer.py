@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from lightning_cam.engine.attention import attention_inputs, capture_attention
 from lightning_cam.engine.capture import capture_activations, model_device_dtype, preserved_state
-from lightning_cam.engine.detection import Canvas, detector_canvas, detector_transforms
+from lightning_cam.engine.detection import Canvas, detached_detections, detector_canvas, detector_transforms
 from lightning_cam.engine.layers import TargetLayer, resolve_target_layers
 from lightning_cam.engine.layouts import Layout, ReshapeTransform, infer_layout
 from lightning_cam.engine.logits import OutputKey, select_output
@@ -269,6 +269,8 @@ class Explanation:
     """Wall time of the shared pass (``"pass"``: forward and gradients) and of each method's own
     work (its function, extra forwards and normalisation; each ends with a device sync)."""
     scorer: Scorer | None = None
+    detections: list[dict[str, Tensor]] | None = None
+    """A detector's output of the pass, detached: per image ``{"boxes", "labels", "scores"}``."""
 
 
 def explain(
@@ -402,6 +404,7 @@ def explain_batch(
         targets=shared.scorer.classes.to(first.device),
         seconds=seconds,
         scorer=shared.scorer,
+        detections=detached_detections(shared.output),
     )
 
 

@@ -36,6 +36,8 @@ class TargetResult:
     prefix: str
     explanation: Explanation
     captions: list[str]
+    boxes: list[Tensor] | None = None
+    """A detector's: per sample the detections drawn on its tiles (see :func:`shown_detections`)."""
 
 
 @dataclass
@@ -147,8 +149,29 @@ def _explain_one_by_one(run: object, methods: list[str], faults: Faults) -> Expl
     )
 
 
-def captions(fixed: FixedBatch, explanation: Explanation, config: MonitorConfig, faults: Faults) -> list[str]:
-    """``"true: <label>\\npred: <class> <confidence>"`` per sample, from one host transfer."""
+SHOWN_DETECTIONS = 3
+
+
+def shown_detections(explanation: Explanation, threshold: float) -> list[dict[str, Tensor]] | None:
+    """A detector's detections scoring at least ``threshold``, the best ``SHOWN_DETECTIONS`` per image, on
+    the CPU (once per check); ``None`` for other models."""
+    if explanation.detections is None:
+        return None
+    return [
+        {key: value[item["scores"] >= threshold][:SHOWN_DETECTIONS].cpu() for key, value in item.items()}
+        for item in explanation.detections
+    ]
+
+
+def captions(
+    fixed: FixedBatch,
+    explanation: Explanation,
+    config: MonitorConfig,
+    faults: Faults,
+    detections: list[dict[str, Tensor]] | None = None,
+) -> list[str]:
+    """``"true: <label>\\npred: <class> <confidence>"`` per sample, from one host transfer; for a
+    detector ``"boxes: <classes>\\ndet: <class> <score>, ..."`` (the ``detections`` drawn)."""
     classes = num_classes(explanation.scorer, explanation.logits)
     if config.class_names is not None and classes and len(config.class_names) != classes:
         faults.warn_once(
@@ -162,10 +185,19 @@ def captions(fixed: FixedBatch, explanation: Explanation, config: MonitorConfig,
         rows.append(fixed.labels.to(confidence.device).double())
     values = torch.stack(rows).tolist()  # one transfer for every caption
     labels = [int(label) for label in values[2]] if fixed.labels is not None else [None] * len(values[0])
-    if fixed.boxes is not None:  # a detector: the classes of each image's boxes
+    if fixed.boxes is not None and detections is not None:  # a detector: its boxes, its detections
         return [
-            "boxes: " + (", ".join(config.class_name(int(c)) for c in image["labels"].tolist()) or "none")
-            for image in fixed.boxes
+            "boxes: "
+            + (", ".join(config.class_name(int(c)) for c in truth["labels"].tolist()) or "none")
+            + "\ndet: "
+            + (
+                ", ".join(
+                    f"{config.class_name(int(c))} {s:.0%}"
+                    for c, s in zip(found["labels"].tolist(), found["scores"].tolist(), strict=True)
+                )
+                or "none"
+            )
+            for truth, found in zip(fixed.boxes, detections, strict=True)
         ]
     return [
         (f"true: {config.class_name(label)}\n" if label is not None else "")
@@ -362,8 +394,15 @@ def run_check(
         prefix = config.name if index == 0 else f"{config.name}/{name}"
         values |= _target_values(network, fixed, explanation, prefix, name, masks, slices, history, config)
         result.scalars |= _seconds(explanation, prefix)
+        shown = shown_detections(explanation, config.detection_score_threshold)
         result.targets.append(
-            TargetResult(name, prefix, explanation, captions(fixed, explanation, config, faults))
+            TargetResult(
+                name,
+                prefix,
+                explanation,
+                captions(fixed, explanation, config, faults, shown),
+                None if shown is None else [item["boxes"] for item in shown],
+            )
         )
         if index == 0:
             values |= _trust_values(network, fixed, explanation, prefix, config, check_index)

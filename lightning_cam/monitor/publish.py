@@ -144,6 +144,7 @@ class Publisher:
             alpha=config.alpha,
             max_tile=config.max_tile_size,
             regions=result.regions,
+            boxes=target.boxes,
         )
 
     def publish_end(self, history: AttentionHistory, fixed: FixedBatch | None, step: int) -> None:

@@ -173,6 +173,26 @@ def outline(tiles: Tensor, regions: Tensor) -> Tensor:
     return torch.where(edge, torch.ones_like(tiles), tiles)
 
 
+BOX_COLOUR = (1.0, 0.85, 0.0)
+
+
+def draw_boxes(tiles: Tensor, boxes: Sequence[Tensor]) -> Tensor:
+    """Draw each row's boxes ``[N, 4]`` (x1, y1, x2, y2) as 1-pixel rectangles in ``BOX_COLOUR`` on its
+    tiles ``[B, T, 3, H, W]``."""
+    height, width = tiles.shape[-2:]
+    ys = torch.arange(height, device=tiles.device)[:, None]
+    xs = torch.arange(width, device=tiles.device)[None, :]
+    edges = []
+    for row in boxes:
+        x1, y1, x2, y2 = (row.to(tiles.device).round().long()[:, i, None, None] for i in range(4))
+        x2, y2 = torch.maximum(x2 - 1, x1), torch.maximum(y2 - 1, y1)  # the last pixel a box covers
+        across = (xs >= x1) & (xs <= x2) & ((ys == y1) | (ys == y2))
+        down = (ys >= y1) & (ys <= y2) & ((xs == x1) | (xs == x2))
+        edges.append((across | down).any(dim=0))  # no box: no edge
+    colour = torch.tensor(BOX_COLOUR, device=tiles.device, dtype=tiles.dtype).view(3, 1, 1)
+    return torch.where(torch.stack(edges)[:, None, None], colour, tiles)
+
+
 @dataclass(frozen=True)
 class Grid:
     """A rendered grid: a header, then per sample a caption and a row of tiles.
@@ -300,6 +320,7 @@ def render_grid(
     max_tile: int | None = MAX_TILE,
     padding: int = 2,
     regions: Tensor | None = None,
+    boxes: Sequence[Tensor] | None = None,
 ) -> Grid:
     """A labelled grid: a row per sample, the input then one overlay per entry of ``maps``.
 
@@ -314,11 +335,15 @@ def render_grid(
         padding: pixels between tiles.
         regions: ``[B, H, W]`` regions whose outline is drawn on every tile of their row (a
             segmentation label), or ``None``.
+        boxes: per row, boxes ``[N, 4]`` (x1, y1, x2, y2 in pixels; a detector's detections) drawn in
+            yellow on every tile of the row, or ``None``.
     """
     columns = [images] + [overlay(images, value, colormap, alpha) for value in maps.values()]
     tiles = torch.stack(columns, dim=1)
     if regions is not None:
         tiles = outline(tiles, regions.to(tiles.device))
+    if boxes is not None:
+        tiles = draw_boxes(tiles, boxes)
     return render_table(
         tiles, ("input", *maps), captions, min_tile=min_tile, max_tile=max_tile, padding=padding
     )
