@@ -228,6 +228,9 @@ def test_slice_means_and_the_report_by_hand() -> None:
         "g puts 10% of its mass on `cue` (2% of the image): 6.4x enrichment (first check: 2%, 1.0x; "
         "peak: 14%, 9.0x at step 8)"
     ]
+    flat_first = dict(first, mass=float("nan"), enrichment=float("nan"))  # every map flat at the first check
+    (reading,) = bias_report({"g/cue/all": flat_first}, {"g/cue/all": peak}, {"g/cue/all": record}).readings
+    assert "(first check: no figure, flat maps; peak: 14%, 9.0x at step 8)" in reading
 
 
 def test_a_mask_empty_on_some_images_is_measured_on_the_images_that_carry_it(tmp_path: Path) -> None:

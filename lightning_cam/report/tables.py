@@ -81,9 +81,14 @@ def _reading(key: str, first: Record, peak: Record, last: Record) -> str:
             f"`{mask}` ({last['area']:.0%} of the image): {last['enrichment']:.1f}x enrichment "
             f"(peak {peak['enrichment']:.1f}x at step {int(peak['step'])})"
         )
+    at_first = (
+        "no figure, flat maps"
+        if math.isnan(first["enrichment"])
+        else f"{first['mass']:.0%}, {first['enrichment']:.1f}x"
+    )
     return (
         f"{method} puts {last['mass']:.0%} of its mass on `{mask}` ({last['area']:.0%} of the image): "
-        f"{last['enrichment']:.1f}x enrichment (first check: {first['mass']:.0%}, {first['enrichment']:.1f}x; "
+        f"{last['enrichment']:.1f}x enrichment (first check: {at_first}; "
         f"peak: {peak['mass']:.0%}, {peak['enrichment']:.1f}x at step {int(peak['step'])})"
     )
 
