@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from lightning_cam.demo.detection import collate_detection, make_detection_shapes
 
 NUM_CLASSES = 4
 
@@ -43,48 +44,8 @@ def own_detections(detector: torch.nn.Module, images: object, count: int = 3) ->
     return [o["boxes"][:count] for o in outputs], [o["labels"][:count] for o in outputs]
 
 
-def shapes_with_boxes(count: int, seed: int, size: int = 64) -> list[tuple[torch.Tensor, dict]]:
-    """Noisy grey images, each with one bright square (label 1) or dark square (label 2) and its box."""
-    generator = torch.Generator().manual_seed(seed)
-    samples = []
-    for index in range(count):
-        image = 0.5 + 0.1 * torch.randn(3, size, size, generator=generator)
-        side = int(torch.randint(12, 24, (1,), generator=generator))
-        x, y = (int(v) for v in torch.randint(0, size - side, (2,), generator=generator))
-        label = 1 + index % 2
-        image[:, y : y + side, x : x + side] = 0.95 if label == 1 else 0.05
-        box = torch.tensor([[x, y, x + side, y + side]], dtype=torch.float32)
-        samples.append((image.clamp(0, 1), {"boxes": box, "labels": torch.tensor([label])}))
-    return samples
-
-
-def collate_detection(batch: list) -> tuple[list, list]:
-    """torchvision's detection collate: a list of images and a list of targets."""
-    return [image for image, _ in batch], [target for _, target in batch]
-
-
-class DetectorModule(pl.LightningModule):
-    """A Faster R-CNN trained by Lightning; built in train mode, as Lightning keeps a submodule's mode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.detector = faster_rcnn(min_size=96, max_size=96).train()
-
-    def forward(self, images: list[torch.Tensor]) -> list[dict]:
-        return self.detector(images)
-
-    def training_step(self, batch: tuple[list, list], batch_idx: int) -> torch.Tensor:
-        images, targets = batch
-        return sum(self.detector(images, targets).values())
-
-    def validation_step(self, batch: tuple[list, list], batch_idx: int) -> None:
-        self.detector(batch[0])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.005, momentum=0.9)
-
-
 def detection_loaders(batch_size: int = 4) -> tuple[DataLoader, DataLoader]:
-    train = DataLoader(shapes_with_boxes(8, 0), batch_size=batch_size, collate_fn=collate_detection)
-    val = DataLoader(shapes_with_boxes(4, 1), batch_size=batch_size, collate_fn=collate_detection)
+    """The detection demo's shapes: 8 to train on, 4 to validate (their tag at random)."""
+    train = DataLoader(make_detection_shapes(8, 0), batch_size=batch_size, collate_fn=collate_detection)
+    val = DataLoader(make_detection_shapes(4, 1, None), batch_size=batch_size, collate_fn=collate_detection)
     return train, val

@@ -3,6 +3,7 @@ maps back through the detector's padding, image lists, "auto", and the errors.""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from detection_helpers import DetectorModule, detection_loaders, faster_rcnn, own_detections, retinanet
+from detection_helpers import detection_loaders, faster_rcnn, own_detections, retinanet
 from lightning.pytorch.loggers import TensorBoardLogger
 from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, trainer
 from test_models import pearson
@@ -18,11 +19,13 @@ from test_models import pearson
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.batches import box_union
+from lightning_cam.demo.detection import ShapesDetector
 from lightning_cam.engine.auto_layer import find_auto_layer
 from lightning_cam.monitor.check import shown_detections
 from lightning_cam.report.grids import BOX_COLOUR, draw_boxes
 from lightning_cam.targets import boxes
 
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # every test runs a detector (about a second per forward and backward)
 
 
@@ -215,7 +218,7 @@ def test_detector_errors_say_what_works() -> None:
 
 def fit_detector(tmp_path: Path, callbacks: list) -> dict[str, torch.Tensor]:
     pl.seed_everything(0, verbose=False)
-    module = DetectorModule()
+    module = ShapesDetector(box_score_thresh=0.0)  # every detection kept
     train, val = detection_loaders()
     logger = TensorBoardLogger(str(tmp_path), name="", version="")
     fit = trainer(tmp_path, callbacks, max_epochs=2, logger=logger)
@@ -252,7 +255,17 @@ def test_cammonitor_on_a_detector_logs_grids_and_mass_on_the_boxes_without_chang
     assert accuracy != accuracy  # a box score predicts no class: no accuracy (was 0 %, read as wrong)
     (_, grid), *_ = read_tensorboard_images(log_dir, "cam/predicted/grid")
     pixels = np.asarray(grid.convert("RGB"))
-    assert pixels.shape[0] > 4 * 96  # a row per sample
+    assert pixels.shape[0] > 4 * 64  # a row per sample
     plain = fit_detector(tmp_path / "plain", [])
     for name, tensor in plain.items():
         assert torch.equal(tensor, watched[name]), name
+
+
+def test_the_detection_example_trains_and_reports_where_attention_sits(tmp_path: Path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("train_detector", ROOT / "examples" / "train_detector.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--epochs", "1", "--num-train", "8", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "share of the map on the boxes" in printed and "layercam" in printed
+    assert read_tensorboard_images(tmp_path / "detection" / "version_0", "cam/predicted/grid")
