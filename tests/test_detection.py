@@ -19,8 +19,9 @@ from test_models import pearson
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.batches import box_union
-from lightning_cam.demo.detection import ShapesDetector
+from lightning_cam.demo.detection import ShapesDetector, make_detection_shapes
 from lightning_cam.engine.auto_layer import find_auto_layer
+from lightning_cam.engine.targets import correctness
 from lightning_cam.monitor.check import shown_detections
 from lightning_cam.report.grids import BOX_COLOUR, draw_boxes
 from lightning_cam.targets import boxes
@@ -235,8 +236,7 @@ def test_cammonitor_on_a_detector_logs_grids_and_mass_on_the_boxes_without_chang
         num_samples=4,
         class_names=["background", "bright", "dark"],
         detection_score_threshold=0.0,
-        bias_report=False,
-        report=False,
+        report=True,
     )
     watched = fit_detector(tmp_path / "watched", [monitor])
     assert monitor.config.task is None and monitor.fixed is not None and monitor.fixed.boxes is not None
@@ -251,6 +251,9 @@ def test_cammonitor_on_a_detector_logs_grids_and_mass_on_the_boxes_without_chang
             assert (mass != mass) if fraction == 1.0 else 0 < mass < 1, (series, fraction, mass)
             numbers += fraction < 1.0
     assert numbers >= 2  # the detections above score 0 are always there to explain
+    page = (log_dir / "cam_report.html").read_text()
+    assert "cam/predicted/grid" in page or "predicted" in page  # the page shows both targets' grids
+    assert "boxes" in page
     accuracy = monitor.history.last["gradcam/boxes/all"]["accuracy"]
     assert accuracy != accuracy  # a box score predicts no class: no accuracy (was 0 %, read as wrong)
     (_, grid), *_ = read_tensorboard_images(log_dir, "cam/predicted/grid")
@@ -269,3 +272,28 @@ def test_the_detection_example_trains_and_reports_where_attention_sits(tmp_path:
     printed = capsys.readouterr().out
     assert "share of the map on the boxes" in printed and "layercam" in printed
     assert read_tensorboard_images(tmp_path / "detection" / "version_0", "cam/predicted/grid")
+
+
+def test_correctness_is_nan_where_the_target_predicts_no_class() -> None:
+    labels = torch.tensor([1, 2, 1])
+    correct = correctness(torch.tensor([1, 1, -1]), labels)
+    assert correct[:2].tolist() == [1.0, 0.0] and correct[2].isnan()
+    assert correctness(torch.tensor([0, 1]), None).isnan().all()
+
+
+def test_the_audit_takes_detection_batches() -> None:
+    torch.manual_seed(0)
+    _, val = detection_loaders()
+    result = lc.audit(
+        ShapesDetector(box_score_thresh=0.0).eval(),
+        val,
+        "layercam",
+        targets="label",
+        progress=False,
+        bootstrap_samples=20,
+    )
+    assert result.rows["correct"].isnan().all()  # a box score predicts no class
+    assert set(result.pairs) == {("layercam", "boxes"), ("layercam", "cue")}
+    union = torch.stack([box_union(t["boxes"], (64, 64)) for _, t, _ in make_detection_shapes(4, 1, None)])
+    torch.testing.assert_close(result.rows["area/boxes"], union.flatten(1).mean(1))
+    assert not any("accurate" in line and "0% [" in line for line in result.report().readings)

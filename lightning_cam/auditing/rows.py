@@ -18,7 +18,7 @@ from lightning_cam.engine.layers import TargetLayer
 from lightning_cam.engine.layouts import ReshapeTransform
 from lightning_cam.engine.logits import OutputKey
 from lightning_cam.engine.spatial import resize
-from lightning_cam.engine.targets import prediction
+from lightning_cam.engine.targets import correctness, prediction
 
 __all__ = ["AuditSettings", "MapSums", "batch_columns", "explain_audited"]
 
@@ -81,9 +81,7 @@ def batch_columns(
         "target": explanation.targets.to(device),
         "predicted": predicted,
         "confidence": confidence.float(),
-        "correct": (predicted == labels).float()
-        if batch.labels is not None
-        else torch.full_like(confidence, float("nan")),
+        "correct": correctness(predicted, batch.labels),
         "group": group_codes.to(device),
     }
     for method, maps in explanation.maps.items():

@@ -25,6 +25,7 @@ __all__ = [
     "Scorer",
     "Segmentation",
     "Targets",
+    "correctness",
     "make_scorer",
     "multilabel",
     "num_classes",
@@ -164,6 +165,15 @@ def prediction(scorer: Scorer | None, output: Tensor) -> tuple[Tensor, Tensor]:
     return torch.full((len(output),), float("nan"), device=output.device), torch.full(
         (len(output),), -1, dtype=torch.long, device=output.device
     )
+
+
+def correctness(predicted: Tensor, labels: Tensor | None) -> Tensor:
+    """``[B]``: 1 where the predicted class is the label, 0 where not; NaN without labels and where the
+    target predicts no class (``predicted`` ``-1``: a callable's score, a detector's box score)."""
+    if labels is None:
+        return torch.full(predicted.shape, float("nan"), device=predicted.device)
+    matches = (predicted == labels.to(predicted.device)).float()
+    return torch.where(predicted >= 0, matches, torch.full_like(matches, float("nan")))
 
 
 def num_classes(scorer: Scorer | None, output: Tensor) -> int:

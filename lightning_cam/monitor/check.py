@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from lightning_cam import metrics
 from lightning_cam.batches import FixedBatch
 from lightning_cam.engine import Explanation, explain_batch
-from lightning_cam.engine.targets import Targets, num_classes, prediction
+from lightning_cam.engine.targets import Targets, correctness, num_classes, prediction
 from lightning_cam.monitor.config import MonitorConfig, TargetChoice
 from lightning_cam.monitor.faults import Faults
 from lightning_cam.monitor.history import AttentionHistory, series_key
@@ -327,12 +327,8 @@ def _slice_values(
 ) -> dict[str, Tensor]:
     """Per slice: the number of samples, the accuracy (NaN without labels) and each mask's area."""
     values = {"count": slices.membership.sum(dim=1).float()}
-    if fixed.labels is not None and explanation.targets.min() >= 0:  # not a callable's (a box target's)
-        predicted = prediction(explanation.scorer, explanation.logits)[1]
-        correct = (predicted == fixed.labels.to(predicted.device)).float()
-        values["accuracy"] = metrics.slice_means(correct, slices.membership)
-    else:
-        values["accuracy"] = torch.full_like(values["count"], float("nan"))
+    predicted = prediction(explanation.scorer, explanation.logits)[1]
+    values["accuracy"] = metrics.slice_means(correctness(predicted, fixed.labels), slices.membership)
     for name, mask in masks.items():
         area = (mask > 0.5).flatten(1).float().mean(dim=1)
         carried = torch.where(
