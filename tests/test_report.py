@@ -125,7 +125,10 @@ def test_every_target_has_its_grids_under_a_heading_that_names_it(tmp_path: Path
     )
     trainer(tmp_path, [monitor], max_epochs=2).fit(TinyClassifier(), train, val)
     written = (tmp_path / REPORT_FILE).read_text()
-    predicted, class_1 = written.index("Target: the predicted class"), written.index("Target: class 1")
+    predicted, class_1 = (
+        written.index("Target: the prediction (the predicted class"),
+        written.index("Target: class 1"),
+    )
     assert predicted < class_1
     assert 'alt="class_1 last check grid"' in written[class_1:]  # the second target's grid, under its heading
     assert 'alt="predicted first check grid"' in written[predicted:class_1]

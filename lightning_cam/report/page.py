@@ -178,7 +178,10 @@ def _target_grids(record: RunRecord, target: str, main: bool) -> str:
 
 
 def _target_words(target: str) -> str:
-    words = {"predicted": "the predicted class", "label": "the true label"}
+    words = {  # the page is read from the logs, which do not say whether a model classifies or detects
+        "predicted": "the prediction (the predicted class, or a detector's detections)",
+        "label": "the labels (the true class, or the ground-truth boxes)",
+    }
     return words.get(target, f"class {target.removeprefix('class_')}")
 
 
