@@ -23,7 +23,7 @@ import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.metrics import (
     deletion_insertion,
-    faithfulness,
+    imputation,
     learnable_layers,
     model_randomization,
     noisy_linear_imputation,
@@ -180,7 +180,7 @@ def test_imputation_equals_a_direct_solve_with_borders_and_a_full_block(
     row_solve_limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both solvers (exact row-block elimination for small images, CG for large ones)."""
-    monkeypatch.setattr(faithfulness, "ROW_SOLVE_LIMIT", row_solve_limit)
+    monkeypatch.setattr(imputation, "ROW_SOLVE_LIMIT", row_solve_limit)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 9, 11, generator=generator)
     removed = torch.zeros(4, 9, 11, dtype=torch.bool)
@@ -202,7 +202,7 @@ def test_imputation_equals_a_direct_solve_with_borders_and_a_full_block(
 def test_imputing_an_image_with_no_pixel_left_gives_zeros_not_nan(
     row_solve_limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(faithfulness, "ROW_SOLVE_LIMIT", row_solve_limit)
+    monkeypatch.setattr(imputation, "ROW_SOLVE_LIMIT", row_solve_limit)
     removed = torch.zeros(2, 5, 7, dtype=torch.bool)
     removed[0] = True
     removed[1, 2, 3] = True

@@ -3,7 +3,7 @@
 - :mod:`~lightning_cam.metrics.attention`: where the attention goes and how it moves (drift, mass
   and enrichment in a mask, pointing game, confidence drop, per-class mean maps);
 - :mod:`~lightning_cam.metrics.faithfulness`: whether the maps say what drives the prediction
-  (deletion / insertion, ROAD);
+  (deletion / insertion, ROAD), with :mod:`~lightning_cam.metrics.imputation` (ROAD's fill-in);
 - :mod:`~lightning_cam.metrics.randomization`: whether the maps depend on the model at all (the
   model-randomisation sanity check).
 
@@ -25,7 +25,8 @@ from lightning_cam.metrics.attention import (
     pointing_game,
     slice_means,
 )
-from lightning_cam.metrics.faithfulness import deletion_insertion, noisy_linear_imputation, pixel_ranks, road
+from lightning_cam.metrics.faithfulness import deletion_insertion, pixel_ranks, road
+from lightning_cam.metrics.imputation import noisy_linear_imputation
 from lightning_cam.metrics.randomization import learnable_layers, model_randomization, spearman
 
 __all__ = [
