@@ -91,49 +91,137 @@ def _impute(values: Tensor, mask: Tensor, tolerance: float) -> Tensor:
 
 
 def _impute_by_row_blocks(values: Tensor, mask: Tensor) -> Tensor:
-    """The imputation of images ``[n, C, H, W]`` solved exactly: the system (a removed pixel's row
+    """The imputation of images ``[n, C, H, W]`` solved exactly. The system (a removed pixel's row
     ``weights * x - neighbour_sum(x) = neighbour_sum(known values)``, a kept pixel's ``x = 0``) is block
-    tridiagonal in the image's rows, so block Gaussian elimination over the shorter side's lines
-    solves all images and channels at once in ``H`` batched ``W x W`` steps."""
+    tridiagonal in the image's rows (along the longer side), and each row's own block is tridiagonal.
+    So the odd rows are eliminated first by a batched tridiagonal sweep, which leaves a block tridiagonal
+    system over the even rows with dense ``W x W`` blocks, eliminated one row at a time by batched LU:
+    all images and channels at once in ``H / 2`` steps. An image with no pixel left comes back zeros."""
     if values.shape[-1] > values.shape[-2]:
         return _impute_by_row_blocks(values.transpose(-1, -2), mask.transpose(-1, -2)).transpose(-1, -2)
-    removed = mask[:, 0].transpose(0, 1)  # [H, n, W]
-    weights = _neighbour_sum(torch.ones_like(mask[:1, 0]), 2)[0]  # [H, W]
-    right = mask * _neighbour_sum(values * (1 - mask), 2)
-    # Within a row: the diagonal and the 1/6 edge neighbours; between rows r and r + 1: the 1/6 edge
-    # neighbour above and the 1/12 diagonal ones. A kept pixel's row and column are the identity's.
-    row_pairs = removed[..., 1:] * removed[..., :-1] / 6
-    no_kept_pixel = mask.flatten(1).amin(dim=1)[:, None]  # [n, 1]: singular; a tiny diagonal leaves it 0
-    within = torch.diag_embed(removed * weights[:, None] + 1 - removed + 1e-6 * no_kept_pixel)
-    within.diagonal(1, -2, -1).sub_(row_pairs)
-    within.diagonal(-1, -2, -1).sub_(row_pairs)
-    between = torch.diag_embed(-removed[:-1] * removed[1:] / 6)
-    between.diagonal(1, -2, -1).sub_(removed[:-1, ..., :-1] * removed[1:, ..., 1:] / 12)
-    between.diagonal(-1, -2, -1).sub_(removed[:-1, ..., 1:] * removed[1:, ..., :-1] / 12)
-    solution = _block_tridiagonal_solve(within, between, right.permute(2, 0, 3, 1))  # [H, n, W, C]
-    return torch.where(mask > 0, solution.permute(1, 3, 0, 2), values)
+    solvable = (mask.flatten(1).amin(dim=1) == 0).view(-1, 1, 1, 1)  # keeps a pixel
+    solved_mask = mask * solvable
+    right = (solved_mask * _neighbour_sum(values * (1 - mask), 2)).permute(2, 0, 3, 1)  # [H, n, W, C]
+    solution = _solve_row_system(_row_system(solved_mask[:, 0].transpose(0, 1)), right)
+    return torch.where(mask > 0, solution.permute(1, 3, 0, 2), values * solvable)
 
 
-def _block_tridiagonal_solve(within: Tensor, between: Tensor, right: Tensor) -> Tensor:
-    """``x`` with ``between[r-1]^T x[r-1] + within[r] x[r] + between[r] x[r+1] = right[r]`` for the
-    symmetric block system ``within`` ``[R, n, W, W]``, ``between`` ``[R-1, n, W, W]``, ``right`` ``[R,
-    n, W, C]``: block elimination forward (one LU solve per row block gives both the gain on the next
-    block and the carried right side), then substitution back by products alone."""
-    gains, carried = [], []
-    block, side = within[0], right[0]
-    for row in range(len(within)):
-        factors, pivots, _ = torch.linalg.lu_factor_ex(block)
-        couple = between[row] if row + 1 < len(within) else side[..., :0]
-        solved = torch.linalg.lu_solve(factors, pivots, torch.cat([couple, side], dim=-1))
-        gain, side_solved = solved.split([couple.shape[-1], side.shape[-1]], dim=-1)
-        gains.append(gain)
-        carried.append(side_solved)
-        if row + 1 < len(within):
-            block = torch.baddbmm(within[row + 1], between[row].transpose(-1, -2), gain, alpha=-1)
-            side = torch.baddbmm(right[row + 1], between[row].transpose(-1, -2), side_solved, alpha=-1)
-    solution = [carried[-1]]
-    for row in range(len(within) - 2, -1, -1):
-        solution.append(torch.baddbmm(carried[row], gains[row], solution[-1], alpha=-1))
+def _row_system(removed: Tensor) -> dict[str, Tensor]:
+    """The imputation's matrix for ``removed`` ``[H, n, W]`` (1 = removed) by its diagonals: row ``r``'s
+    own block ``tridiag(-pairs[r], diagonal[r], -pairs[r])`` (a kept pixel's row and column are the
+    identity's) and the block ``U_r`` from row ``r`` to row ``r + 1``: ``-same`` on its diagonal,
+    ``-to_right`` above it (pixel ``c`` to ``c + 1`` below), ``-to_left`` under it."""
+    weights = _neighbour_sum(removed.new_ones(1, removed.shape[0], removed.shape[2]), 2)[0]  # [H, W]
+    return {
+        "diagonal": removed * weights[:, None] + 1 - removed,
+        "pairs": removed[..., 1:] * removed[..., :-1] / 6,
+        "same": removed[:-1] * removed[1:] / 6,
+        "to_right": removed[:-1, ..., :-1] * removed[1:, ..., 1:] / 12,
+        "to_left": removed[:-1, ..., 1:] * removed[1:, ..., :-1] / 12,
+    }
+
+
+def _odd_row_columns(system: dict[str, Tensor], right: Tensor) -> Tensor:
+    """``[H // 2, n, W, 2 (W + C)]``: for each odd row ``o`` its couplings and right side as columns,
+    ``[U_{o-1}^T | f_o | U_o | f_o]`` (``U_o`` is zero for a last odd row)."""
+    rows, images, width = system["diagonal"].shape
+    odd, channels = rows // 2, right.shape[-1]
+    columns = right.new_zeros(odd, images, width, 2 * (width + channels))
+    above = columns[..., :width]  # U_{o-1}^T: the diagonals of U_{o-1} swapped
+    above.diagonal(0, -2, -1).copy_(-system["same"][0 : 2 * odd : 2])
+    above.diagonal(-1, -2, -1).copy_(-system["to_right"][0 : 2 * odd : 2])
+    above.diagonal(1, -2, -1).copy_(-system["to_left"][0 : 2 * odd : 2])
+    below = columns[: (rows - 1) // 2, ..., width + channels : 2 * width + channels]
+    below.diagonal(0, -2, -1).copy_(-system["same"][1::2])
+    below.diagonal(1, -2, -1).copy_(-system["to_right"][1::2])
+    below.diagonal(-1, -2, -1).copy_(-system["to_left"][1::2])
+    columns[..., width : width + channels] = right[1::2]
+    columns[..., 2 * width + channels :] = right[1::2]
+    return columns
+
+
+def _whiten_in_place(diagonal: Tensor, pairs: Tensor, columns: Tensor) -> tuple[list[Tensor], Tensor]:
+    """``columns`` ``[..., W, K]`` becomes ``Λ^-1/2 L^-1 columns`` where ``L Λ L^T`` factors the
+    tridiagonal ``tridiag(-pairs, diagonal, -pairs)`` (``[..., W]``, ``[..., W - 1]``), one sweep over
+    ``W``. Returns ``L``'s subdiagonal negated (per step) and ``Λ^-1/2`` ``[..., W, 1]``."""
+    pivot, gains, pivots = diagonal[..., 0], [], [diagonal[..., 0]]
+    for i in range(diagonal.shape[-1] - 1):
+        gains.append(pairs[..., i] / pivot)
+        pivot = diagonal[..., i + 1] - gains[-1] * pairs[..., i]
+        pivots.append(pivot)
+        columns[..., i + 1, :].addcmul_(gains[-1][..., None], columns[..., i, :])
+    scale = torch.stack(pivots, dim=-1).rsqrt()[..., None]
+    columns.mul_(scale)
+    return gains, scale
+
+
+def _solve_row_system(system: dict[str, Tensor], right: Tensor) -> Tensor:
+    """``x`` ``[H, n, W, C]`` for the row system and its right side: the odd rows eliminated (their
+    whitened columns), the even rows solved, then each odd row from its two neighbours."""
+    rows, images, width = system["diagonal"].shape
+    odd, channels = rows // 2, right.shape[-1]
+    columns = _odd_row_columns(system, right)
+    gains, scale = _whiten_in_place(system["diagonal"][1::2], system["pairs"][1::2], columns)
+    solution = right.new_empty(rows, images, width, channels)
+    solution[0::2] = _eliminate_even_rows(system, right, columns)
+    neighbours = solution[0 : 2 * odd : 2].flatten(0, 1)
+    odd_rows = torch.baddbmm(
+        columns[..., width : width + channels].flatten(0, 1),
+        columns[..., :width].flatten(0, 1),
+        neighbours,
+        alpha=-1,
+    ).view(odd, images, width, channels)
+    below = (rows - 1) // 2
+    odd_rows[:below] -= columns[:below, ..., width + channels : 2 * width + channels] @ solution[2::2]
+    odd_rows *= scale
+    for i in range(width - 2, -1, -1):  # L^-T
+        odd_rows[..., i, :].addcmul_(gains[i][..., None], odd_rows[..., i + 1, :])
+    solution[1::2] = odd_rows
+    return solution
+
+
+def _even_row_start(system: dict[str, Tensor], right: Tensor, row: int) -> Tensor:
+    """``[n, W, W + C]``: the even row's own tridiagonal block beside its right side."""
+    width, channels = right.shape[-2:]
+    start = right.new_zeros(right.shape[1], width, width + channels)
+    block = start[..., :width]
+    block.diagonal(0, -2, -1).copy_(system["diagonal"][row])
+    block.diagonal(1, -2, -1).sub_(system["pairs"][row])
+    block.diagonal(-1, -2, -1).sub_(system["pairs"][row])
+    start[..., width:] = right[row]
+    return start
+
+
+def _eliminate_even_rows(system: dict[str, Tensor], right: Tensor, columns: Tensor) -> Tensor:
+    """The even rows' solution ``[ceil(H / 2), n, W, C]``. Even row ``k``'s block (beside its right side)
+    is its own tridiagonal minus, through the whitened columns, what couples it to the odd row below
+    and the odd row above, minus the Schur complement of the even row before; it couples to even row
+    ``k + 1`` through odd row ``k``. One batched LU (of the symmetric block, passed column-major) and one
+    solve per row; then back substitution by products."""
+    width, channels = right.shape[-2:]
+    rows, odd = len(system["diagonal"]), len(columns)
+    even = (rows + 1) // 2
+    up, down = slice(0, width), slice(width + channels, 2 * width + channels)
+    gains: list[Tensor] = []
+    couplings: list[Tensor] = []
+    for k in range(even):
+        block = _even_row_start(system, right, 2 * k)
+        if k < odd:
+            block.baddbmm_(columns[k, ..., up].mT, columns[k, ..., : width + channels], alpha=-1)
+        if k > 0:
+            block.baddbmm_(columns[k - 1, ..., down].mT, columns[k - 1, ..., width + channels :], alpha=-1)
+            block.baddbmm_(couplings[-1].mT, gains[-1], alpha=-1)
+        factors, pivots, _ = torch.linalg.lu_factor_ex(block[..., :width].mT)  # symmetric
+        if k + 1 < even:
+            # to even row k + 1, through odd row k
+            couplings.append(torch.bmm(columns[k, ..., up].mT, columns[k, ..., down]).neg_())
+            block[..., :width] = couplings[-1]
+            gains.append(torch.linalg.lu_solve(factors, pivots, block))
+        else:
+            gains.append(torch.linalg.lu_solve(factors, pivots, block[..., width:]))
+    solution = [gains[-1]]
+    for k in range(even - 2, -1, -1):
+        solution.append(torch.baddbmm(gains[k][..., width:], gains[k][..., :width], solution[-1], alpha=-1))
     return torch.stack(solution[::-1])
 
 

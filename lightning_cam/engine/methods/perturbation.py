@@ -28,12 +28,14 @@ CPU_ROWS = 128  # on the CPU larger batches are slower per row (cache): 84 ms vs
 _PERTURBATION_OPTIONS = {"chunk_size": None, "autocast_dtype": None}
 
 
-def default_chunk_size(sample: Tensor, rows: int, budget_bytes: int = MEMORY_BUDGET_BYTES) -> int:
+def default_chunk_size(
+    sample: Tensor, rows: int, budget_bytes: int = MEMORY_BUDGET_BYTES, cpu_rows: int | None = CPU_ROWS
+) -> int:
     """Rows per chunk for a memory budget: a row is counted as 16 times the bytes of ``sample``
     (one input plus the activations a forward keeps alive), at most ``rows``, and at most
-    ``CPU_ROWS`` on the CPU."""
+    ``cpu_rows`` on the CPU (``None``: no cap, for work that is faster in fewer, larger calls)."""
     per_row = max(1, sample.numel() * 4 * 16)
-    cap = CPU_ROWS if sample.device.type == "cpu" else rows
+    cap = cpu_rows if sample.device.type == "cpu" and cpu_rows is not None else rows
     return max(1, min(rows, cap, budget_bytes // per_row))
 
 
