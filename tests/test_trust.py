@@ -214,6 +214,19 @@ def test_row_elimination_is_exact_for_any_number_of_rows(size: tuple[int, int]) 
         assert (filled[image].double() - direct_imputation(images[image], removed[image])).abs().max() < 1e-4
 
 
+def test_row_solver_in_memory_sized_groups_gives_the_same_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(3)
+    images, removed = (
+        torch.rand(5, 3, 12, 10, generator=generator),
+        torch.rand(5, 12, 10, generator=generator) < 0.5,
+    )
+    whole = noisy_linear_imputation(images, removed)
+    assert imputation._row_solve_group_size(images) >= 5
+    monkeypatch.setattr(imputation, "ROW_SOLVE_BUDGET_BYTES", 1)  # one image per group
+    assert imputation._row_solve_group_size(images) == 1
+    torch.testing.assert_close(noisy_linear_imputation(images, removed), whole)
+
+
 @pytest.mark.parametrize("row_solve_limit", [64, 0], ids=["row blocks", "conjugate gradients"])
 def test_imputing_an_image_with_no_pixel_left_gives_zeros_not_nan(
     row_solve_limit: int, monkeypatch: pytest.MonkeyPatch

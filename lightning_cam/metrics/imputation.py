@@ -27,8 +27,8 @@ def noisy_linear_imputation(
     8 neighbours (1/6 edge, 1/12 diagonal; in 3-D the 26 weighted 4 : 2 : 1 by face, edge, corner), all
     removed pixels of all images and channels solved jointly (the system is symmetric positive definite
     wherever an image keeps a pixel; an image with no pixel left is filled with zeros). Images whose
-    shorter side is at most ``ROW_SOLVE_LIMIT`` (64) pixels are solved exactly by block elimination
-    over their rows; larger images and volumes by preconditioned conjugate gradients to a relative
+    shorter side is at most ``ROW_SOLVE_LIMIT`` (128) pixels are solved exactly by block elimination
+    over their rows (in groups whose working memory fits ``ROW_SOLVE_BUDGET_BYTES``); larger images and volumes by preconditioned conjugate gradients to a relative
     residual of ``tolerance``, starting from the same problem solved at half the resolution (so a
     large removed block costs few iterations). Then Gaussian noise of std ``noise`` on the filled
     pixels."""
@@ -63,7 +63,8 @@ def _neighbour_sum(x: Tensor, dims: int) -> Tensor:
     return (_binomial_blur(x, dims) - 2**dims * x) / (4**dims - 2**dims)
 
 
-ROW_SOLVE_LIMIT = 64
+ROW_SOLVE_LIMIT = 128  # measured: faster than CG at 64, 96 and 128 px, and exact
+ROW_SOLVE_BUDGET_BYTES = 256 * 2**20
 
 
 def _impute(values: Tensor, mask: Tensor, tolerance: float) -> Tensor:
@@ -72,7 +73,11 @@ def _impute(values: Tensor, mask: Tensor, tolerance: float) -> Tensor:
     larger ones and volumes by CG from the half-resolution solution, upsampled (cascadic multigrid)."""
     size, spatial = tuple(values.shape[2:]), tuple(range(2, values.dim()))
     if len(size) == 2 and min(size) <= ROW_SOLVE_LIMIT:
-        return _impute_by_row_blocks(values, mask)
+        group = _row_solve_group_size(values)
+        solved = [
+            _impute_by_row_blocks(v, m) for v, m in zip(values.split(group), mask.split(group), strict=True)
+        ]
+        return torch.cat(solved)
     known = 1 - mask
     if min(size) >= 16:
         pool = F.avg_pool2d if len(size) == 2 else F.avg_pool3d
@@ -88,6 +93,15 @@ def _impute(values: Tensor, mask: Tensor, tolerance: float) -> Tensor:
     right = systems * _neighbour_sum((values * known).flatten(0, 1), len(size))
     solution = _conjugate_gradients(systems, right, tolerance, (guess * mask).flatten(0, 1))
     return torch.where(mask > 0, solution.view(values.shape), values)
+
+
+def _row_solve_group_size(values: Tensor) -> int:
+    """Images per call of the row solver, whose working memory (the odd rows' whitened couplings and the
+    even rows' solved blocks: about ``1.5 H * W * (W + C)`` numbers per image, ``W`` the shorter side) must
+    fit ``ROW_SOLVE_BUDGET_BYTES``."""
+    channels, height, width = values.shape[1], max(values.shape[2:]), min(values.shape[2:])
+    per_image = 3 * (height // 2 + 1) * width * (width + channels) * values.element_size()
+    return max(1, ROW_SOLVE_BUDGET_BYTES // per_image)
 
 
 def _impute_by_row_blocks(values: Tensor, mask: Tensor) -> Tensor:
