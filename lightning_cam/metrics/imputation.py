@@ -1,8 +1,9 @@
 """ROAD's noisy linear imputation (Rong et al., 2022): removed pixels filled by the weighted mean of their
 neighbours, all of them solved jointly, so that the model sees no tell-tale hole.
 
-Small images are solved exactly by block elimination over their rows; large images and volumes by
-preconditioned conjugate gradients from a coarse solution. Everything is batched tensor work on the
+Images up to ``ROW_SOLVE_LIMIT`` (128) px on their shorter side are solved exactly by block elimination
+over their rows (the odd rows by a tridiagonal sweep, the even rows by batched LU); larger images and
+volumes by preconditioned conjugate gradients from a coarse solution. Everything is batched tensor work on the
 images' device.
 """
 
