@@ -116,7 +116,9 @@ def _impute_by_row_blocks(values: Tensor, mask: Tensor) -> Tensor:
         return _impute_by_row_blocks(values.transpose(-1, -2), mask.transpose(-1, -2)).transpose(-1, -2)
     solvable = (mask.flatten(1).amin(dim=1) == 0).view(-1, 1, 1, 1)  # keeps a pixel
     solved_mask = mask * solvable
-    right = (solved_mask * _neighbour_sum(values * (1 - mask), 2)).permute(2, 0, 3, 1)  # [H, n, W, C]
+    right = (
+        (solved_mask * _neighbour_sum(values * (1 - mask), 2)).permute(2, 0, 3, 1).contiguous()
+    )  # [H, n, W, C]
     solution = _solve_row_system(_row_system(solved_mask[:, 0].transpose(0, 1)), right)
     return torch.where(mask > 0, solution.permute(1, 3, 0, 2), values * solvable)
 
