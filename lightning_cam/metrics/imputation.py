@@ -70,8 +70,8 @@ ROW_SOLVE_BUDGET_BYTES = 256 * 2**20
 
 def _impute(values: Tensor, mask: Tensor, tolerance: float) -> Tensor:
     """The images with their removed pixels (``mask`` ``[n, 1, H, W]``, 1 = removed) solved for. Images
-    whose shorter side is at most ``ROW_SOLVE_LIMIT`` are solved exactly, row block by row block;
-    larger ones and volumes by CG from the half-resolution solution, upsampled (cascadic multigrid)."""
+    whose shorter side is at most ``ROW_SOLVE_LIMIT`` are solved exactly, row block by row block, in
+    groups sized to ``ROW_SOLVE_BUDGET_BYTES``; larger ones and volumes by CG from the half-resolution solution, upsampled (cascadic multigrid)."""
     size, spatial = tuple(values.shape[2:]), tuple(range(2, values.dim()))
     if len(size) == 2 and min(size) <= ROW_SOLVE_LIMIT:
         group = _row_solve_group_size(values)
@@ -116,9 +116,8 @@ def _impute_by_row_blocks(values: Tensor, mask: Tensor) -> Tensor:
         return _impute_by_row_blocks(values.transpose(-1, -2), mask.transpose(-1, -2)).transpose(-1, -2)
     solvable = (mask.flatten(1).amin(dim=1) == 0).view(-1, 1, 1, 1)  # keeps a pixel
     solved_mask = mask * solvable
-    right = (
-        (solved_mask * _neighbour_sum(values * (1 - mask), 2)).permute(2, 0, 3, 1).contiguous()
-    )  # [H, n, W, C]
+    right = solved_mask * _neighbour_sum(values * (1 - mask), 2)
+    right = right.permute(2, 0, 3, 1).contiguous()  # [H, n, W, C]: one row's block at a time
     solution = _solve_row_system(_row_system(solved_mask[:, 0].transpose(0, 1)), right)
     return torch.where(mask > 0, solution.permute(1, 3, 0, 2), values * solvable)
 
