@@ -219,13 +219,6 @@ THRESHOLDS = [
         True,
     ),
     Threshold(
-        "bias_alarms::group_slices",
-        "plain accuracy, last check",
-        lambda f: _groups(f)["plain"]["accuracy"],
-        0.6,
-        False,
-    ),
-    Threshold(
         "audit::learned_cue",
         "cued accuracy",
         lambda f: f["audit"]["cue"]["group=cued"]["accuracy"],
@@ -298,7 +291,7 @@ THRESHOLDS = [
     ),
     Threshold("attention::grad_rollout", "cue enrichment", lambda f: f["vit"]["enrichment"], 8, True),
     Threshold("strategies::planted", "tag strategy purity", lambda f: f["strategies"]["purity"], 0.8, True),
-    Threshold("strategies::planted", "tag strategy recall", lambda f: f["strategies"]["recall"], 0.8, True),
+    Threshold("strategies::planted", "tag strategy recall", lambda f: f["strategies"]["recall"], 0.75, True),
     Threshold("strategies::planted", "excess flip rate", lambda f: f["strategies"]["flip"], 0.5, True),
     Threshold("strategies::planted", "spot overlaps the tag", lambda f: f["strategies"]["on_tag"], 0.5, True),
     Threshold(

@@ -121,15 +121,22 @@ def test_group_slices_show_the_group_that_carries_the_cue(
     logger = TensorBoardLogger(tmp_path, name="tb")
     monitor = CAMMonitor(methods=["gradcam"], num_samples=8, strict=True)
     with caplog.at_level("INFO"):
-        cue_fit(tmp_path, None, [monitor], epochs=12, logger=logger)
-    assert monitor.fixed is not None and set(monitor.fixed.groups) == {"cued", "plain"}
+        fit = cue_fit(tmp_path, None, [monitor], epochs=12, logger=logger)
+    fixed = monitor.fixed
+    assert fixed is not None and fixed.labels is not None and set(fixed.groups) == {"cued", "plain"}
     last = monitor.history.last
     cued, plain = last["gradcam/cue/group=cued"], last["gradcam/cue/group=plain"]
-    # Seeds 0-4 (benchmarks/seed_margins.py): cued / plain enrichment 5.57, 10.4, 12.3, 5.36, 2.93 (the
-    # cued alone 2.74-8.68, not a margin for a fixed bound); plain accuracy 0.33, 0.33, 0.33, 0.33, 0
-    # (0.67 on seed 0 after a package update, with the same library code), cued 1.0.
+    # Seeds 0-4 (benchmarks/seed_margins.py, lightning 2.6.6): cued / plain enrichment 3.27, 10.8, 16.0,
+    # 5.31, 4.58. Each group's accuracy (5 and 3 samples) moves by a sample between seeds (cued 0.4-1.0,
+    # plain 0-0.67): no bound holds it, so it is checked against the model's own predictions.
     assert cued["enrichment"] > 2 * plain["enrichment"]
-    assert plain["accuracy"] < cued["accuracy"]  # 3 plain samples: 1/3 steps; 2/3 with lightning 2.6.6
+    with torch.no_grad():
+        correct = (fit.lightning_module.eval()(fixed.images).argmax(1) == fixed.labels).tolist()
+    for name, group in (("cued", cued), ("plain", plain)):
+        members = [hit for hit, g in zip(correct, fixed.groups, strict=True) if g == name]
+        assert group["count"] == len(members) and group["accuracy"] == pytest.approx(
+            sum(members) / len(members)
+        )
     assert cued["count"] + plain["count"] == 8
     scalars = read_tensorboard_scalars(logger.log_dir, f"{CUE}/cued")
     assert scalars[-1][1] == pytest.approx(cued["enrichment"])
