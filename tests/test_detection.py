@@ -281,6 +281,34 @@ def test_correctness_is_nan_where_the_target_predicts_no_class() -> None:
     assert correctness(torch.tensor([0, 1]), None).isnan().all()
 
 
+def test_the_audit_explains_the_detections_above_its_score_threshold() -> None:
+    """``targets="predicted"``: an untrained detector's detections all score below 0.9, so at that
+    threshold no box is explained (every map flat: NaN mass), at 0 the detections are."""
+    torch.manual_seed(0)
+    _, val = detection_loaders()
+    detector = ShapesDetector(box_score_thresh=0.0).eval()
+    with torch.no_grad():
+        scores = torch.cat([d["scores"] for batch in val for d in detector(batch[0])])
+    assert len(scores) > 0 and float(scores.max()) < 0.9
+    masses = {
+        threshold: lc.audit(
+            detector,
+            val,
+            "layercam",
+            targets="predicted",
+            progress=False,
+            bootstrap_samples=20,
+            detection_score_threshold=threshold,
+        ).rows["layercam/mass/boxes"]
+        for threshold in (0.0, 0.9)
+    }
+    assert masses[0.9].isnan().all() and not masses[0.0].isnan().all()
+    with pytest.raises(ValueError, match=r"detection_score_threshold must be in \[0, 1\); got 1.5"):
+        lc.audit(
+            detector, val, "layercam", targets="predicted", progress=False, detection_score_threshold=1.5
+        )
+
+
 def test_the_audit_takes_detection_batches() -> None:
     torch.manual_seed(0)
     _, val = detection_loaders()

@@ -34,6 +34,7 @@ class AuditSettings:
     reshape_transform: ReshapeTransform | str = "auto"
     method_options: dict[str, dict] = field(default_factory=dict)
     strategies: bool = False
+    detection_score_threshold: float = 0.5
 
 
 def _targets(settings: AuditSettings, batch: FixedBatch) -> Tensor | int | None:
@@ -42,7 +43,7 @@ def _targets(settings: AuditSettings, batch: FixedBatch) -> Tensor | int | None:
             "audit(targets='label') needs labels in the batches; pass targets='predicted' (or a class index), "
             "or unpack=a function batch -> (images, labels, masks, groups)."
         )
-    return batch.targets_for(settings.targets)
+    return batch.targets_for(settings.targets, settings.detection_score_threshold)
 
 
 def explain_audited(network: nn.Module, batch: FixedBatch, settings: AuditSettings) -> Explanation:

@@ -29,6 +29,7 @@ from lightning_cam.auditing.table import audit_report
 from lightning_cam.batches import FixedBatch, Unpacked, group_name, missing_groups_message, unpack_batch
 from lightning_cam.engine import resolve_methods
 from lightning_cam.engine.capture import model_device_dtype, preserved_rng
+from lightning_cam.engine.detection import check_score_threshold
 from lightning_cam.engine.layers import TargetLayer
 from lightning_cam.engine.layouts import ReshapeTransform
 from lightning_cam.engine.logits import OutputKey
@@ -88,6 +89,7 @@ def audit(
     seed: int = 0,
     progress: bool = True,
     strategies: bool = False,
+    detection_score_threshold: float = 0.5,
 ) -> AuditResult:
     """Explain every image of ``dataloader`` and return per-image rows and per-slice figures.
 
@@ -100,6 +102,10 @@ def audit(
     ``strategies=True`` also clusters each class's maps (the first method's) into the strategies the
     model uses and tests each region on the model (:mod:`lightning_cam.auditing.strategies`; needs
     scikit-learn: ``pip install lightning-cam[strategies]``): ``AuditResult.strategies``.
+
+    Detection batches (a list of images and of ``{"boxes", "labels"}`` targets): ``targets="label"``
+    explains the ground-truth boxes, ``"predicted"`` each image's detections scoring at least
+    ``detection_score_threshold``.
 
     Example::
 
@@ -115,6 +121,7 @@ def audit(
         reshape_transform,
         {name: dict(options) for name, options in (method_options or {}).items()},
         strategies,
+        check_score_threshold(detection_score_threshold),
     )
     with preserved_rng():  # listing a sampler and starting a loader draw from the global generators
         loader, batches = index_batches(dataloader)

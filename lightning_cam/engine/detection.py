@@ -31,6 +31,7 @@ __all__ = [
     "Canvas",
     "PredictedBoxes",
     "boxes",
+    "check_score_threshold",
     "detached_detections",
     "detector_canvas",
     "is_box_output",
@@ -97,12 +98,22 @@ class Boxes:
         )
 
 
+def check_score_threshold(threshold: float) -> float:
+    """``threshold`` if it is a detection score in ``[0, 1)``; ``ValueError`` otherwise."""
+    if not 0 <= threshold < 1:
+        raise ValueError(f"detection_score_threshold must be in [0, 1); got {threshold!r}.")
+    return threshold
+
+
 @dataclass(frozen=True)
 class PredictedBoxes:
     """Each image's own detections scoring at least ``threshold``: its score is their summed detection
     score (each matches itself, so :func:`boxes` of them adds only the constant IoU 1 per box)."""
 
     threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_score_threshold(self.threshold)
 
     def __call__(self, output: Any) -> Tensor:
         if not is_box_output(output):

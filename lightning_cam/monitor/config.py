@@ -9,6 +9,7 @@ from typing import Any
 
 from lightning_cam.batches import Unpacked, group_name
 from lightning_cam.engine import OutputKey, resolve_methods, resolve_options
+from lightning_cam.engine.detection import check_score_threshold
 from lightning_cam.engine.layers import TargetLayer
 from lightning_cam.engine.layouts import ReshapeTransform
 from lightning_cam.monitor.alerts import Alert, parse_alerts
@@ -141,10 +142,7 @@ class MonitorConfig:
         self.alert_rules = parse_alerts(self.alerts or {})
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose {', '.join(TASKS)} (or None).")
-        if not 0 <= self.detection_score_threshold < 1:
-            raise ValueError(
-                f"detection_score_threshold must be in [0, 1); got {self.detection_score_threshold!r}."
-            )
+        check_score_threshold(self.detection_score_threshold)
         self._check_trust()
 
     def _check_schedule(self) -> None:

@@ -60,6 +60,7 @@ def audit_in_fit(trainer: pl.Trainer, network: nn.Module, config: MonitorConfig)
         bootstrap_samples=config.audit_bootstrap_samples,
         progress=trainer.progress_bar_callback is not None,
         strategies=config.strategies,
+        detection_score_threshold=config.detection_score_threshold,
     )
     trainer.callback_metrics.update(
         {
