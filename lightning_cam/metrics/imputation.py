@@ -97,11 +97,11 @@ def _impute(values: Tensor, mask: Tensor, tolerance: float) -> Tensor:
 
 
 def _row_solve_group_size(values: Tensor) -> int:
-    """Images per call of the row solver, whose working memory (the odd rows' whitened couplings and the
-    even rows' solved blocks: about ``1.5 H * W * (W + C)`` numbers per image, ``W`` the shorter side) must
-    fit ``ROW_SOLVE_BUDGET_BYTES``."""
+    """Images per call of the row solver, whose working memory (the odd rows' whitened couplings, the
+    even rows' blocks and their solutions: about ``2 H * W * (W + C)`` numbers per image, ``W`` the shorter
+    side) must fit ``ROW_SOLVE_BUDGET_BYTES``."""
     channels, height, width = values.shape[1], max(values.shape[2:]), min(values.shape[2:])
-    per_image = 3 * (height // 2 + 1) * width * (width + channels) * values.element_size()
+    per_image = 4 * (height // 2 + 1) * width * (width + channels) * values.element_size()
     return max(1, ROW_SOLVE_BUDGET_BYTES // per_image)
 
 
@@ -196,16 +196,16 @@ def _solve_row_system(system: dict[str, Tensor], right: Tensor) -> Tensor:
     return solution
 
 
-def _even_row_start(system: dict[str, Tensor], right: Tensor, row: int) -> Tensor:
-    """``[n, W, W + C]``: the even row's own tridiagonal block beside its right side."""
-    width, channels = right.shape[-2:]
-    start = right.new_zeros(right.shape[1], width, width + channels)
-    block = start[..., :width]
-    block.diagonal(0, -2, -1).copy_(system["diagonal"][row])
-    block.diagonal(1, -2, -1).sub_(system["pairs"][row])
-    block.diagonal(-1, -2, -1).sub_(system["pairs"][row])
-    start[..., width:] = right[row]
-    return start
+def _even_row_starts(system: dict[str, Tensor], right: Tensor) -> Tensor:
+    """``[ceil(H / 2), n, W, W + C]``: each even row's own tridiagonal block beside its right side."""
+    width = right.shape[-2]
+    starts = right.new_zeros(*right[0::2].shape[:-1], width + right.shape[-1])
+    block = starts[..., :width]
+    block.diagonal(0, -2, -1).copy_(system["diagonal"][0::2])
+    block.diagonal(1, -2, -1).sub_(system["pairs"][0::2])
+    block.diagonal(-1, -2, -1).sub_(system["pairs"][0::2])
+    starts[..., width:] = right[0::2]
+    return starts
 
 
 def _eliminate_even_rows(system: dict[str, Tensor], right: Tensor, columns: Tensor) -> Tensor:
@@ -220,8 +220,7 @@ def _eliminate_even_rows(system: dict[str, Tensor], right: Tensor, columns: Tens
     up, down = slice(0, width), slice(width + channels, 2 * width + channels)
     gains: list[Tensor] = []
     couplings: list[Tensor] = []
-    for k in range(even):
-        block = _even_row_start(system, right, 2 * k)
+    for k, block in enumerate(_even_row_starts(system, right)):
         if k < odd:
             block.baddbmm_(columns[k, ..., up].mT, columns[k, ..., : width + channels], alpha=-1)
         if k > 0:
