@@ -144,16 +144,20 @@ def _odd_row_columns(system: dict[str, Tensor], right: Tensor) -> Tensor:
     odd, channels = rows // 2, right.shape[-1]
     columns = right.new_zeros(odd, images, width, 2 * (width + channels))
     above = columns[..., :width]  # U_{o-1}^T: the diagonals of U_{o-1} swapped
-    above.diagonal(0, -2, -1).copy_(-system["same"][0 : 2 * odd : 2])
-    above.diagonal(-1, -2, -1).copy_(-system["to_right"][0 : 2 * odd : 2])
-    above.diagonal(1, -2, -1).copy_(-system["to_left"][0 : 2 * odd : 2])
+    _write_coupling(above, system, slice(0, 2 * odd, 2), transposed=True)
     below = columns[: (rows - 1) // 2, ..., width + channels : 2 * width + channels]
-    below.diagonal(0, -2, -1).copy_(-system["same"][1::2])
-    below.diagonal(1, -2, -1).copy_(-system["to_right"][1::2])
-    below.diagonal(-1, -2, -1).copy_(-system["to_left"][1::2])
+    _write_coupling(below, system, slice(1, None, 2), transposed=False)
     columns[..., width : width + channels] = right[1::2]
     columns[..., 2 * width + channels :] = right[1::2]
     return columns
+
+
+def _write_coupling(block: Tensor, system: dict[str, Tensor], rows: slice, transposed: bool) -> None:
+    """Write the coupling blocks ``U_r`` of ``rows`` (or their transposes) into ``block`` ``[..., W, W]``."""
+    side = -1 if transposed else 1  # U_r[c, c + 1] = -to_right[c]; U_r[c + 1, c] = -to_left[c]
+    block.diagonal(0, -2, -1).copy_(-system["same"][rows])
+    block.diagonal(side, -2, -1).copy_(-system["to_right"][rows])
+    block.diagonal(-side, -2, -1).copy_(-system["to_left"][rows])
 
 
 def _whiten_in_place(diagonal: Tensor, pairs: Tensor, columns: Tensor) -> tuple[list[Tensor], Tensor]:
