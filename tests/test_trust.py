@@ -22,11 +22,13 @@ from torch import nn
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.metrics import (
+    complementary_imputations,
     deletion_insertion,
     imputation,
     learnable_layers,
     model_randomization,
     noisy_linear_imputation,
+    pixel_ranks,
     road,
     spearman,
 )
@@ -245,6 +247,29 @@ def test_imputing_an_image_with_no_pixel_left_gives_zeros_not_nan(
     torch.testing.assert_close(filled[1, :, 2, 3], expected)
 
 
+@pytest.mark.parametrize("row_solve_limit", [64, 0], ids=["row blocks", "conjugate gradients"])
+def test_complementary_imputations_equal_two_separate_ones(
+    row_solve_limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One solve of both parts (uncoupled) gives what two calls give: the removed pixels filled from the
+    rest and the rest filled from the removed pixels, also when one part is empty or the whole image."""
+    monkeypatch.setattr(imputation, "ROW_SOLVE_LIMIT", row_solve_limit)
+    generator = torch.Generator().manual_seed(4)
+    images = torch.rand(5, 3, 9, 11, generator=generator)
+    removed = torch.rand(5, 9, 11, generator=generator) < 0.4  # scattered: the parts interleave
+    removed[1] = False
+    removed[1, 2:7, 3:] = True  # a block against the right border
+    removed[2], removed[3] = True, False  # all, nothing
+    removed_filled, rest_filled = complementary_imputations(images, removed)
+    for image in (0, 1):
+        expected = direct_imputation(images[image], ~removed[image])
+        assert (rest_filled[image].double() - expected).abs().max() < 1e-4
+    torch.testing.assert_close(removed_filled, noisy_linear_imputation(images, removed), atol=1e-5, rtol=0)
+    torch.testing.assert_close(rest_filled, noisy_linear_imputation(images, ~removed), atol=1e-5, rtol=0)
+    assert torch.equal(removed_filled[2], torch.zeros(3, 9, 11)) and torch.equal(rest_filled[2], images[2])
+    assert torch.equal(removed_filled[3], images[3]) and torch.equal(rest_filled[3], torch.zeros(3, 9, 11))
+
+
 def test_imputation_noise_comes_from_its_own_generator() -> None:
     images, removed = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8) < 0.3
     state = torch.random.get_rng_state()
@@ -288,6 +313,48 @@ def test_road_equals_pytorch_grad_cam_with_zero_noise(small_model: tuple[nn.Modu
     np.testing.assert_allclose(ours["morf"].numpy(), theirs(RemoveMostRelevantFirst), atol=0.01)
     np.testing.assert_allclose(ours["lerf"].numpy(), theirs(RemoveLeastRelevantFirst), atol=0.01)
     np.testing.assert_allclose(ours["combined"].numpy(), ((ours["lerf"] - ours["morf"]) / 2).numpy())
+
+
+def road_by_separate_imputations(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: list[int],
+    fractions: tuple[float, ...],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ROAD's definition, one removal at a time: MoRF removes the top ``f``, LeRF the bottom ``f``."""
+    ranks, pixels = pixel_ranks(maps).view(maps.shape), maps[0].numel()
+    with torch.no_grad():
+
+        def probability(batch: torch.Tensor) -> torch.Tensor:
+            return model(batch).softmax(-1)[torch.arange(len(batch)), targets]
+
+        start = probability(images)
+        changes = [
+            [
+                probability(noisy_linear_imputation(images, removed)) - start
+                for removed in (ranks < c, ranks >= pixels - c)
+            ]
+            for c in (round(f * pixels) for f in fractions)
+        ]
+    morf, lerf = (torch.stack([change[side] for change in changes]).mean(0) for side in (0, 1))
+    return morf, lerf
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+def test_road_solves_each_complementary_pair_once_and_scores_each_removal(
+    small_model: tuple[nn.Module, torch.Tensor], chunk_size: int | None
+) -> None:
+    """MoRF at ``f`` and LeRF at ``1 - f`` share a solve; fractions without a partner (0.25), with a
+    repeat (0.5 twice) and rounding to the same pixel count (0.6, 0.601) still give ROAD's definition, in
+    chunks of any size."""
+    model, images = small_model
+    maps = torch.rand(len(images), 16, 16, generator=torch.Generator().manual_seed(5))
+    targets, fractions = [1, 0, 3, 2], (0.25, 0.5, 0.5, 0.6, 0.601)
+    ours = road(model, images, maps, targets, fractions, noise=0.0, chunk_size=chunk_size)
+    morf, lerf = road_by_separate_imputations(model, images, maps, targets, fractions)
+    torch.testing.assert_close(ours["morf"], morf, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours["lerf"], lerf, atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module")

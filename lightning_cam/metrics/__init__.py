@@ -26,13 +26,14 @@ from lightning_cam.metrics.attention import (
     slice_means,
 )
 from lightning_cam.metrics.faithfulness import deletion_insertion, pixel_ranks, road
-from lightning_cam.metrics.imputation import noisy_linear_imputation
+from lightning_cam.metrics.imputation import complementary_imputations, noisy_linear_imputation
 from lightning_cam.metrics.randomization import learnable_layers, model_randomization, spearman
 
 __all__ = [
     "as_distribution",
     "average_drop",
     "class_mean_maps",
+    "complementary_imputations",
     "deletion_insertion",
     "drift",
     "enrichment",

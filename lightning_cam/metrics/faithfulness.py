@@ -35,10 +35,10 @@ from torch import Tensor, nn
 
 from lightning_cam.engine.capture import model_device_dtype, preserved_state
 from lightning_cam.engine.logits import OutputKey, select_output
-from lightning_cam.engine.methods.perturbation import CPU_ROWS, default_chunk_size, run_in_chunks
+from lightning_cam.engine.methods.perturbation import default_chunk_size, run_in_chunks
 from lightning_cam.engine.targets import Targets, make_scorer
 from lightning_cam.metrics.attention import flat_maps
-from lightning_cam.metrics.imputation import noisy_linear_imputation
+from lightning_cam.metrics.imputation import complementary_imputations
 
 __all__ = ["deletion_insertion", "pixel_ranks", "road"]
 
@@ -87,11 +87,10 @@ def _scores(
     build: Callable[[Tensor], tuple[Tensor, Tensor]],
     output_key: OutputKey,
     chunk_size: int | None,
-    cpu_rows: int | None = CPU_ROWS,
 ) -> tuple[Tensor, Tensor]:
-    """The target's probability on the images and on each of ``rows`` perturbed images
-    (``build(row indices) -> (images, image indices)``), in chunks (on the CPU at most ``cpu_rows``
-    rows each unless ``chunk_size`` says otherwise)."""
+    """The target's probability on the images and on the perturbed images that ``rows`` rows make
+    (``build(row indices) -> (images, image indices)``), in chunks of ``chunk_size`` rows (by default
+    ``default_chunk_size``'s)."""
     device, dtype = model_device_dtype(model, images)
     with preserved_state(model, device.type), torch.inference_mode():
         images = images.to(device, dtype)
@@ -103,7 +102,7 @@ def _scores(
             perturbed, image_index = build(torch.arange(start, stop, device=device))
             return scorer.probability(select_output(model(perturbed.to(dtype)), output_key), image_index)
 
-        chunk = chunk_size or default_chunk_size(images[0], rows, cpu_rows=cpu_rows)
+        chunk = chunk_size or default_chunk_size(images[0], rows)
         return original, run_in_chunks(rows, chunk, run, "faithfulness")
 
 
@@ -164,6 +163,28 @@ def deletion_insertion(
     return {name: (deletion[i], insertion[i]) for i, name in enumerate(names)}
 
 
+class _RoadCuts:
+    """ROAD's removals as cuts of the ranked pixels: cut ``k`` parts the top ``k`` from the rest, and one
+    imputation of both parts (``complementary_imputations``) gives MoRF at ``k`` removed and LeRF at ``N
+    - k`` removed: the default fractions 0.1 ... 0.9 need 9 cuts for their 18 removals."""
+
+    def __init__(self, counts: list[int], pixels: int, device: torch.device) -> None:
+        sizes = sorted({*counts, *(pixels - count for count in counts)})
+        self.sizes = torch.tensor(sizes, device=device)
+        self.morf = torch.tensor([sizes.index(count) for count in counts], device=device)
+        self.lerf = torch.tensor([sizes.index(pixels - count) for count in counts], device=device)
+        self.wanted = torch.zeros(len(sizes), 2, dtype=torch.bool, device=device)  # [cut, (MoRF, LeRF)]
+        self.wanted[self.morf, 0], self.wanted[self.lerf, 1] = True, True
+
+    def by_fraction(self, scores: Tensor, methods: int, batch: int) -> Tensor:
+        """``[methods, batch, fractions, 2]`` (MoRF, LeRF) from the scores of the wanted images, in the
+        order ``build`` made them."""
+        by_cut = scores.new_full((methods * batch, *self.wanted.shape), float("nan"))
+        by_cut[self.wanted.expand_as(by_cut)] = scores
+        by_cut = by_cut.view(methods, batch, *self.wanted.shape)
+        return torch.stack([by_cut[:, :, self.morf, 0], by_cut[:, :, self.lerf, 1]], dim=-1)
+
+
 def road(
     model: nn.Module,
     images: Tensor,
@@ -178,7 +199,9 @@ def road(
 ) -> dict[str, Tensor] | dict[str, dict[str, Tensor]]:
     """``{"morf": [B], "lerf": [B], "combined": [B]}`` for ``maps`` ``[B, H, W]`` (volumes: ``[B, D, H,
     W]``; or that dict per method for a dict of maps). ``noise`` is the imputation noise's std, drawn from a generator
-    seeded with ``seed`` (the global RNGs are not touched).
+    seeded with ``seed`` (the global RNGs are not touched). MoRF at ``f`` and LeRF at ``1 - f`` come from one
+    imputation (``complementary_imputations``); ``chunk_size`` counts the perturbed images per forward
+    (rounded down to whole pairs, at least one pair).
 
     Example::
 
@@ -192,25 +215,26 @@ def road(
     methods, batch, pixels = stacked.shape[0], images.shape[0], math.prod(size)
     device = model_device_dtype(model, images)[0]
     ranks = pixel_ranks(stacked.to(device), len(size))
-    removed_counts = torch.tensor([round(f * pixels) for f in fractions], device=device)
+    cuts = _RoadCuts([round(f * pixels) for f in fractions], pixels, device)
     inputs = images.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    per_method = batch * len(fractions) * 2
+    per_method = batch * len(cuts.sizes)
 
     def build(rows: Tensor) -> tuple[Tensor, Tensor]:
         method, rest = rows // per_method, rows % per_method
-        image, fraction, lerf = rest // (2 * len(fractions)), (rest // 2) % len(fractions), rest % 2 == 1
-        count = removed_counts[fraction][:, None]
-        rank = ranks[method, image]
-        removed = torch.where(lerf[:, None], rank >= pixels - count, rank < count).view(-1, *size)
-        return noisy_linear_imputation(inputs[image], removed, noise, generator), image
+        image, cut = rest // len(cuts.sizes), rest % len(cuts.sizes)
+        top = (ranks[method, image] < cuts.sizes[cut][:, None]).view(-1, *size)
+        morf, lerf = complementary_imputations(inputs[image], top, noise, generator)
+        wanted = cuts.wanted[cut]
+        return torch.stack([morf, lerf], dim=1)[wanted], image[:, None].expand(-1, 2)[wanted]
 
     # the imputation is faster in fewer, larger calls: no CPU cap on the rows per chunk, only the memory budget
+    images_per_chunk = chunk_size or default_chunk_size(inputs[0], 2 * methods * per_method, cpu_rows=None)
     original, scores = _scores(
-        model, images, targets, methods * per_method, build, output_key, chunk_size, cpu_rows=None
+        model, images, targets, methods * per_method, build, output_key, max(1, images_per_chunk // 2)
     )
-    change = (scores.view(methods, batch, len(fractions), 2) - original.view(1, batch, 1, 1)).mean(dim=2)
-    morf, lerf = (_flat_as_nan(stacked, change[..., i].to(images.device)) for i in (0, 1))
+    change = cuts.by_fraction(scores, methods, batch) - original.view(1, batch, 1, 1)
+    morf, lerf = (_flat_as_nan(stacked, change[..., i].mean(dim=2).to(images.device)) for i in (0, 1))
     results = [
         {"morf": morf[i], "lerf": lerf[i], "combined": (lerf[i] - morf[i]) / 2} for i in range(methods)
     ]
