@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.engine.attention import attention_inputs, capture_attention
+from lightning_cam.engine.attention import AttentionCapture, attention_inputs, capture_attention
 from lightning_cam.engine.capture import capture_activations, model_device_dtype, preserved_state
 from lightning_cam.engine.detection import Canvas, detached_detections, detector_canvas, detector_transforms
 from lightning_cam.engine.layers import TargetLayer, resolve_target_layers
@@ -526,6 +526,31 @@ def _shared_pass(
     layouts = [
         infer_layout(a, size, model, m, n, reshape_transform) for (n, m), a in zip(layers, raw, strict=True)
     ]
+    layer_gradients, input_gradient = _pass_gradients(scores, needs, layers, raw, inputs, attention)
+    return _SharedPass(
+        output=output,
+        scorer=scorer,
+        scores=scores,
+        layouts=layouts,
+        activations=_on_grids(layouts, [a.detach() for a in raw]),
+        layer_gradients=_on_grids(layouts, layer_gradients),
+        input_gradient=input_gradient,
+        guided_gradient=_guided_gradient(scores, inputs, switch) if needs.guided else None,
+        attention=attention_inputs(attention, model, size, inputs.shape[0]) if needs.attention else None,
+        canvas=canvas,
+    )
+
+
+def _pass_gradients(
+    scores: Tensor,
+    needs: _Needs,
+    layers: Sequence[tuple[str, nn.Module]],
+    raw: Sequence[Tensor],
+    inputs: Tensor,
+    attention: AttentionCapture | None,
+) -> tuple[list[Tensor | None], Tensor | None]:
+    """The target layers' gradients (``None`` each when no method needs them) and the input's, by one
+    ``autograd.grad`` call that also reaches the first attention map when relevance is asked for."""
     layer_sources = raw if needs.layer_gradients else []
     input_sources = [inputs] if needs.input_gradients else []
     attention_sources = [attention.first] if needs.relevance and attention.first is not None else []
@@ -536,18 +561,7 @@ def _shared_pass(
         retain_graph=needs.guided,
     )
     layer_gradients = gradients[: len(raw)] if needs.layer_gradients else [None] * len(raw)
-    return _SharedPass(
-        output=output,
-        scorer=scorer,
-        scores=scores,
-        layouts=layouts,
-        activations=_on_grids(layouts, [a.detach() for a in raw]),
-        layer_gradients=_on_grids(layouts, layer_gradients),
-        input_gradient=gradients[len(layer_sources)] if needs.input_gradients else None,
-        guided_gradient=_guided_gradient(scores, inputs, switch) if needs.guided else None,
-        attention=attention_inputs(attention, model, size, inputs.shape[0]) if needs.attention else None,
-        canvas=canvas,
-    )
+    return layer_gradients, gradients[len(layer_sources)] if needs.input_gradients else None
 
 
 def _on_grids(layouts: Sequence[Layout], tensors: Sequence[Tensor | None]) -> list[Tensor | None]:

@@ -390,16 +390,7 @@ def run_check(
         prefix = config.name if index == 0 else f"{config.name}/{name}"
         values |= _target_values(network, fixed, explanation, prefix, name, masks, slices, history, config)
         result.scalars |= _seconds(explanation, prefix)
-        shown = shown_detections(explanation, config.detection_score_threshold)
-        result.targets.append(
-            TargetResult(
-                name,
-                prefix,
-                explanation,
-                captions(fixed, explanation, config, faults, shown),
-                None if shown is None else [item["boxes"] for item in shown],
-            )
-        )
+        result.targets.append(_target_result(fixed, explanation, name, prefix, config, faults))
         if index == 0:
             values |= _trust_values(network, fixed, explanation, prefix, config, check_index)
             for method, maps in explanation.maps.items():
@@ -411,6 +402,15 @@ def run_check(
         _record(history, result, host, slices, masks)
         _record_trust(history, result, len(fixed.images))
     return result
+
+
+def _target_result(
+    fixed: FixedBatch, explanation: Explanation, name: str, prefix: str, config: MonitorConfig, faults: Faults
+) -> TargetResult:
+    """One target choice's maps with each sample's caption and, for a detector, the detections drawn."""
+    shown = shown_detections(explanation, config.detection_score_threshold)
+    boxes = None if shown is None else [item["boxes"] for item in shown]
+    return TargetResult(name, prefix, explanation, captions(fixed, explanation, config, faults, shown), boxes)
 
 
 def _target_values(
