@@ -22,6 +22,7 @@ from lightning_cam.batches import box_union
 from lightning_cam.demo.detection import ShapesDetector, make_detection_shapes
 from lightning_cam.engine.auto_layer import find_auto_layer
 from lightning_cam.engine.targets import correctness
+from lightning_cam.monitor import fit_audit
 from lightning_cam.monitor.check import shown_detections
 from lightning_cam.report.grids import BOX_COLOUR, draw_boxes
 from lightning_cam.targets import boxes
@@ -325,3 +326,38 @@ def test_the_audit_takes_detection_batches() -> None:
     union = torch.stack([box_union(t["boxes"], (64, 64)) for _, t, _ in make_detection_shapes(4, 1, None)])
     torch.testing.assert_close(result.rows["area/boxes"], union.flatten(1).mean(1))
     assert not any("accurate" in line and "0% [" in line for line in result.report().readings)
+
+
+def test_the_monitors_audit_explains_the_detections_above_the_monitors_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CAMMonitor(audit=True, detection_score_threshold=0.7)``: the audit in fit gets the monitor's
+    threshold, and an image with no detection scoring 0.7 has no box to explain (NaN, never a number)."""
+    thresholds = []
+
+    def recording_audit(*args: object, **kwargs: object) -> object:
+        thresholds.append(kwargs["detection_score_threshold"])
+        return lc.audit(*args, **kwargs)
+
+    monkeypatch.setattr(fit_audit, "audit", recording_audit)
+    monitor = CAMMonitor(
+        methods="layercam",
+        targets="predicted",
+        num_samples=2,
+        detection_score_threshold=0.7,
+        audit=True,
+        audit_bootstrap_samples=0,
+    )
+    state = fit_detector(tmp_path, [monitor])
+    assert thresholds == [0.7] and monitor.audit_result is not None
+    detector = ShapesDetector(box_score_thresh=0.0)
+    detector.load_state_dict(state)
+    with torch.no_grad():
+        best = [
+            float(d["scores"].max()) if len(d["scores"]) else 0.0
+            for images, *_ in detection_loaders()[1]
+            for d in detector.eval()(images)
+        ]
+    mass = monitor.audit_result.rows["layercam/mass/boxes"]
+    assert len(mass) == len(best)
+    assert all(bool(m.isnan()) for m, score in zip(mass, best, strict=True) if score < 0.7)
