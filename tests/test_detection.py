@@ -24,7 +24,7 @@ from lightning_cam.engine.auto_layer import find_auto_layer
 from lightning_cam.engine.targets import correctness
 from lightning_cam.monitor import fit_audit
 from lightning_cam.monitor.check import shown_detections
-from lightning_cam.report.grids import BOX_COLOUR, draw_boxes
+from lightning_cam.report.grids import BOX_COLOUR, draw_boxes, render_grid
 from lightning_cam.targets import boxes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +82,34 @@ def test_detections_are_drawn_as_rectangles_on_every_tile_of_their_row() -> None
             tile[1] == BOX_COLOUR[1], expected
         )
     assert torch.equal(drawn[1], tiles[1])  # no detection, nothing drawn
+
+
+def yellow(pixels: np.ndarray) -> np.ndarray:
+    return (pixels == np.round(255 * np.array(BOX_COLOUR))).all(-1)
+
+
+def test_each_detection_is_labelled_with_its_class_and_score_on_the_input_tile() -> None:
+    """A label (black text on a yellow patch) at each box's top left on the input tile only, so the
+    overlays stay unobstructed; two labels at one corner are stacked, not written over each other."""
+    images, maps, box = (
+        torch.zeros(1, 3, 64, 64),
+        {"gradcam": torch.zeros(1, 64, 64)},
+        torch.tensor([[8.0, 8, 40, 40]]),
+    )
+    plain = render_grid(images, maps, ["x"], boxes=[box])
+    one = render_grid(images, maps, ["x"], boxes=[box], box_labels=[["bright 87%"]])
+    two = render_grid(images, maps, ["x"], boxes=[box.repeat(2, 1)], box_labels=[["bright 87%", "dark 12%"]])
+    patch = yellow(one.cell(0, 0)) & ~yellow(plain.cell(0, 0))  # the box's lines (2 px) are yellow in both
+    rows, columns = patch.any(1).nonzero()[0], patch.any(0).nonzero()[0]
+    zoom = one.tile[0] // 64
+    assert zoom == 2 and 8 * zoom <= rows.min() <= 8 * zoom + 2 and 8 * zoom <= columns.min() <= 8 * zoom + 2
+    height = rows.max() - rows.min() + 1
+    assert height >= 9 and columns.max() - columns.min() > 2 * height  # a line of text
+    text = one.cell(0, 0)[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+    assert (text.astype(int).sum(-1) < 150).sum() > 20  # dark letters on the patch
+    assert np.array_equal(one.cell(0, 1), plain.cell(0, 1))  # the overlay: only the rectangle
+    stacked = (yellow(two.cell(0, 0)) & ~yellow(plain.cell(0, 0))).any(1).nonzero()[0]
+    assert stacked.min() == rows.min() and stacked.max() - stacked.min() + 1 >= 2 * height - 2
 
 
 def test_shown_detections_keep_the_best_above_the_threshold() -> None:
@@ -260,6 +288,9 @@ def test_cammonitor_on_a_detector_logs_grids_and_mass_on_the_boxes_without_chang
     (_, grid), *_ = read_tensorboard_images(log_dir, "cam/predicted/grid")
     pixels = np.asarray(grid.convert("RGB"))
     assert pixels.shape[0] > 4 * 64  # a row per sample
+    # each detection's label: a filled yellow patch (the rectangles are lines, 2 px at the tile's zoom)
+    patches = F.max_pool2d(torch.from_numpy(~yellow(pixels)).float()[None], 3, stride=1) == 0
+    assert bool(patches.any())
     plain = fit_detector(tmp_path / "plain", [])
     for name, tensor in plain.items():
         assert torch.equal(tensor, watched[name]), name

@@ -38,6 +38,8 @@ class TargetResult:
     captions: list[str]
     boxes: list[Tensor] | None = None
     """A detector's: per sample the detections drawn on its tiles (see :func:`shown_detections`)."""
+    box_labels: list[list[str]] | None = None
+    """Per sample, each drawn detection's ``"<class> <score>"``."""
 
 
 @dataclass
@@ -168,10 +170,10 @@ def captions(
     explanation: Explanation,
     config: MonitorConfig,
     faults: Faults,
-    detections: list[dict[str, Tensor]] | None = None,
+    detection_labels: list[list[str]] | None = None,
 ) -> list[str]:
     """``"true: <label>\\npred: <class> <confidence>"`` per sample, from one host transfer; for a
-    detector ``"boxes: <classes>\\ndet: <class> <score>, ..."`` (the ``detections`` drawn)."""
+    detector ``"boxes: <classes>\\ndet: <class> <score>, ..."`` (the labels of the detections drawn)."""
     classes = num_classes(explanation.scorer, explanation.logits)
     if config.class_names is not None and classes and len(config.class_names) != classes:
         faults.warn_once(
@@ -185,19 +187,13 @@ def captions(
         rows.append(fixed.labels.to(confidence.device).double())
     values = torch.stack(rows).tolist()  # one transfer for every caption
     labels = [int(label) for label in values[2]] if fixed.labels is not None else [None] * len(values[0])
-    if fixed.boxes is not None and detections is not None:  # a detector: its boxes, its detections
+    if fixed.boxes is not None and detection_labels is not None:  # a detector: its boxes, its detections
         return [
             "boxes: "
             + (", ".join(config.class_name(int(c)) for c in truth["labels"].tolist()) or "none")
             + "\ndet: "
-            + (
-                ", ".join(
-                    f"{config.class_name(int(c))} {s:.0%}"
-                    for c, s in zip(found["labels"].tolist(), found["scores"].tolist(), strict=True)
-                )
-                or "none"
-            )
-            for truth, found in zip(fixed.boxes, detections, strict=True)
+            + (", ".join(found) or "none")
+            for truth, found in zip(fixed.boxes, detection_labels, strict=True)
         ]
     return [
         (f"true: {config.class_name(label)}\n" if label is not None else "")
@@ -407,10 +403,20 @@ def run_check(
 def _target_result(
     fixed: FixedBatch, explanation: Explanation, name: str, prefix: str, config: MonitorConfig, faults: Faults
 ) -> TargetResult:
-    """One target choice's maps with each sample's caption and, for a detector, the detections drawn."""
+    """One target choice's maps with each sample's caption and, for a detector, the detections drawn
+    with their class and score."""
     shown = shown_detections(explanation, config.detection_score_threshold)
-    boxes = None if shown is None else [item["boxes"] for item in shown]
-    return TargetResult(name, prefix, explanation, captions(fixed, explanation, config, faults, shown), boxes)
+    if shown is None:
+        return TargetResult(name, prefix, explanation, captions(fixed, explanation, config, faults))
+    labels = [
+        [
+            f"{config.class_name(int(c))} {s:.0%}"
+            for c, s in zip(item["labels"].tolist(), item["scores"].tolist(), strict=True)
+        ]
+        for item in shown
+    ]
+    caption = captions(fixed, explanation, config, faults, labels)
+    return TargetResult(name, prefix, explanation, caption, [item["boxes"] for item in shown], labels)
 
 
 def _target_values(

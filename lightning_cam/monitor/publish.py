@@ -145,6 +145,7 @@ class Publisher:
             max_tile=config.max_tile_size,
             regions=result.regions,
             boxes=target.boxes,
+            box_labels=target.box_labels,
         )
 
     def publish_end(self, history: AttentionHistory, fixed: FixedBatch | None, step: int) -> None:

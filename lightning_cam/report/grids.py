@@ -193,6 +193,34 @@ def draw_boxes(tiles: Tensor, boxes: Sequence[Tensor]) -> Tensor:
     return torch.where(torch.stack(edges)[:, None, None], colour, tiles)
 
 
+def _write_notes(
+    draw: ImageDraw.ImageDraw,
+    notes: Sequence[tuple[float, float, str]],
+    corner: tuple[int, int],
+    tile: tuple[int, int],
+    zoom: float,
+) -> None:
+    """Each note's text on a ``BOX_COLOUR`` patch, its top left at the note's point times ``zoom`` from the
+    tile's ``corner``, kept inside the tile (``(width, height)``) and moved down below the notes written
+    before it that it would cover."""
+    font = _font(max(9, min(12, tile[1] // 10)))
+    background = tuple(round(255 * c) for c in BOX_COLOUR)
+    written: list[tuple[int, int, int, int]] = []
+    for x, y, text in notes:
+        box = draw.textbbox((0, 0), text, font=font)
+        width, height = box[2] - box[0] + 2, box[3] - box[1] + 2
+        left = min(max(0, round(x * zoom)), max(0, tile[0] - width))
+        top = max(0, round(y * zoom))
+        for other in sorted(written, key=lambda rect: rect[1]):
+            if left < other[2] and other[0] < left + width and top < other[3] and other[1] < top + height:
+                top = other[3]
+        top = min(top, max(0, tile[1] - height))
+        written.append((left, top, left + width, top + height))
+        left, top = left + corner[0], top + corner[1]
+        draw.rectangle((left, top, left + width - 1, top + height - 1), fill=background)
+        draw.text((left + 1 - box[0], top + 1 - box[1]), text, fill="black", font=font)
+
+
 @dataclass(frozen=True)
 class Grid:
     """A rendered grid: a header, then per sample a caption and a row of tiles.
@@ -263,14 +291,17 @@ def render_table(
     min_tile: int = 112,
     max_tile: int | None = MAX_TILE,
     padding: int = 2,
+    notes: Sequence[Sequence[tuple[float, float, str]]] | None = None,
 ) -> Grid:
     """A labelled table of RGB tiles ``[rows, columns, 3, H, W]`` in ``[0, 1]``: a header with the
     column names, a caption left of each row (one line per ``\\n``). Small tiles are enlarged
     (nearest neighbour, integer factor) to at least ``min_tile`` pixels; tiles longer than
     ``max_tile`` pixels are scaled down (antialiased) to that length, so that a long run's logs stay
-    small (``None``: full resolution). The tiles are assembled on their device; one ``uint8``
-    transfer to the host, then PIL writes the text."""
+    small (``None``: full resolution). ``notes``: per row, ``(x, y, text)`` written on the row's first
+    tile with its top left at ``(x, y)`` (the tiles' pixels, before scaling), black on ``BOX_COLOUR``.
+    The tiles are assembled on their device; one ``uint8`` transfer to the host, then PIL writes the text."""
     rows, count, _, height, width = tiles.shape
+    original_width = width
     flat = tiles.reshape(rows * count, 3, height, width)
     if max_tile is not None and max(height, width) > max_tile:
         factor = max_tile / max(height, width)
@@ -298,6 +329,10 @@ def render_table(
     for row, caption in enumerate(captions):
         top = header + padding + row * (tile_h + padding)
         draw.multiline_text((4, top + 2), caption, fill="black", font=font, spacing=2)
+        if notes is not None:
+            _write_notes(
+                draw, notes[row], (label_width + padding, top), (tile_w, tile_h), tile_w / original_width
+            )
     return Grid(
         picture=canvas,
         columns=tuple(columns),
@@ -321,6 +356,7 @@ def render_grid(
     padding: int = 2,
     regions: Tensor | None = None,
     boxes: Sequence[Tensor] | None = None,
+    box_labels: Sequence[Sequence[str]] | None = None,
 ) -> Grid:
     """A labelled grid: a row per sample, the input then one overlay per entry of ``maps``.
 
@@ -337,6 +373,8 @@ def render_grid(
             segmentation label), or ``None``.
         boxes: per row, boxes ``[N, 4]`` (x1, y1, x2, y2 in pixels; a detector's detections) drawn in
             yellow on every tile of the row, or ``None``.
+        box_labels: per row, one text per box (its class and score), written at the box's top left
+            corner on the input tile only, so that the overlays stay unobstructed.
     """
     columns = [images] + [overlay(images, value, colormap, alpha) for value in maps.values()]
     tiles = torch.stack(columns, dim=1)
@@ -344,8 +382,14 @@ def render_grid(
         tiles = outline(tiles, regions.to(tiles.device))
     if boxes is not None:
         tiles = draw_boxes(tiles, boxes)
+    notes = None
+    if boxes is not None and box_labels is not None:
+        notes = [
+            [(float(x), float(y), text) for (x, y, *_), text in zip(row.tolist(), texts, strict=True)]
+            for row, texts in zip(boxes, box_labels, strict=True)
+        ]
     return render_table(
-        tiles, ("input", *maps), captions, min_tile=min_tile, max_tile=max_tile, padding=padding
+        tiles, ("input", *maps), captions, min_tile=min_tile, max_tile=max_tile, padding=padding, notes=notes
     )
 
 
