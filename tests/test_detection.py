@@ -15,6 +15,7 @@ from detection_helpers import detection_loaders, faster_rcnn, own_detections, re
 from lightning.pytorch.loggers import TensorBoardLogger
 from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, trainer
 from test_models import pearson
+from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
@@ -227,6 +228,21 @@ def test_auto_takes_the_backbones_deepest_feature_map(build: object) -> None:
     ]
     assert maps.shape == (2, 96, 128) and not torch.allclose(maps[0], maps[1])
     assert all(float(m.std()) > 0.05 for m in maps)
+
+
+def test_auto_on_ssd_takes_the_last_layer_every_feature_level_reads() -> None:
+    """SSD's heads read six maps, the first taken before the deepest layers (which feed only the last
+    levels): "auto" took the deepest (``backbone.extra.3.0``), so most detections had no path to it;
+    now the last layer every level reads, and the detections' maps are not flat."""
+    torch.manual_seed(0)
+    detector = ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=3, score_thresh=0.0
+    ).eval()
+    images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    assert find_auto_layer(detector, images) == "backbone.features.0"
+    target = boxes(*own_detections(detector, images))
+    maps = lc.explain(detector, images, ("gradcam", "layercam"), targets=target)
+    assert all(float(m.std()) > 0.02 for value in maps.values() for m in value)
 
 
 def test_detector_errors_say_what_works() -> None:

@@ -8,7 +8,8 @@ it (a path in the autograd graph: a classifier still at zero keeps its layers), 
 ordered by one rule: a transformer (its repeated blocks output tokens or channels-last maps) first
 tries the first shape-keeping layer inside its last block (ViT, DeiT: ``norm1``; Swin: ``norm1``);
 a CNN its last candidate (``layer4`` on a ResNet, the last ReLU on VGG); then every other candidate
-from the last. No candidate: ``ValueError`` naming what was tried and why each was refused.
+from the last. A detector's candidates are its feature extractor's layers that every feature level its
+heads read depends on (SSD reads its first level before its deepest layers). No candidate: ``ValueError`` naming what was tried and why each was refused.
 """
 
 from __future__ import annotations
@@ -70,15 +71,20 @@ class _Probe:
 
 
 def _probe(
-    model: nn.Module, sample: Tensor | list[Tensor], output_key: OutputKey
+    model: nn.Module, sample: Tensor | list[Tensor], output_key: OutputKey, levels: list[Tensor]
 ) -> tuple[list[_Probe], object, Tensor | None, tuple[int, ...]]:
     """Every named module's tensor output for one image, the model's output, the score (a detector's:
-    the sum of its detections' scores), and the spatial size its layers saw (a detector's canvas)."""
+    the sum of its detections' scores), and the spatial size its layers saw (a detector's canvas).
+    A detector's ``backbone`` outputs (the feature levels its heads read) are put in ``levels``."""
     named = [(name, module) for name, module in model.named_modules() if name]  # not the model itself
     probes: list[_Probe] = []
+    backbone = _named(model, "backbone")
 
     def hook_for(index: int) -> ForwardHook:
         def record(module: nn.Module, inputs: tuple[object, ...], output: object) -> None:
+            if named[index][0] == backbone:
+                values = output.values() if isinstance(output, dict) else [output]
+                levels.extend(v for v in values if isinstance(v, Tensor))
             in_tuple = isinstance(output, tuple) and bool(output) and isinstance(output[0], Tensor)
             tensor = output[0] if in_tuple else output  # type: ignore[index]
             if isinstance(tensor, Tensor) and tensor.dim() >= 3 and tensor.shape[0] == 1:
@@ -188,16 +194,39 @@ def _preference(probes: list[_Probe]) -> list[_Probe]:
     return preferred + [p for p in reversed(verified) if p not in preferred]
 
 
+def _named(model: nn.Module, suffix: str) -> str | None:
+    """The first module named ``suffix`` or ending in ``.suffix``."""
+    return next((n for n, _ in model.named_modules() if n == suffix or n.endswith("." + suffix)), None)
+
+
 def _in_backbone(model: nn.Module, probes: list[_Probe]) -> list[_Probe]:
-    """A detector's candidates: the layers of its backbone's feature extractor (``backbone.body``,
-    before a feature pyramid; else ``backbone``), so that "auto" takes its deepest feature map, which
-    every head reads, and never a head's own layer."""
-    names = [name for name, _ in model.named_modules()]
-    for suffix in ("backbone.body", "backbone"):
-        root = next((name for name in names if name == suffix or name.endswith("." + suffix)), None)
-        if root is not None:
-            return [p for p in probes if p.name.startswith(root + ".")]
-    return probes
+    """A detector's candidates: the layers of its feature extractor (``backbone.body``, before a feature
+    pyramid; else ``backbone``), never a head's own layer."""
+    root = _named(model, "backbone.body") or _named(model, "backbone")
+    return probes if root is None else [p for p in probes if p.name.startswith(root + ".")]
+
+
+def _graph_nodes(tensor: Tensor) -> set[int]:
+    """The ids of every autograd node ``tensor`` was computed through."""
+    seen: set[int] = set()
+    stack = [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(child for child, _ in node.next_functions)
+    return seen
+
+
+def _refuse_unread_levels(probes: list[_Probe], levels: list[Tensor]) -> None:
+    """A detector's heads each read one feature level (SSD: six maps, the first before the deepest
+    layers; a feature pyramid: levels that all read the deepest layer): a candidate that some level does
+    not depend on would leave that level's detections without a map."""
+    reached = [_graph_nodes(level) for level in levels if level.grad_fn is not None]
+    for probe in probes:
+        node = probe.output.grad_fn
+        if not probe.refusal and reached and not all(id(node) in nodes for nodes in reached):
+            probe.refusal = "not every feature level the heads read depends on it"
 
 
 def _refused_message(model: nn.Module, sample: Tensor | list[Tensor], probes: list[_Probe]) -> str:
@@ -229,7 +258,8 @@ def find_auto_layer(
     )
     if key in cache:
         return cache[key]
-    probes, output, score, size = _probe(model, sample, output_key)
+    levels: list[Tensor] = []
+    probes, output, score, size = _probe(model, sample, output_key, levels)
     if is_box_output(output):
         probes = _in_backbone(model, probes)
     for probe in probes:
@@ -246,6 +276,8 @@ def find_auto_layer(
         )
     dense = isinstance(output, Tensor) and output.dim() >= 3
     _refuse(probes, score, int(output.shape[1]) if dense else None)
+    if is_box_output(output):
+        _refuse_unread_levels(probes, levels)
     ordered = _preference(probes)
     if not ordered:
         raise ValueError(_refused_message(model, sample, probes))
