@@ -15,12 +15,13 @@ from detection_helpers import detection_loaders, faster_rcnn, own_detections, re
 from lightning.pytorch.loggers import TensorBoardLogger
 from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, trainer
 from test_models import pearson
+from torch.utils.data import DataLoader
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.batches import box_union
-from lightning_cam.demo.detection import ShapesDetector, make_detection_shapes
+from lightning_cam.demo.detection import ShapesDetector, collate_detection, make_detection_shapes
 from lightning_cam.engine.auto_layer import find_auto_layer
 from lightning_cam.engine.targets import correctness
 from lightning_cam.monitor import fit_audit
@@ -408,3 +409,32 @@ def test_the_monitors_audit_explains_the_detections_above_the_monitors_threshold
     mass = monitor.audit_result.rows["layercam/mass/boxes"]
     assert len(mass) == len(best)
     assert all(bool(m.isnan()) for m, score in zip(mass, best, strict=True) if score < 0.7)
+
+
+def test_the_audit_reads_groups_from_detection_batches() -> None:
+    """Detection batches carry groups as their 4th element: per-group figures, each the mean over its
+    images' rows (NaN rows left out), and a count per group."""
+    torch.manual_seed(0)
+    _, val = detection_loaders()
+    sites = ["north", "south", "north", "north"]
+    grouped = DataLoader(val.dataset, batch_size=4, collate_fn=lambda b: (*collate_detection(b), sites))
+    result = lc.audit(
+        ShapesDetector(box_score_thresh=0.0).eval(),
+        grouped,
+        "layercam",
+        targets="label",
+        progress=False,
+        bootstrap_samples=0,
+    )
+    mass = result.rows["layercam/mass/boxes"]
+    for site in ("north", "south"):
+        members = torch.tensor([s == site for s in sites])
+        figures = result.figures[f"group={site}"]
+        assert figures["count"].value == int(members.sum())
+        explained = members & ~mass.isnan()  # a box the detector misses: NaN, left out
+        assert figures["layercam/mass/boxes"].value == pytest.approx(
+            float(mass[explained].mean()), rel=1e-5, nan_ok=True
+        )
+        area = float(result.rows["area/boxes"][explained].mean())  # over the same images as the mass
+        assert figures["area/boxes"].value == pytest.approx(area, rel=1e-5, nan_ok=True)
+    assert not mass[torch.tensor([s == "north" for s in sites])].isnan().all()
