@@ -23,7 +23,7 @@ from lightning_cam import CAMMonitor
 from lightning_cam.batches import box_union
 from lightning_cam.demo.detection import ShapesDetector, collate_detection, make_detection_shapes
 from lightning_cam.engine.auto_layer import find_auto_layer
-from lightning_cam.engine.targets import correctness
+from lightning_cam.engine.targets import correctness, make_scorer
 from lightning_cam.monitor import fit_audit
 from lightning_cam.monitor.check import shown_detections
 from lightning_cam.report.grids import BOX_COLOUR, draw_boxes, render_grid
@@ -246,6 +246,36 @@ def test_auto_on_ssd_takes_the_last_layer_every_feature_level_reads() -> None:
     assert all(float(m.std()) > 0.02 for value in maps.values() for m in value)
 
 
+def test_saliency_and_guided_gradcam_explain_a_list_of_images_each_at_its_size() -> None:
+    """Saliency on a list of images of two sizes: each map is ``max_c |d score / d image|`` of its own
+    image (by hand through the detector), at that image's size; Guided Grad-CAM is guided backprop
+    times Grad-CAM per image."""
+    detector = faster_rcnn()
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 96, 128, generator=generator), torch.rand(3, 112, 80, generator=generator)]
+    target = boxes(*own_detections(detector, images))
+    maps = lc.explain(
+        detector, images, ("saliency", "guided_backprop", "guided_gradcam", "gradcam"), targets=target
+    )
+    leaves = [image.clone().requires_grad_(True) for image in images]
+    output = detector(leaves)
+    gradients = torch.autograd.grad(make_scorer(target, output).score(output).sum(), leaves)
+    for gradient, ours in zip(gradients, maps["saliency"], strict=True):
+        expected = gradient.abs().amax(0)
+        assert ours.shape == gradient.shape[1:]
+        torch.testing.assert_close(
+            ours, (expected - expected.min()) / (expected.max() - expected.min()), atol=1e-5, rtol=0
+        )
+    for guided, gradcam, combined in zip(
+        maps["guided_backprop"], maps["gradcam"], maps["guided_gradcam"], strict=True
+    ):
+        product = guided * gradcam
+        assert combined.shape == guided.shape == gradcam.shape
+        torch.testing.assert_close(
+            combined, (product - product.min()) / (product.max() - product.min()), atol=1e-5, rtol=0
+        )
+
+
 def test_detector_errors_say_what_works() -> None:
     detector = faster_rcnn()
     images = torch.rand(1, 3, 64, 64)
@@ -254,8 +284,8 @@ def test_detector_errors_say_what_works() -> None:
     target = boxes(*own_detections(detector, images))
     with pytest.raises(ValueError, match=r"scorecam do not run on detectors.*gradcam"):
         lc.explain(detector, images, "scorecam", targets=target)
-    with pytest.raises(ValueError, match="saliency cannot explain a list of images"):
-        lc.explain(detector, list(images), "saliency", targets=target)
+    with pytest.raises(ValueError, match=r"rollout cannot explain a list of images.*saliency or guided"):
+        lc.explain(detector, list(images), "rollout", targets=target)
     with pytest.raises(
         ValueError, match=r"got list \(lists of images of any sizes are explained for torchvision"
     ):

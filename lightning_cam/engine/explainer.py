@@ -115,12 +115,13 @@ def check_images(images: object, model: nn.Module | None = None, methods: Sequen
 
 def check_image_list(images: Sequence[object], methods: Sequence[Method]) -> list[Tensor]:
     """A list of images ``[C, H_i, W_i]`` (sizes may differ), for a detector: floating point, the same
-    channels, at least one; only the layer methods that need no further forwards explain lists."""
-    refused = [m.name for m in methods if m.kind != "layer" or m.reruns_model]
+    channels, at least one; the methods that need no further forwards and no attention explain lists."""
+    refused = [m.name for m in methods if m.kind == "attention" or m.reruns_model]
     if refused:
         raise ValueError(
             f"{', '.join(refused)} cannot explain a list of images; use the layer methods (gradcam, "
-            f"gradcam++, xgradcam, layercam, hirescam, eigencam), or a tensor [B, C, H, W] of equal-size images."
+            f"gradcam++, xgradcam, layercam, hirescam, eigencam), saliency or guided backprop (and Guided "
+            f"Grad-CAM), or a tensor [B, C, H, W] of equal-size images."
         )
     if not images:
         raise ValueError("images is an empty list; pass at least one image [C, H, W].")
@@ -462,8 +463,8 @@ class _SharedPass:
     layouts: list[Layout]
     activations: list[Tensor]
     layer_gradients: list[Tensor | None]
-    input_gradient: Tensor | None
-    guided_gradient: Tensor | None
+    input_gradient: Tensor | list[Tensor] | None
+    guided_gradient: Tensor | list[Tensor] | None
     attention: AttentionInputs | None
     canvas: Canvas | None = None
     """A detector's padded input canvas (its feature maps' extent), or ``None``."""
@@ -510,7 +511,8 @@ def _shared_pass(
     needs = _Needs.of(needed)
     full_graph = needs.input_gradients or needs.guided or needs.relevance
     if full_graph:
-        inputs.requires_grad_(True)
+        for source in _as_sources(inputs):
+            source.requires_grad_(True)
     modules = [module for _, module in layers]
     with (
         capture_activations(modules, differentiable=needs.layer_gradients, full_graph=full_graph) as capture,
@@ -546,13 +548,13 @@ def _pass_gradients(
     needs: _Needs,
     layers: Sequence[tuple[str, nn.Module]],
     raw: Sequence[Tensor],
-    inputs: Tensor,
+    inputs: Tensor | list[Tensor],
     attention: AttentionCapture | None,
-) -> tuple[list[Tensor | None], Tensor | None]:
+) -> tuple[list[Tensor | None], Tensor | list[Tensor] | None]:
     """The target layers' gradients (``None`` each when no method needs them) and the input's, by one
     ``autograd.grad`` call that also reaches the first attention map when relevance is asked for."""
     layer_sources = raw if needs.layer_gradients else []
-    input_sources = [inputs] if needs.input_gradients else []
+    input_sources = _as_sources(inputs) if needs.input_gradients else []
     attention_sources = [attention.first] if needs.relevance and attention.first is not None else []
     gradients = _gradients_of(
         scores.sum(),
@@ -561,7 +563,12 @@ def _pass_gradients(
         retain_graph=needs.guided,
     )
     layer_gradients = gradients[: len(raw)] if needs.layer_gradients else [None] * len(raw)
-    return layer_gradients, gradients[len(layer_sources)] if needs.input_gradients else None
+    if not needs.input_gradients:
+        return layer_gradients, None
+    start = len(layer_sources)
+    if isinstance(inputs, list):
+        return layer_gradients, gradients[start : start + len(inputs)]
+    return layer_gradients, gradients[start]
 
 
 def _on_grids(layouts: Sequence[Layout], tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
@@ -569,12 +576,19 @@ def _on_grids(layouts: Sequence[Layout], tensors: Sequence[Tensor | None]) -> li
     return [None if t is None else layout.to_grid(t) for layout, t in zip(layouts, tensors, strict=True)]
 
 
-def _guided_gradient(scores: Tensor, inputs: Tensor, switch: GuidedSwitch) -> Tensor:
-    """The input gradient through the same graph once more, every ReLU passing only positive gradients."""
+def _guided_gradient(
+    scores: Tensor, inputs: Tensor | list[Tensor], switch: GuidedSwitch
+) -> Tensor | list[Tensor]:
+    """The input gradient through the same graph once more, every ReLU passing only positive gradients
+    (a list of images: one per image)."""
     switch.guided = True
-    (gradient,) = _gradients_of(scores.sum(), [inputs], [], retain_graph=False)
+    gradients = _gradients_of(scores.sum(), _as_sources(inputs), [], retain_graph=False)
     _warn_other_activations(switch.other_activations)
-    return gradient
+    return gradients if isinstance(inputs, list) else gradients[0]
+
+
+def _as_sources(inputs: Tensor | list[Tensor]) -> list[Tensor]:
+    return list(inputs) if isinstance(inputs, list) else [inputs]
 
 
 def _scored(targets: Targets, output: Any, batch: int) -> tuple[Scorer, Tensor]:
@@ -608,24 +622,58 @@ def _input_maps(
     seconds: dict[str, float],
 ) -> dict[str, Tensor | list[Tensor]]:
     """The maps of the input-level methods (saliency, guided backprop), the attention methods and the
-    ones combining maps (none of them for image lists, which take the layer methods only)."""
-    if not isinstance(inputs, Tensor):
-        return {}
-    size = placement.size
+    ones combining maps; on a list of images one image at a time, each map at its image's size."""
+    if isinstance(inputs, Tensor):
+        gradients = InputInputs(shared.input_gradient, shared.guided_gradient)
+        return _batch_input_maps(
+            needed, gradients, shared.attention, layer_maps, inputs, shared.scores, seconds
+        )
+    per_image = [
+        _batch_input_maps(
+            needed,
+            InputInputs(_item(shared.input_gradient, i), _item(shared.guided_gradient, i)),
+            None,
+            {name: value[i][None] for name, value in layer_maps.items()},
+            image[None],
+            shared.scores[i : i + 1],
+            seconds,
+        )
+        for i, image in enumerate(inputs)
+    ]
+    return {name: [maps[name][0] for maps in per_image] for name in per_image[0]}
+
+
+def _item(gradients: Tensor | list[Tensor] | None, index: int) -> Tensor | None:
+    """Image ``index``'s gradient ``[1, C, H, W]`` from a list of them (``None`` stays)."""
+    return None if gradients is None else gradients[index][None]
+
+
+def _batch_input_maps(
+    needed: Sequence[Method],
+    gradients: InputInputs,
+    attention: Any,
+    layer_maps: dict[str, Tensor | list[Tensor]],
+    images: Tensor,
+    scores: Tensor,
+    seconds: dict[str, float],
+) -> dict[str, Tensor]:
+    """The non-layer methods' maps for a batch of equal-size ``images`` (their time added to ``seconds``)."""
     gradients = InputInputs(
-        gradients=None if shared.input_gradient is None else at_least_float32(shared.input_gradient),
-        guided_gradients=None if shared.guided_gradient is None else at_least_float32(shared.guided_gradient),
+        None if gradients.gradients is None else at_least_float32(gradients.gradients),
+        None if gradients.guided_gradients is None else at_least_float32(gradients.guided_gradients),
     )
-    bad_images = ~finite_rows(inputs.detach()) | ~finite_rows(shared.scores.detach()[:, None])
+    bad_images = ~finite_rows(images.detach()) | ~finite_rows(scores.detach()[:, None])
     maps = dict(layer_maps)
     for method in needed:
         if method.kind == "layer":
             continue
         method_start = time.perf_counter()
-        inputs_of_kind = {"input": gradients, "attention": shared.attention, "combined": maps}
+        inputs_of_kind = {"input": gradients, "attention": attention, "combined": maps}
         raw = method.compute(inputs_of_kind[method.kind])
-        maps[method.name] = _normalized(method, raw, partial(normalize_maps, size=size), bad_images)
-        seconds[method.name] = time.perf_counter() - method_start
+        maps[method.name] = _normalized(
+            method, raw, partial(normalize_maps, size=images.shape[2:]), bad_images
+        )
+        seconds[method.name] = seconds.get(method.name, 0.0) + time.perf_counter() - method_start
     return {name: value for name, value in maps.items() if name not in layer_maps}
 
 
