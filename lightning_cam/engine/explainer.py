@@ -398,7 +398,7 @@ def explain_batch(
         )
         placement = _Placement(tuple(first.shape[-2:] if listed else first.shape[2:]), shared.canvas, listed)
         maps = _layer_maps(model, layer_methods, layers, shared, context, method_kwargs, placement, seconds)
-        maps |= _input_maps(needed, shared, maps, inputs, placement, seconds)
+        maps |= _input_maps(needed, shared, maps, inputs, seconds)
     return Explanation(
         maps={m.name: _on_device(maps[m.name], first.device) for m in requested},
         logits=shared.prediction.detach().float().to(first.device),
@@ -565,10 +565,8 @@ def _pass_gradients(
     layer_gradients = gradients[: len(raw)] if needs.layer_gradients else [None] * len(raw)
     if not needs.input_gradients:
         return layer_gradients, None
-    start = len(layer_sources)
-    if isinstance(inputs, list):
-        return layer_gradients, gradients[start : start + len(inputs)]
-    return layer_gradients, gradients[start]
+    per_input = gradients[len(layer_sources) : len(layer_sources) + len(input_sources)]
+    return layer_gradients, per_input if isinstance(inputs, list) else per_input[0]
 
 
 def _on_grids(layouts: Sequence[Layout], tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
@@ -588,6 +586,7 @@ def _guided_gradient(
 
 
 def _as_sources(inputs: Tensor | list[Tensor]) -> list[Tensor]:
+    """The tensors to differentiate with respect to: the batch, or each image of a list."""
     return list(inputs) if isinstance(inputs, list) else [inputs]
 
 
@@ -618,7 +617,6 @@ def _input_maps(
     shared: _SharedPass,
     layer_maps: dict[str, Tensor | list[Tensor]],
     inputs: Tensor | list[Tensor],
-    placement: _Placement,
     seconds: dict[str, float],
 ) -> dict[str, Tensor | list[Tensor]]:
     """The maps of the input-level methods (saliency, guided backprop), the attention methods and the
@@ -651,7 +649,7 @@ def _item(gradients: Tensor | list[Tensor] | None, index: int) -> Tensor | None:
 def _batch_input_maps(
     needed: Sequence[Method],
     gradients: InputInputs,
-    attention: Any,
+    attention: AttentionInputs | None,
     layer_maps: dict[str, Tensor | list[Tensor]],
     images: Tensor,
     scores: Tensor,
