@@ -9,7 +9,8 @@ ordered by one rule: a transformer (its repeated blocks output tokens or channel
 tries the first shape-keeping layer inside its last block (ViT, DeiT: ``norm1``; Swin: ``norm1``);
 a CNN its last candidate (``layer4`` on a ResNet, the last ReLU on VGG); then every other candidate
 from the last. A detector's candidates are its feature extractor's layers that every feature level its
-heads read depends on (SSD reads its first level before its deepest layers). No candidate: ``ValueError`` naming what was tried and why each was refused.
+heads read depends on (SSD reads its first level before its deepest layers). No candidate:
+``ValueError`` naming what was tried and why each was refused.
 """
 
 from __future__ import annotations

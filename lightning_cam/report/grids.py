@@ -283,6 +283,18 @@ def _tile_scale(height: int, width: int, min_tile: int) -> int:
     return max(1, -(-min_tile // min(height, width)))
 
 
+def _sized_tiles(flat: Tensor, min_tile: int, max_tile: int | None) -> Tensor:
+    """Tiles ``[N, 3, H, W]`` longer than ``max_tile`` scaled down (antialiased) to that length, then
+    small ones enlarged (nearest neighbour, integer factor) to at least ``min_tile``."""
+    height, width = flat.shape[-2:]
+    if max_tile is not None and max(height, width) > max_tile:
+        factor = max_tile / max(height, width)
+        height, width = max(1, round(height * factor)), max(1, round(width * factor))
+        flat = F.interpolate(flat, size=(height, width), mode="bilinear", antialias=True).clamp(0, 1)
+    scale = _tile_scale(height, width, min_tile)
+    return F.interpolate(flat, scale_factor=scale, mode="nearest") if scale > 1 else flat
+
+
 def render_table(
     tiles: Tensor,
     columns: Sequence[str],
@@ -301,19 +313,12 @@ def render_table(
     tile with its top left at ``(x, y)`` (the tiles' pixels, before scaling), black on ``BOX_COLOUR``.
     The tiles are assembled on their device; one ``uint8`` transfer to the host, then PIL writes the text."""
     rows, count, _, height, width = tiles.shape
-    original_width = width
-    flat = tiles.reshape(rows * count, 3, height, width)
-    if max_tile is not None and max(height, width) > max_tile:
-        factor = max_tile / max(height, width)
-        height, width = max(1, round(height * factor)), max(1, round(width * factor))
-        flat = F.interpolate(flat, size=(height, width), mode="bilinear", antialias=True).clamp(0, 1)
-    scale = _tile_scale(height, width, min_tile)
-    if scale > 1:
-        flat = F.interpolate(flat, scale_factor=scale, mode="nearest")
+    flat = _sized_tiles(tiles.reshape(rows * count, 3, height, width), min_tile, max_tile)
+    tile_h, tile_w = flat.shape[-2:]
     body = make_grid(flat, nrow=count, padding=padding, pad_value=1.0)
     pixels = (body * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # the one transfer
 
-    font_size = max(10, min(16, height * scale // 9))
+    font_size = max(10, min(16, tile_h // 9))
     font = _font(font_size)
     header = font_size + 8
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -322,7 +327,6 @@ def render_table(
     canvas = Image.new("RGB", (label_width + pixels.shape[1], pixels.shape[0] + header), "white")
     canvas.paste(Image.fromarray(pixels), (label_width, header))
     draw = ImageDraw.Draw(canvas)
-    tile_h, tile_w = height * scale, width * scale
     for index, name in enumerate(columns):
         left = label_width + padding + index * (tile_w + padding)
         draw.text((left + tile_w / 2, header / 2), name, fill="black", font=font, anchor="mm")
@@ -330,9 +334,7 @@ def render_table(
         top = header + padding + row * (tile_h + padding)
         draw.multiline_text((4, top + 2), caption, fill="black", font=font, spacing=2)
         if notes is not None:
-            _write_notes(
-                draw, notes[row], (label_width + padding, top), (tile_w, tile_h), tile_w / original_width
-            )
+            _write_notes(draw, notes[row], (label_width + padding, top), (tile_w, tile_h), tile_w / width)
     return Grid(
         picture=canvas,
         columns=tuple(columns),
