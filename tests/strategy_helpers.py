@@ -1,7 +1,13 @@
-"""A planted shortcut nobody drew a mask for: a 6x6 magenta tag in the top-left corner of 40 % of class
-0's images (48 px shapes on a plain background). A tagged image shows another class's shape, so the tag
-is the only way to its label: a model trained on them reads the tag. The control model is trained on the
-same images without the tag. Both are audited on the same tagged validation images."""
+"""Planted shortcuts nobody drew a mask for, of several shapes and places, and controls.
+
+A cue is drawn on 40 % of class 0's images (48 px shapes on a plain background), and such an image shows
+another class's shape, so the cue is the only way to its label: a model trained on them reads the cue.
+The cues (:data:`CUES`): a 6x6 magenta tag (top left, bottom left), a faint thin line along an edge (the
+bottom, the right), a caption of five small glyphs (bottom centre, top right) and a ring-shaped logo.
+The controls (:data:`CONTROLS`): no cue at all (``"none"``, the model trained without the tag: the tag is
+still drawn on the validation images, a cue it does not use), objects as small as the tag and no cue
+(``"small"``), a tag on 40 % of every class's images whatever the label (``"unused"``) and a global colour
+tint in place of the cue (``"tint"``: a cue of no place)."""
 
 from __future__ import annotations
 
@@ -14,31 +20,89 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_cam.demo.data import ShapesConfig, make_shapes
 from lightning_cam.demo.model import SmallCNN
 
-TAG_COLOUR = torch.tensor([1.0, 0.0, 1.0]).view(3, 1, 1)
+SIZE = 48
+BACKGROUND = 0.35
+TAG_COLOUR = (1.0, 0.0, 1.0)
 TAG = (slice(2, 8), slice(2, 8))
+GLYPHS = (  # five 3x5 glyphs: L, C, A, M, 7
+    ("100", "100", "100", "100", "111"),
+    ("111", "100", "100", "100", "111"),
+    ("010", "101", "111", "101", "101"),
+    ("101", "111", "111", "101", "101"),
+    ("111", "001", "010", "010", "010"),
+)
 
 
-def planted(num: int, seed: int, tag: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``(images [N, 3, 48, 48], labels [N], tagged [N] bool)``."""
+def _box(rows: slice, columns: slice) -> Tensor:
+    mask = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    mask[rows, columns] = True
+    return mask
+
+
+def _caption(top: int, left: int) -> Tensor:
+    """Five 3x5 glyphs in a row, a pixel apart, their top left corner at (top, left)."""
+    mask = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    for number, glyph in enumerate(GLYPHS):
+        bits = torch.tensor([[c == "1" for c in row] for row in glyph])
+        mask[top : top + 5, left + 4 * number : left + 4 * number + 3] = bits
+    return mask
+
+
+def _ring(row: int, column: int, outer: float = 4.5, inner: float = 2.5) -> Tensor:
+    grid = torch.arange(SIZE, dtype=torch.float32) + 0.5
+    distance = ((grid.view(-1, 1) - row) ** 2 + (grid.view(1, -1) - column) ** 2).sqrt()
+    return (distance <= outer) & (distance >= inner)
+
+
+CUES: dict[str, tuple[Tensor, tuple[float, float, float]]] = {
+    "tag": (_box(TAG[0], TAG[1]), TAG_COLOUR),
+    "tag_bottom_left": (_box(slice(40, 46), slice(2, 8)), TAG_COLOUR),
+    "line_bottom": (_box(slice(46, 48), slice(0, SIZE)), (0.55, 0.55, 0.55)),
+    "line_right": (_box(slice(0, SIZE), slice(46, 48)), (0.5, 0.5, 0.6)),
+    "text_bottom": (_caption(41, 14), (0.05, 0.05, 0.05)),
+    "text_top_right": (_caption(2, 27), (0.95, 0.95, 0.2)),
+    "logo": (_ring(40, 40), (0.1, 0.8, 0.9)),
+}
+CONTROLS = ("none", "small", "unused", "tint")
+TINT = torch.tensor([0.25, 0.0, -0.2]).view(3, 1, 1)
+
+
+def planted(num: int, seed: int, cue: str = "tag") -> tuple[Tensor, Tensor, Tensor]:
+    """``(images [N, 3, 48, 48], labels [N], cued [N] bool)``: ``cue`` one of :data:`CUES` or
+    :data:`CONTROLS` (``"none"`` marks the tag's images without drawing it)."""
     generator = torch.Generator().manual_seed(seed + 100)
     labels = torch.randint(4, (num,), generator=generator)
-    tagged = (labels == 0) & (torch.rand(num, generator=generator) < 0.4)
-    shapes = torch.where(tagged, torch.randint(1, 4, (num,), generator=generator), labels)
-    data = make_shapes(ShapesConfig(num, None, 48, cue_size=0, seed=seed))
+    chosen = torch.rand(num, generator=generator) < 0.4
+    cued = chosen if cue == "unused" else (labels == 0) & chosen
+    swapped = torch.randint(1, 4, (num,), generator=generator)
+    shapes = labels if cue in ("none", "small", "unused") else torch.where(cued, swapped, labels)
+    size = (0.05, 0.08) if cue == "small" else (0.14, 0.24)
+    data = make_shapes(ShapesConfig(3 * num, None, SIZE, cue_size=0, object_size=size, seed=seed))
     objects = data["object"][:, None]
-    drawn = data["image"] * objects + 0.35 * (1 - objects)  # each shape on a plain background
-    pool = {c: (data["label"] == c).nonzero().flatten() for c in range(4)}
-    images = drawn[torch.stack([pool[int(s)][i % len(pool[int(s)])] for i, s in enumerate(shapes)])]
-    if tag:
-        images[tagged, :, TAG[0], TAG[1]] = TAG_COLOUR
-    return images, labels, tagged
+    drawn = data["image"] * objects + BACKGROUND * (1 - objects)  # each shape on a plain background
+    order = torch.cat([(data["label"] == c).nonzero().flatten() for c in range(4)])
+    rank = torch.zeros(
+        num, dtype=torch.long
+    )  # the k-th image showing shape s takes that shape's k-th drawing
+    for c in range(4):
+        rank[shapes == c] = torch.arange(int((shapes == c).sum()))
+    starts = torch.cat(
+        [torch.zeros(1, dtype=torch.long), (data["label"] == torch.arange(4)[:, None]).sum(1).cumsum(0)]
+    )
+    images = drawn[order[starts[shapes] + rank]]  # every object drawn once: no two images alike
+    if cue == "tint":
+        images[cued] = (images[cued] + TINT).clamp(0, 1)
+    elif cue in CUES or cue == "unused":
+        mask, colour = CUES["tag" if cue == "unused" else cue]
+        images[cued] = torch.where(mask, torch.tensor(colour).view(3, 1, 1), images[cued])
+    return images, labels, cued
 
 
-def planted_model(seed: int, tag: bool, epochs: int = 8) -> SmallCNN:
+def planted_model(seed: int, cue: str = "tag", epochs: int = 8) -> SmallCNN:
     """The demo CNN (width 8) trained with Adam on 1,024 planted images (a few seconds), its BatchNorm
-    statistics recalibrated."""
+    statistics recalibrated. ``cue="none"``: trained on the same images without any cue."""
     torch.manual_seed(seed)
-    images, labels, _ = planted(1024, seed, tag)
+    images, labels, _ = planted(1024, seed, cue)
     model = SmallCNN(width=8)
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)
     loader = DataLoader(
@@ -69,10 +133,11 @@ def recalibrated(model: SmallCNN, loader: DataLoader) -> SmallCNN:
     return model.eval()
 
 
-def planted_validation() -> tuple[DataLoader, Tensor]:
-    """240 tagged validation images (batches of 60) and which of them carry the tag."""
-    images, labels, tagged = planted(240, 1000, True)
-    return DataLoader(TensorDataset(images, labels), batch_size=60), tagged
+def planted_validation(cue: str = "tag") -> tuple[DataLoader, Tensor]:
+    """240 validation images (batches of 60) with ``cue`` planted as in training (``"none"``: the tag,
+    which that model never saw), and which of them carry it."""
+    images, labels, cued = planted(240, 1000, "tag" if cue == "none" else cue)
+    return DataLoader(TensorDataset(images, labels), batch_size=60), cued
 
 
 class PlantedClassifier(TinyClassifier):
@@ -85,8 +150,8 @@ class PlantedClassifier(TinyClassifier):
         return torch.optim.Adam(self.parameters(), 3e-3)
 
 
-def planted_train_loader(seed: int) -> DataLoader:
-    images, labels, _ = planted(1024, seed, True)
+def planted_train_loader(seed: int, cue: str = "tag") -> DataLoader:
+    images, labels, _ = planted(1024, seed, cue)
     return DataLoader(
         TensorDataset(images, labels),
         batch_size=32,

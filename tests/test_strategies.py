@@ -11,12 +11,21 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, trainer
-from strategy_helpers import TAG, PlantedClassifier, planted_model, planted_train_loader, planted_validation
+from strategy_helpers import (
+    CUES,
+    TAG,
+    PlantedClassifier,
+    planted_model,
+    planted_train_loader,
+    planted_validation,
+)
+from torch import Tensor
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
+from lightning_cam.auditing.patterns import FLOOR, pattern_region, repeated_map, repetition
 from lightning_cam.auditing.spray import cluster_maps, small_maps
-from lightning_cam.auditing.strategies import Strategy, strategy_scalars
+from lightning_cam.auditing.strategies import TAGGED_STRATEGIES, Strategy, strategy_report, strategy_scalars
 
 
 def test_small_maps_have_unit_mass_and_flat_maps_are_nan() -> None:
@@ -62,32 +71,61 @@ def strategy(**changes: object) -> Strategy:
         "mean_map": torch.zeros(48, 48),
         "region": region,
         "region_area": 18 / 2304,
+        "on_pattern": True,
         "prototypes": [4],
         "prototype_images": torch.zeros(1, 3, 48, 48),
+        "repetition": 0.9,
         "occlusion_drop": 0.25,
+        "transplant_gain": 0.75,
         "flip_rate": 0.9,
-        "flagged": True,
+        "reliance": 0.5,
+        "evidence": 0.45,
+        "flagged": False,
     }
     return Strategy(**(values | changes))  # type: ignore[arg-type]
 
 
-def test_scalars_and_words_of_strategies() -> None:
+def test_scalars_words_and_verdicts_of_strategies() -> None:
     found = [
-        strategy(),
-        strategy(number=1, size=6, flagged=False, flip_rate=float("nan")),
-        strategy(class_name="a/b"),
+        strategy(flagged=True, evidence=0.6),
+        strategy(number=1, size=6, evidence=0.1),
+        strategy(number=2, evidence=float("nan"), transplant_gain=float("nan"), unknown="pasting: none"),
+        strategy(class_name="a/b", on_pattern=False),
     ]
+    assert [s.verdict for s in found] == ["shortcut suspect", "no", "cannot tell", "no"]
+    assert strategy(evidence=0.3).verdict == "leans on it"  # partial reliance on a repeated pattern
+    assert strategy(evidence=0.3, region_area=0.5).verdict == "global difference"  # no place to point at
+    assert strategy(evidence=0.3, transplant_gain=0.0, occlusion_drop=0.7).verdict == "no"  # pasting moves nothing
     scalars = strategy_scalars(found)
-    assert scalars["audit/strategies/flagged"] == 2
-    assert scalars["audit/strategies/disk/count"] == 2 and scalars["audit/strategies/a_b/count"] == 1
-    assert scalars["audit/strategies/disk/1/size"] == 6 and math.isnan(
-        scalars["audit/strategies/disk/1/flip_rate"]
-    )
+    assert scalars["audit/strategies/flagged"] == 1 and scalars["audit/strategies/count"] == 4
+    assert scalars["audit/strategies/cannot_tell"] == 1
+    assert scalars["audit/strategies/evidence_max"] == pytest.approx(0.6)
+    assert scalars["audit/strategies/disk/1/size"] == 6 and scalars["audit/strategies/a_b/0/evidence"] == 0.45
+    assert math.isnan(scalars["audit/strategies/disk/2/evidence"])
     assert found[0].words() == (
-        "class `disk`, 2 images (25%): attention on a 0.8% patch at the top left; pasting it turns 90% more of "
-        "other classes' images into `disk` than other content there does; covering it drops their confidence "
-        "by 0.25: shortcut suspect"
+        "class `disk`, 2 images (25%): attention on a pattern repeated in these images, a 0.8% region at the "
+        "top left (repetition 0.90); covering it drops their confidence by 0.25; pasting it raises other "
+        "classes' images' probability of `disk` by 0.75 and turns 90% more of them than other content there "
+        "does: evidence 0.60, shortcut suspect"
     )
+    assert found[2].words().endswith("pasting it cannot be tested: evidence n/a, cannot tell (pasting: none)")
+    assert "with no pattern repeated across these images" in found[3].words()
+
+
+def test_tags_stay_few_at_many_classes_and_the_report_says_what_was_tested() -> None:
+    many = [strategy(class_name=f"c{i}", evidence=i / 100) for i in range(40)]
+    scalars = strategy_scalars(many)
+    assert len([tag for tag in scalars if tag.endswith("/evidence")]) == TAGGED_STRATEGIES
+    assert "audit/strategies/c39/0/evidence" in scalars and "audit/strategies/c0/0/evidence" not in scalars
+    report = strategy_report(many)
+    assert [row[0] for row in report.rows[:2]] == ["c39", "c38"]  # by evidence
+    assert sum("leans on it" in line for line in report.readings) == 40 - 20  # evidence 0.20 to 0.39
+    assert report.readings[-1].startswith("no shortcut suspect among 40 strategies over 1 classes: tested")
+    assert "the highest is 0.39 (class `c39`" in report.readings[-1]
+    unknown = strategy_report([strategy(evidence=float("nan"), unknown="repetition: fewer than 4 images")])
+    assert unknown.readings == [
+        "cannot tell for 1 of 1 strategies: class `disk` #0 (repetition: fewer than 4 images)"
+    ]
 
 
 @pytest.mark.slow
@@ -146,3 +184,36 @@ def test_the_monitor_finds_the_planted_tag_and_puts_it_on_the_page(tmp_path: Pat
 def test_strategies_need_the_audit() -> None:
     with pytest.raises(ValueError, match=r"CAMMonitor\(audit=True, strategies=True\)"):
         CAMMonitor(strategies=True)
+
+
+def test_repeated_map_by_hand() -> None:
+    members = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.5]]).view(3, 1, 1, 2)
+    others = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.5]]).view(3, 1, 1, 2)
+    # pixel 0: the members all 1 (spread 0), the others all 0 (separation 1); pixel 1: both sets 0, 1, 0.5
+    # around the members' median 0.5 (squared distances 0.25, 0.25, 0: median 0.25 for both); the floor:
+    # FLOOR x the others' mean variance per pixel, (0 + 1/6) / 2
+    floor = FLOOR / 12
+    expected = torch.tensor([[1 / (1 + floor), 0.25 / (0.25 + 0.25 + floor)]])
+    torch.testing.assert_close(repeated_map(members, others), expected)
+    same = torch.full((4, 3, 2, 2), 0.35)  # a pixel alike in every image is no pattern
+    assert repeated_map(same, same).eq(0).all()
+
+
+def test_the_pattern_region_is_the_whole_pattern_the_attention_touches() -> None:
+    caption = CUES["text_bottom"][0]
+    repeated = caption.float().clone()
+    repeated[5:8, 5:8] = 1.0  # another pattern, elsewhere
+    attention = torch.zeros(48, 48, dtype=torch.bool)
+    attention[40:46, 12:16] = True  # the maps saw the first glyph only
+    region = pattern_region(repeated, attention, 2)
+    assert bool(region[caption].all())  # every glyph: the gaps between them are bridged
+    assert not region[5:8, 5:8].any()  # a pattern the attention does not touch is not this strategy's
+    assert int(region.sum()) <= int(_grown(caption).sum())  # the glyphs and a one-pixel margin, no more
+    assert not pattern_region(repeated, ~_grown(_grown(repeated >= 0.5)), 0).any()  # attention off it: empty
+    weights = torch.zeros(48, 48)
+    weights[42, 14], weights[20, 20] = 3.0, 1.0
+    assert repetition(repeated, weights, 2) == pytest.approx(0.75)
+
+
+def _grown(mask: Tensor) -> Tensor:
+    return torch.nn.functional.max_pool2d(mask[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0

@@ -36,6 +36,7 @@ class ShapesConfig:
         image_size: side of the square images.
         cue_size: side of the square tag in the top-left corner; 0 for no tag.
         single_shape: draw every class with the same shape (a disk), so only the cue is informative.
+        object_size: the shapes' radius, drawn uniformly between these fractions of the side.
         show_cue: draw the tag; with ``False`` the ``cue`` mask still marks where it would be.
         seed: the generator's seed (the global RNGs are not touched).
     """
@@ -45,6 +46,7 @@ class ShapesConfig:
     image_size: int = 64
     cue_size: int = 8
     single_shape: bool = False
+    object_size: tuple[float, float] = (0.14, 0.24)
     show_cue: bool = True
     seed: int = 0
 
@@ -80,7 +82,7 @@ def make_shapes(config: ShapesConfig) -> dict[str, Tensor]:
     )
     background = (background + uniform(n, 3, size, size, low=-0.12, high=0.12)).clamp(0, 1)
 
-    radius = uniform(n, low=size * 0.14, high=size * 0.24)
+    radius = uniform(n, low=size * config.object_size[0], high=size * config.object_size[1])
     margin = radius + 2
     cx = margin + uniform(n) * (size - 2 * margin)
     cy = margin + uniform(n) * (size - 2 * margin)

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from difflib import get_close_matches
 
-__all__ = ["Alert", "AlertEvent", "crossed_alerts", "parse_alerts"]
+__all__ = ["Alert", "AlertEvent", "crossed_alerts", "dead_tags_message", "parse_alerts"]
 
 
 @dataclass(frozen=True)
@@ -86,18 +86,32 @@ def crossed_alerts(
 
 LATER_TAGS = ("/drift", "/deletion_auc", "/insertion_auc", "/road", "/randomization_spearman")
 """Tag endings a first check may not log yet (drift needs a previous check; the trust metrics run
-every n-th check); an ``audit/`` tag comes with the audit."""
+every n-th check)."""
 
 
-def dead_tags_message(wanted: Mapping[str, list[str]], scalars: Mapping[str, float]) -> str | None:
+def later_tag(tag: str) -> bool:
+    """A tag that a first check may not log yet (:data:`LATER_TAGS`)."""
+    return tag.endswith(LATER_TAGS)
+
+
+def per_strategy_tag(tag: str, root: str) -> bool:
+    """``<root>/strategies/<class>/<k>/<figure>``: logged only while that strategy is flagged or among the
+    highest evidence, so an audit may lack it and a later one log it."""
+    parts = tag.removeprefix(f"{root}/strategies/").split("/")
+    return tag.startswith(f"{root}/strategies/") and len(parts) == 3
+
+
+def dead_tags_message(
+    wanted: Mapping[str, list[str]],
+    scalars: Mapping[str, float],
+    pending: Callable[[str], bool] = later_tag,
+    logged_by: str = "the first check",
+) -> str | None:
     """A warning naming the tags that alerts or other callbacks (``ModelCheckpoint``, ``EarlyStopping``)
-    wait for and that the first check's ``scalars`` lack (each with the closest tags that exist), or
-    ``None`` when every one is logged. ``wanted``: tag -> who waits for it (``"alerts"``, a callback)."""
-    missing = {
-        tag: users
-        for tag, users in wanted.items()
-        if tag not in scalars and not tag.startswith("audit/") and not tag.endswith(LATER_TAGS)
-    }
+    wait for and that ``scalars`` (what ``logged_by`` logged) lack, each with the closest tags that exist;
+    ``None`` when every one is logged. ``wanted``: tag -> who waits for it (``"alerts"``, a callback);
+    ``pending``: the tags that may come later, not named."""
+    missing = {tag: users for tag, users in wanted.items() if tag not in scalars and not pending(tag)}
     if not missing:
         return None
     named = "; ".join(
@@ -106,7 +120,7 @@ def dead_tags_message(wanted: Mapping[str, list[str]], scalars: Mapping[str, flo
         for tag, users in missing.items()
     )
     return (
-        f"CAMMonitor: the first check logged no scalar {named}: a mask name the batches do not carry, or a "
-        f"method that is not run? Such an alert can never fire, and a ModelCheckpoint or EarlyStopping "
-        f"monitoring the tag will fail when it looks for it."
+        f"CAMMonitor: {logged_by} logged no scalar {named}: a mask name the batches do not carry, a method "
+        f"that is not run, or an audit tag without audit=True? Such an alert can never fire, and a "
+        f"ModelCheckpoint or EarlyStopping monitoring the tag will fail when it looks for it."
     )

@@ -13,7 +13,7 @@ from typing_extensions import override
 from lightning_cam.auditing import AuditResult
 from lightning_cam.batches import FixedBatch, Unpacked, missing_groups_message, unpack_batch
 from lightning_cam.engine.layers import TargetLayer
-from lightning_cam.monitor.alerts import dead_tags_message
+from lightning_cam.monitor.alerts import dead_tags_message, later_tag, per_strategy_tag
 from lightning_cam.monitor.check import run_check
 from lightning_cam.monitor.config import MonitorConfig, TargetChoice
 from lightning_cam.monitor.faults import Faults
@@ -21,6 +21,7 @@ from lightning_cam.monitor.fit_audit import audit_in_fit
 from lightning_cam.monitor.history import AttentionHistory
 from lightning_cam.monitor.publish import Publisher
 from lightning_cam.monitor.sampling import Capture
+from lightning_cam.monitor.suspects import SuspectHistory
 from lightning_cam.monitor.trainer_io import (
     autocast_dtype,
     check_strategy,
@@ -195,6 +196,7 @@ class CAMMonitor(Callback):
         self.checks, self.last_check_step = 0, -1
         self.fired_alerts: set[str] = set()
         self.audit_result: AuditResult | None = None
+        self.suspects = SuspectHistory()
         self.fit_started_at = (
             -1
         )  # the global step this fit started at: a fit that trains nothing adds nothing
@@ -291,6 +293,7 @@ class CAMMonitor(Callback):
             "history": self.history.state_dict(),
             "fired_alerts": sorted(self.fired_alerts),
             "record": self.publisher.record.state_dict(),
+            "suspects": self.suspects.state_dict(),
         }
 
     @override
@@ -302,6 +305,7 @@ class CAMMonitor(Callback):
         self.history.load_state_dict(state_dict.get("history", {}))
         self.fired_alerts = set(state_dict.get("fired_alerts", []))
         self.publisher.record.load_state_dict(state_dict.get("record", {}))
+        self.suspects.load_state_dict(state_dict.get("suspects", {}))
 
     def flush(self) -> None:
         """Wait until every image of the checks so far is written (the end of ``fit`` does this)."""
@@ -319,28 +323,59 @@ class CAMMonitor(Callback):
             except Exception as error:  # raised only when strict; shared so that no rank waits
                 failure = error
         scalars = share_scalars(trainer, scalars, failure)
-        dead = dead_tags_message(self._wanted_tags(trainer), scalars) if scalars else None
-        if dead is not None and trainer.is_global_zero:
-            self.faults.warn_once("dead alerts", dead)
+        root = self.config.audit_root
+        audited = self.config.audit
+        self._say_dead_tags(
+            trainer, scalars, lambda tag: later_tag(tag) or (audited and tag.startswith(f"{root}/")), "check"
+        )
         raise_alerts(trainer, self.config, scalars, self.fired_alerts, self.publisher)
         return scalars
 
     def run_audit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> AuditResult | None:
-        """The full audit of the validation set, on every rank (collective); rank 0 publishes it."""
+        """The full audit of the validation set, on every rank (collective); rank 0 publishes it. Every
+        rank holds the same figures, so alerts on its tags fire (and stop the fit) on every rank alike."""
         self.publisher.attach(trainer.loggers, trainer.default_root_dir)
+        result = None
         with self.faults.guard("audit"):
             network = explained_network(pl_module, self.config, self.faults)
-            self.audit_result = audit_in_fit(trainer, network, self.config)
+            result = self.audit_result = audit_in_fit(trainer, network, self.config)
+            step = trainer.global_step
+            if self.config.strategies:
+                self.suspects.add(trainer.current_epoch, step, result.strategies)
             if trainer.is_global_zero:
-                self.publisher.publish_audit(self.audit_result, trainer.global_step)
+                self.publisher.publish_audit(result, step)
+                if self.config.strategies:
+                    self.publisher.publish_suspects(self.suspects, step)
+        if result is not None:
+            root = self.config.audit_root
+            scalars = result.scalars(root)
+            wanted = {tag for tag in self._wanted_tags(trainer) if tag.startswith(f"{root}/")}
+            self._say_dead_tags(
+                trainer, scalars, lambda tag: tag not in wanted or per_strategy_tag(tag, root), "audit"
+            )
+            raise_alerts(trainer, self.config, scalars, self.fired_alerts, self.publisher)
         return self.audit_result
+
+    def _say_dead_tags(
+        self, trainer: pl.Trainer, scalars: dict[str, float], pending: Callable[[str], bool], by: str
+    ) -> None:
+        """Warn once (per kind: check, audit) about the tags waited for that the first one did not log."""
+        dead = (
+            dead_tags_message(self._wanted_tags(trainer), scalars, pending, f"the first {by}")
+            if scalars
+            else None
+        )
+        if dead is not None and trainer.is_global_zero:
+            self.faults.warn_once(f"dead {by} tags", dead)
 
     def _wanted_tags(self, trainer: pl.Trainer) -> dict[str, list[str]]:
         """This monitor's tags that its alerts and other callbacks' ``monitor`` wait for, and who waits."""
         wanted: dict[str, list[str]] = {rule.tag: ["an alert"] for rule in self.config.alert_rules}
         for callback in trainer.callbacks:
             tag = getattr(callback, "monitor", None)
-            if isinstance(tag, str) and tag.startswith(f"{self.config.name}/"):
+            if isinstance(tag, str) and tag.startswith(
+                (f"{self.config.name}/", f"{self.config.audit_root}/")
+            ):
                 wanted.setdefault(tag, []).append(f"{type(callback).__name__}(monitor={tag!r})")
         return wanted
 

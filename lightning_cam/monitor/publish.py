@@ -16,13 +16,14 @@ from torch import Tensor
 
 from lightning_cam import metrics
 from lightning_cam.auditing import AuditResult
-from lightning_cam.auditing.strategies import Strategy, strategy_report
+from lightning_cam.auditing.strategies import Strategy, strategy_rank, strategy_report
 from lightning_cam.batches import FixedBatch
 from lightning_cam.engine.targets import num_classes
 from lightning_cam.monitor.check import CheckResult, TargetResult
 from lightning_cam.monitor.config import MonitorConfig
 from lightning_cam.monitor.faults import Faults
 from lightning_cam.monitor.history import AttentionHistory, series_key
+from lightning_cam.monitor.suspects import SuspectHistory
 from lightning_cam.monitor.tasks import infer_task, task_view
 from lightning_cam.report import REPORT_FILE, RunRecord, write_report
 from lightning_cam.report.grids import (
@@ -251,28 +252,47 @@ class Publisher:
         self._publish_images({f"{root}/mean_maps": grid}, step)
         if result.strategies:
             self.publish_report(f"{root}/strategies", strategy_report(result.strategies), step)
-            self._publish_images({f"{root}/strategies/prototypes": self._prototypes(result.strategies)}, step)
+            shown = sorted(result.strategies, key=strategy_rank)
+            self._publish_images({f"{root}/strategies/prototypes": self._prototypes(shown)}, step)
 
     def _prototypes(self, strategies: list[Strategy]) -> Grid:
-        """A row per strategy (flagged first, at most 8): its prototypes with its region outlined."""
-        config, shown = self.config, sorted(strategies, key=lambda s: not s.flagged)[:PROTOTYPE_ROWS]
-        count = max(len(s.prototype_images) for s in shown)
-        tiles = []
-        for strategy in shown:
-            images = display_images(
-                strategy.prototype_images, config.image_mean, config.image_std, config.display_channel
-            )
-            blank = torch.ones(count - len(images), *images.shape[1:])
-            tiles.append(torch.cat([images, blank]))
-        regions = torch.stack([s.region for s in shown])
+        """A row per strategy (flagged first, then by evidence, at most 8): its prototypes with its region
+        outlined."""
+        shown = strategies[:PROTOTYPE_ROWS]  # strategy_report's order
         captions = [
-            f"{s.class_name} #{s.number}\n{s.size} images" + ("\nshortcut suspect" if s.flagged else "")
+            f"{s.class_name} #{s.number}\n{s.size} images\nevidence {s.evidence:.2f}"
+            + ("\nshortcut suspect" if s.flagged else "")
             for s in shown
         ]
+        return self._outlined_rows([s.prototype_images for s in shown], [s.region for s in shown], captions)
+
+    def publish_suspects(self, history: SuspectHistory, step: int) -> None:
+        """The run's shortcut suspects so far (``<audit root>/strategies/run``: first and last seen, still
+        flagged?) and their prototypes when last flagged (``.../run_prototypes``)."""
+        root = self.config.audit_root
+        self.publish_report(f"{root}/strategies/run", history.report(), step)
+        suspects = history.suspects[:PROTOTYPE_ROWS]
+        if suspects:
+            captions = [
+                f"{s.class_name}\nepochs {s.seen[0][0]}-{s.seen[-1][0]}"
+                + ("\nstill flagged" if history.still_flagged(s) else "\nnot flagged now")
+                for s in suspects
+            ]
+            grid = self._outlined_rows(
+                [s.prototype_images for s in suspects], [s.region for s in suspects], captions
+            )
+            self._publish_images({f"{root}/strategies/run_prototypes": grid}, step)
+
+    def _outlined_rows(self, images: list[Tensor], regions: list[Tensor], captions: list[str]) -> Grid:
+        """A row per entry: its images (blank tiles fill short rows) with its region outlined."""
+        config, count = self.config, max(len(row) for row in images)
+        tiles = []
+        for row in images:
+            shown = display_images(row, config.image_mean, config.image_std, config.display_channel)
+            tiles.append(torch.cat([shown, torch.ones(count - len(shown), *shown.shape[1:])]))
         columns = [f"prototype {i + 1}" for i in range(count)]
-        return render_table(
-            outline(torch.stack(tiles), regions), columns, captions, max_tile=config.max_tile_size
-        )
+        outlined = outline(torch.stack(tiles), torch.stack(regions))
+        return render_table(outlined, columns, captions, max_tile=config.max_tile_size)
 
     def publish_summary(self, summary: dict[str, object], step: int) -> None:
         """The run's summary (model, layer, methods, ...) for the page, logged as text so that a rebuilt page has it."""

@@ -166,11 +166,12 @@ def overlay(
 
 
 def outline(tiles: Tensor, regions: Tensor) -> Tensor:
-    """Draw the boundary of each row's region ``[B, H, W]`` in white on its tiles ``[B, T, 3, H, W]``."""
+    """Draw the boundary of each row's region ``[B, H, W]`` on its tiles ``[B, T, 3, H, W]``: white on the
+    region's edge pixels and black on the pixels just outside, so the line shows on any colour."""
     inside = regions[:, None].float()
-    outside_near = F.max_pool2d(1 - inside, 3, stride=1, padding=1)
-    edge = (inside * outside_near > 0)[:, None]  # [B, 1, 1, H, W]
-    return torch.where(edge, torch.ones_like(tiles), tiles)
+    inner = (inside * F.max_pool2d(1 - inside, 3, stride=1, padding=1) > 0)[:, None]  # [B, 1, 1, H, W]
+    outer = ((1 - inside) * F.max_pool2d(inside, 3, stride=1, padding=1) > 0)[:, None]
+    return torch.where(inner, torch.ones_like(tiles), torch.where(outer, torch.zeros_like(tiles), tiles))
 
 
 BOX_COLOUR = (1.0, 0.85, 0.0)

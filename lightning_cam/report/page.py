@@ -77,7 +77,8 @@ def _summary(record: RunRecord) -> str:
 
 def _verdicts(record: RunRecord) -> str:
     sources = [
-        ("Strategies the model uses (no mask needed)", "audit/strategies"),
+        ("Shortcut suspects over the run (every audit's strategies)", "audit/strategies/run"),
+        ("Strategies the model uses at the last audit (no mask needed)", "audit/strategies"),
         ("The full audit: every validation image, with 95 % intervals", "audit/table"),
         ("The fixed samples over training: last check, first check and peak", "bias_report"),
     ]
@@ -202,6 +203,7 @@ def _tables(record: RunRecord) -> str:
         "trust_report": "Trust: which map to believe",
         "table": "Full audit",
         "strategies": "Strategies the model uses",
+        "run": "Shortcut suspects over the run",
         "alerts": "Alerts",
     }
     parts = [

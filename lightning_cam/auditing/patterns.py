@@ -1,0 +1,99 @@
+"""A pattern repeated at one place across a strategy's images: what sets a shortcut apart from an object.
+
+An object moves, turns, changes size and colour from image to image; a shortcut (a tag, a caption, a
+watermark, a ruler, a line along an edge) is the same pixels at the same place in every image that
+carries it, whatever the object does. Per pixel ``p``, with the strategy's images ``x_i`` (members),
+their per-channel median ``c(p)`` (their common content there) and other classes' images ``y_j``:
+
+- ``spread(p) = median_i |x_i(p) - c(p)|^2``: how far a typical member is from the common content;
+- ``separation(p) = median_j |y_j(p) - c(p)|^2``: how far a typical other image is from it (a median,
+  so that the few other images whose object happens to lie there do not make a plain background
+  look like a pattern);
+- ``repeated(p) = separation / (separation + spread + floor)`` in ``[0, 1]``, the squares summed over
+  channels, ``floor`` = :data:`FLOOR` times the others' mean variance per pixel (a difference far below
+  the images' own variation is no pattern, and a pixel the same in every image is none either).
+
+A pixel is **on the pattern** where ``repeated >= 0.5``. Pure functions of tensors, on their device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+
+__all__ = ["FLOOR", "ON_PATTERN", "pattern_region", "repeated_map", "repetition"]
+
+FLOOR = 0.05
+ON_PATTERN = 0.5
+
+
+def repeated_map(members: Tensor, others: Tensor) -> Tensor:
+    """``[H, W]`` in ``[0, 1]``: how much each pixel of the members ``[n, C, H, W]`` holds one content that
+    the others ``[m, C, H, W]`` lack there (see the module's docstring).
+
+    Example::
+
+        >>> members, others = torch.rand(6, 3, 8, 8), torch.rand(6, 3, 8, 8)
+        >>> members[:, :, 0, 0] = 1.0  # the same pixel in every member
+        >>> others[:, :, 0, 0] = 0.0
+        >>> bool(repeated_map(members, others)[0, 0] > 0.99), bool(repeated_map(members, others)[4, 4] < 0.5)
+        (True, True)
+    """
+    members, others = members.float(), others.float()
+    centre = members.median(dim=0).values
+    spread = (members - centre).pow(2).sum(dim=1).median(dim=0).values
+    separation = (others - centre).pow(2).sum(dim=1).median(dim=0).values
+    floor = FLOOR * others.var(dim=0, unbiased=False).sum(dim=0).mean().clamp(min=1e-6)
+    return separation / (separation + spread + floor)
+
+
+def _dilated(region: Tensor, width: int) -> Tensor:
+    """``region`` ``[H, W]`` bool grown by ``width`` pixels (a square neighbourhood)."""
+    if width <= 0:
+        return region
+    return F.max_pool2d(region[None, None].float(), 2 * width + 1, stride=1, padding=width)[0, 0] > 0
+
+
+def pattern_region(repeated: Tensor, attention: Tensor, cell: int) -> Tensor:
+    """``[H, W]`` bool: the whole pattern the attention sits on. Its seeds are the pixels on the pattern
+    within ``cell`` pixels of the attention region ``attention`` ``[H, W]`` (the maps' resolution);
+    from them it grows along pixels on the pattern, bridging gaps of up to two pixels (a caption's
+    glyphs are one pattern), with a one-pixel margin. Empty where the attention sits on no pattern.
+
+    Example::
+
+        >>> repeated = torch.zeros(8, 8)
+        >>> repeated[7, :] = 1.0  # a line along the bottom edge
+        >>> attention = torch.zeros(8, 8, dtype=torch.bool)
+        >>> attention[6:, :2] = True  # the maps saw its left end
+        >>> pattern_region(repeated, attention, 1)[6:].sum().item()  # the whole line, and its margin
+        16
+    """
+    allowed = _dilated(repeated >= ON_PATTERN, 1)
+    region = allowed & _dilated(attention, cell) & (repeated >= ON_PATTERN)
+    for _ in range(sum(region.shape)):
+        grown = _dilated(region, 1) & allowed
+        if torch.equal(grown, region):
+            break
+        region = grown
+    return region
+
+
+def repetition(repeated: Tensor, weights: Tensor, cell: int) -> float:
+    """The share of the attention ``weights`` ``[H, W]`` (non-negative) that lies within ``cell`` pixels of
+    the pattern: ``sum(weights * maxpool(repeated)) / sum(weights)``. The max-pool forgives the maps'
+    coarse resolution: attention on the cell that holds a tag is attention on the tag. NaN without weight.
+
+    Example::
+
+        >>> repeated = torch.zeros(8, 8)
+        >>> repeated[0, 0] = 1.0
+        >>> weights = torch.zeros(8, 8)
+        >>> weights[0, 1], weights[6, 6] = 3.0, 1.0
+        >>> repetition(repeated, weights, 1)
+        0.75
+    """
+    near = F.max_pool2d(repeated[None, None].float(), 2 * cell + 1, stride=1, padding=cell)[0, 0]
+    total = weights.sum()
+    return float((weights * near).sum() / total) if float(total) > 0 else float("nan")
