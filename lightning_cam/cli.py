@@ -37,7 +37,7 @@ def _demo(args: argparse.Namespace) -> None:
         print("  -> the model relies on the corner cue: the grids show attention on the tag.")
     if result.suspects:
         print(
-            "\nShortcut suspects the audits found without any mask (strategies of the in-distribution set):"
+            "\nShortcut suspects the audits found without any mask over the run (strategies of the in-distribution set):"
         )
         print("\n".join(f"  - {words}" for words in result.suspects))
     print(f"\nLogs and grids: {result.log_dir}")

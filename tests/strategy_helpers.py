@@ -11,6 +11,8 @@ tint in place of the cue (``"tint"``: a cue of no place)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from lit_helpers import TinyClassifier
@@ -158,3 +160,47 @@ def planted_train_loader(seed: int, cue: str = "tag") -> DataLoader:
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def audit_planted(seed: int, cue: str) -> tuple[Any, Tensor]:
+    """The audit with strategies of :func:`planted_model` on :func:`planted_validation` (Grad-CAM, the
+    predicted class), and which validation images carry the cue."""
+    import lightning_cam as lc
+
+    val, cued = planted_validation(cue)
+    model = planted_model(seed, cue)
+    return lc.audit(
+        model, val, "gradcam", targets="predicted", progress=False, strategies=True, bootstrap_samples=0
+    ), cued
+
+
+def cue_statistics(strategies: list[Any], cued: Tensor, cue: str) -> dict[str, float]:
+    """What the tests assert about the flagged strategies of a planted cue: how many are flagged and how
+    many of those are not the cue's (``purity`` under a half), the lowest ``purity`` (share of members
+    carrying the cue) and ``evidence``, ``recall`` (share of the cued images in a flagged strategy),
+    ``coverage`` (the lowest share of the cue's pixels inside a flagged region) and ``spill`` (the largest
+    share of a flagged region more than two pixels from the cue)."""
+    mask = CUES[cue if cue in CUES else "tag"][0]  # a control: where the tag is (or would be)
+    near = F.max_pool2d(mask[None, None].float(), 5, stride=1, padding=2)[0, 0] > 0
+    carriers = set(cued.nonzero().flatten().tolist())
+    flagged = [s for s in strategies if s.flagged]
+    purity = [len(set(s.indices) & carriers) / len(s.indices) for s in flagged]
+    members = set().union(*(set(s.indices) for s in flagged)) if flagged else set()
+    nan = float("nan")
+    return {
+        "flagged": float(len(flagged)),
+        "not_the_cue": float(sum(p < 0.5 for p in purity)),
+        "purity": min(purity, default=nan),
+        "evidence": min((s.evidence for s in flagged), default=nan),
+        "recall": len(members & carriers) / max(1, len(carriers)),
+        "coverage": min((float(s.region[mask].float().mean()) for s in flagged), default=nan),
+        "spill": max((float((s.region & ~near).sum() / s.region.sum()) for s in flagged), default=nan),
+        "local_evidence": max(
+            (
+                s.evidence
+                for s in strategies
+                if s.on_pattern and s.region_area <= 0.25 and s.evidence == s.evidence
+            ),
+            default=0.0,
+        ),
+    }

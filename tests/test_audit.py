@@ -167,6 +167,7 @@ def test_ddp_audit_counts_each_image_once_and_equals_one_process(tmp_path: Path)
     assert single["all"]["count"][0] == 37
     assert single["group=cued"]["count"][0] == 19 and single["group=plain"]["count"][0] == 18
     assert rank0["metric"] == rank1["metric"] == pytest.approx(single["all"]["gradcam/enrichment/cue"][0])
+    assert rank0["fired"] == rank1["fired"] == ["audit/count/all"]  # an audit tag's alert, on every rank
     torch.testing.assert_close(
         rank0["in_fit"]["mean_maps"]["gradcam"], rank1["in_fit"]["mean_maps"]["gradcam"]
     )

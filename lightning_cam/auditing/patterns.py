@@ -3,17 +3,21 @@
 An object moves, turns, changes size and colour from image to image; a shortcut (a tag, a caption, a
 watermark, a ruler, a line along an edge) is the same pixels at the same place in every image that
 carries it, whatever the object does. Per pixel ``p``, with the strategy's images ``x_i`` (members),
-their per-channel median ``c(p)`` (their common content there) and other classes' images ``y_j``:
+their medoid there ``c(p)`` (the member content closest to all the others': the common content) and
+other classes' images ``y_j``:
 
-- ``spread(p) = median_i |x_i(p) - c(p)|^2``: how far a typical member is from the common content;
-- ``separation(p) = median_j |y_j(p) - c(p)|^2``: how far a typical other image is from it (a median,
-  so that the few other images whose object happens to lie there do not make a plain background
-  look like a pattern);
+- ``spread(p)``: the upper median of ``|x_i(p) - c(p)|^2`` over the members: small only where more than
+  half of them show the common content;
+- ``separation(p)``: the median of ``|y_j(p) - c(p)|^2`` over the others: how far a typical other image
+  is from it (a median, so that the few other images whose object happens to lie there do not make a
+  plain background look like a pattern);
 - ``repeated(p) = separation / (separation + spread + floor)`` in ``[0, 1]``, the squares summed over
   channels, ``floor`` = :data:`FLOOR` times the others' mean variance per pixel (a difference far below
   the images' own variation is no pattern, and a pixel the same in every image is none either).
 
-A pixel is **on the pattern** where ``repeated >= 0.5``. Pure functions of tensors, on their device.
+A pixel is **on the pattern** where ``repeated >= 0.8`` (:data:`ON_PATTERN`): a typical other image is at
+least four times as far from the common content as the members are. Pure functions of tensors, on
+their device.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from torch import Tensor
 __all__ = ["FLOOR", "ON_PATTERN", "pattern_region", "repeated_map", "repetition"]
 
 FLOOR = 0.05
-ON_PATTERN = 0.5
+ON_PATTERN = 0.8
 
 
 def repeated_map(members: Tensor, others: Tensor) -> Tensor:
@@ -41,8 +45,14 @@ def repeated_map(members: Tensor, others: Tensor) -> Tensor:
         (True, True)
     """
     members, others = members.float(), others.float()
-    centre = members.median(dim=0).values
-    spread = (members - centre).pow(2).sum(dim=1).median(dim=0).values
+    apart = (members[:, None] - members[None]).pow(2).sum(dim=2)  # [n, n, H, W]
+    medoid = apart.sum(dim=1).argmin(dim=0)  # [H, W]
+    centre = members.gather(0, medoid[None, None].expand(1, *members.shape[1:]))[0]
+    spread = (
+        apart.gather(0, medoid[None, None].expand(1, *apart.shape[1:]))[0]
+        .sort(dim=0)
+        .values[len(members) // 2]
+    )
     separation = (others - centre).pow(2).sum(dim=1).median(dim=0).values
     floor = FLOOR * others.var(dim=0, unbiased=False).sum(dim=0).mean().clamp(min=1e-6)
     return separation / (separation + spread + floor)

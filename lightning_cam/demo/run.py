@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 from lightning_cam.demo.model import ShapesClassifier, ShapesDataModule
@@ -21,7 +20,7 @@ LOGGERS = ("tensorboard", "wandb", "csv")
 @dataclass(frozen=True)
 class DemoResult:
     """What a demo run produced: where its logs are, its accuracies, how long it took, and the shortcut
-    suspects its audit found without any mask (in words)."""
+    suspects its audits found without any mask over the run (in words: first and last seen)."""
 
     log_dir: Path
     accuracy: dict[str, float]
@@ -63,23 +62,6 @@ def _demo_monitor(methods: tuple[str, ...] | None, arch: str, class_names: list[
         audit_dataloader_idx=0 if strategies else 1,
         strategies=strategies,
     )
-
-
-class _SuspectLog(Callback):
-    """After each audit of ``monitor`` (placed before it in the callbacks), its flagged strategies in
-    words, with the epoch: the shortcut may be taken early and left later."""
-
-    def __init__(self, monitor: CAMMonitor) -> None:
-        self.monitor = monitor
-        self.suspects: list[str] = []
-        self.seen: object = None
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        result = self.monitor.audit_result
-        if result is not None and result is not self.seen and not trainer.sanity_checking:
-            self.seen = result
-            epoch = trainer.current_epoch + 1
-            self.suspects += [f"epoch {epoch}: {s.words()}" for s in result.strategies if s.flagged]
 
 
 def _clustering_available() -> bool:
@@ -125,11 +107,10 @@ def run_demo(
     )
     vit = arch == "vit"
     monitor = _demo_monitor(methods, arch, data_module.class_names)
-    suspects = _SuspectLog(monitor)
     trainer = pl.Trainer(
         max_epochs=epochs,
         logger=make_logger(logger, out),
-        callbacks=[monitor, suspects],
+        callbacks=[monitor],
         default_root_dir=out,
         enable_checkpointing=False,
         enable_progress_bar=progress,
@@ -148,4 +129,5 @@ def run_demo(
     log_dir = Path(
         trainer.logger.log_dir if not isinstance(trainer.logger, WandbLogger) else trainer.logger.save_dir
     )
-    return DemoResult(log_dir=log_dir, accuracy=accuracy, seconds=seconds, suspects=suspects.suspects)
+    suspects = monitor.suspects.report().readings if monitor.suspects.suspects else []
+    return DemoResult(log_dir=log_dir, accuracy=accuracy, seconds=seconds, suspects=suspects)

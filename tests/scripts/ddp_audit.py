@@ -43,7 +43,12 @@ def main(out: Path) -> None:
     )
     val = DataLoader(CueData(NUM_VAL, 1, None), batch_size=8)
     monitor = CAMMonitor(
-        methods=["gradcam", "gradcam++"], num_samples=4, audit=True, strategies=True, strict=True
+        methods=["gradcam", "gradcam++"],
+        num_samples=4,
+        audit=True,
+        strategies=True,
+        strict=True,
+        alerts={"audit/count/all": 10},  # 37 images: crossed at the audit, on every rank
     )
     model = CueClassifier()
     trainer = ddp_trainer(out, [monitor], max_epochs=2)
@@ -53,6 +58,7 @@ def main(out: Path) -> None:
         "in_fit": figures_of(monitor.audit_result),
         "plain": figures_of(plain),
         "metric": float(trainer.callback_metrics["audit/gradcam/enrichment/cue/all"]),
+        "fired": sorted(monitor.fired_alerts),
     }
     if trainer.global_rank == 0:
         record["state_dict"] = model.net.state_dict()
