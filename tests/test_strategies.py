@@ -23,10 +23,12 @@ from strategy_helpers import (
 )
 from torch import Tensor
 
+import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.auditing.patterns import FLOOR, pattern_region, repeated_map, repetition
 from lightning_cam.auditing.spray import cluster_maps, small_maps
 from lightning_cam.auditing.strategies import TAGGED_STRATEGIES, Strategy, strategy_report, strategy_scalars
+from lightning_cam.demo.model import SmallCNN
 from lightning_cam.monitor.suspects import SuspectHistory
 
 
@@ -125,7 +127,7 @@ def test_tags_stay_few_at_many_classes_and_the_report_says_what_was_tested() -> 
     assert [row[0] for row in report.rows[:2]] == ["c39", "c38"]  # by evidence
     assert sum("leans on it" in line for line in report.readings) == 40 - 20  # evidence 0.20 to 0.39
     assert report.readings[-1].startswith("no shortcut suspect among 40 strategies over 1 classes: tested")
-    assert "the highest is 0.39 (class `c39`" in report.readings[-1]
+    assert "the highest on a pattern at one place is 0.39 (class `c39`" in report.readings[-1]
     unknown = strategy_report([strategy(evidence=float("nan"), unknown="repetition: fewer than 4 images")])
     assert unknown.readings == [
         "cannot tell for 1 of 1 strategies: class `disk` #0 (repetition: fewer than 4 images)"
@@ -235,6 +237,31 @@ def test_suspects_over_audits_first_last_and_gone() -> None:
 def test_strategies_need_the_audit() -> None:
     with pytest.raises(ValueError, match=r"CAMMonitor\(audit=True, strategies=True\)"):
         CAMMonitor(strategies=True)
+
+
+def test_a_model_that_puts_every_image_in_one_class_cannot_tell_for_that_class() -> None:
+    """No image of another class is left to paste onto: that class's strategies cannot tell, and the
+    reading counts only the strategies that could be tested."""
+    torch.manual_seed(0)
+    network = SmallCNN(width=8).eval()
+    with torch.no_grad():
+        network.classifier.bias.copy_(torch.tensor([100.0, 0.0, 0.0, 0.0]))
+    val, _ = planted_validation()
+    result = lc.audit(network, val, "gradcam", progress=False, strategies=True, bootstrap_samples=0)
+    zero = [s for s in result.strategies if s.class_index == 0]
+    assert zero and all(s.verdict == "cannot tell" and math.isnan(s.evidence) for s in zero)
+    assert all("pasting: no image of another class" in s.unknown for s in zero)
+    assert not any(s.flagged for s in result.strategies)
+    readings = strategy_report(result.strategies).readings
+    unknown = [s for s in result.strategies if s.verdict == "cannot tell"]  # class 0, and any tiny cluster
+    count = len(result.strategies)
+    assert readings[0].startswith(
+        f"cannot tell for {len(unknown)} of {count} strategies: class `0` #0 (pasting"
+    )
+    assert readings[-1].startswith(
+        f"no shortcut suspect among the {count - len(unknown)} of {count} strategies"
+    )
+    assert result.scalars()["audit/strategies/cannot_tell"] == len(unknown)
 
 
 def test_repeated_map_by_hand() -> None:

@@ -502,9 +502,15 @@ def _readings(ranked: list[Strategy]) -> list[str]:
             + "; ".join(f"class `{s.class_name}` #{s.number} ({s.unknown})" for s in unknown[:3])
             + ("; ..." if len(unknown) > 3 else "")
         )
-    known = [s for s in ranked if s.evidence == s.evidence and s.region_area <= MAX_PATTERN_AREA]
+    known = [s for s in ranked if s.evidence == s.evidence]
+    local = [s for s in known if s.on_pattern and s.region_area <= MAX_PATTERN_AREA]
     if known and not any(s.flagged for s in ranked):
-        highest = f"; the highest is {known[0].evidence:.2f} (class `{known[0].class_name}`, strategy {known[0].number})"
+        highest = (
+            f"; the highest on a pattern at one place is {local[0].evidence:.2f} (class `{local[0].class_name}`, "
+            f"strategy {local[0].number})"
+            if local
+            else "; none looks at a pattern at one place"
+        )
         classes = len({s.class_index for s in ranked})
         among = (
             f"the {len(known)} of {len(ranked)} strategies that could be tested"
