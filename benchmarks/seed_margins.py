@@ -280,20 +280,20 @@ THRESHOLDS = [
     *[
         Threshold("strategies::planted_cues", what, statistic, bound, above)
         for what, statistic, bound, above in (
-            ("cues: fewest strategies flagged", lambda f: _worst(f, CUE_NAMES, "flagged", min), 1, True),
+            ("cues: fewest strategies flagged", lambda f: _worst(f, CUE_NAMES, "flagged", min), 0.5, True),
             (
                 "cues: flagged that are not the cue",
                 lambda f: _worst(f, CUE_NAMES, "not_the_cue", max),
-                1,
+                0.5,
                 False,
             ),
-            ("cues: lowest purity", lambda f: _worst(f, CUE_NAMES, "purity", min), 0.8, True),
+            ("cues: lowest purity", lambda f: _worst(f, CUE_NAMES, "purity", min), 0.7, True),
             ("cues: lowest recall", lambda f: _worst(f, CUE_NAMES, "recall", min), 0.75, True),
             ("cues: lowest evidence", lambda f: _worst(f, CUE_NAMES, "evidence", min), 0.5, True),
             (
                 "cues: lowest share of the cue in its region",
                 lambda f: _worst(f, CUE_NAMES, "coverage", min),
-                0.9,
+                0.8,
                 True,
             ),
             (
@@ -305,7 +305,7 @@ THRESHOLDS = [
             (
                 "controls: most strategies flagged",
                 lambda f: _worst(f, CONTROL_NAMES, "flagged", max),
-                1,
+                0.5,
                 False,
             ),
             (
