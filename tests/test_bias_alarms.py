@@ -361,7 +361,9 @@ def test_an_alert_on_a_tag_no_check_logs_is_named_with_the_tags_that_exist(tmp_p
     ]  # once, not per check
     assert f"{CUE!r}, waited for by an alert (closest logged: cam/gradcam/enrichment/mask" in message
     assert "flat_fraction" not in message  # a tag the check logs can fire: not named
-    assert dead_tags_message({"cam/gradcam/drift": [], "audit/count/all": []}, {"a": 1.0}) is None
+    assert dead_tags_message({"cam/gradcam/drift": []}, {"a": 1.0}) is None  # drift comes with a second check
+    without_audit = dead_tags_message({"audit/count/all": ["an alert"]}, {"a": 1.0})  # audit=False: never
+    assert without_audit is not None and "an audit tag without audit=True" in without_audit
 
 
 def test_the_shortcut_preset_without_a_cue_mask_names_the_missing_tag_before_checkpointing_fails(

@@ -284,13 +284,16 @@ def test_the_pattern_region_is_the_whole_pattern_the_attention_touches() -> None
     repeated[5:8, 5:8] = 1.0  # another pattern, elsewhere
     attention = torch.zeros(48, 48, dtype=torch.bool)
     attention[40:46, 12:16] = True  # the maps saw the first glyph only
+    repeated[25, 30:32] = 1.0  # a speck of two pixels, under the attention too: chance, not a pattern
+    attention[24:27, 29:33] = True
     region = pattern_region(repeated, attention, 2)
     assert bool(region[caption].all())  # every glyph: the gaps between them are bridged
     assert not region[5:8, 5:8].any()  # a pattern the attention does not touch is not this strategy's
+    assert not region[23:28, 28:34].any()
     assert int(region.sum()) <= int(_grown(caption).sum())  # the glyphs and a one-pixel margin, no more
     assert not pattern_region(repeated, ~_grown(_grown(repeated >= 0.5)), 0).any()  # attention off it: empty
     weights = torch.zeros(48, 48)
-    weights[42, 14], weights[20, 20] = 3.0, 1.0
+    weights[42, 14], weights[20, 10] = 3.0, 1.0
     assert repetition(repeated, weights, 2) == pytest.approx(0.75)
 
 

@@ -30,6 +30,7 @@ __all__ = ["FLOOR", "ON_PATTERN", "pattern_region", "repeated_map", "repetition"
 
 FLOOR = 0.05
 ON_PATTERN = 0.8
+MIN_PIXELS = 4
 
 
 def repeated_map(members: Tensor, others: Tensor) -> Tensor:
@@ -69,7 +70,8 @@ def pattern_region(repeated: Tensor, attention: Tensor, cell: int) -> Tensor:
     """``[H, W]`` bool: the whole pattern the attention sits on. Its seeds are the pixels on the pattern
     within ``cell`` pixels of the attention region ``attention`` ``[H, W]`` (the maps' resolution);
     from them it grows along pixels on the pattern, bridging gaps of up to two pixels (a caption's
-    glyphs are one pattern), with a one-pixel margin. Empty where the attention sits on no pattern.
+    glyphs are one pattern), with a one-pixel margin; a piece of fewer than :data:`MIN_PIXELS` pixels on
+    the pattern is left out (chance). Empty where the attention sits on no pattern.
 
     Example::
 
@@ -80,14 +82,30 @@ def pattern_region(repeated: Tensor, attention: Tensor, cell: int) -> Tensor:
         >>> pattern_region(repeated, attention, 1)[6:].sum().item()  # the whole line, and its margin
         16
     """
-    allowed = _dilated(repeated >= ON_PATTERN, 1)
-    region = allowed & _dilated(attention, cell) & (repeated >= ON_PATTERN)
+    on = repeated >= ON_PATTERN
+    allowed = _dilated(on, 1)
+    region = allowed & _dilated(attention, cell) & on
     for _ in range(sum(region.shape)):
         grown = _dilated(region, 1) & allowed
         if torch.equal(grown, region):
             break
         region = grown
-    return region
+    labels = _components(region)
+    pixels = torch.bincount(labels[on & region], minlength=region.numel() + 1)
+    return region & (pixels[labels] >= MIN_PIXELS)  # a speck of a few pixels is chance, not a pattern
+
+
+def _components(mask: Tensor) -> Tensor:
+    """``[H, W]`` long: each pixel of ``mask`` labelled by its 8-connected component (the largest pixel
+    number in it, from 1); 0 outside."""
+    numbers = torch.arange(1, mask.numel() + 1, device=mask.device, dtype=torch.float32).view(mask.shape)
+    labels = numbers * mask
+    for _ in range(mask.numel()):
+        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return labels.long()
 
 
 def repetition(repeated: Tensor, weights: Tensor, cell: int) -> float:

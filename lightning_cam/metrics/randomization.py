@@ -58,16 +58,17 @@ def average_ranks(values: Tensor) -> Tensor:
 
 def spearman(first: Tensor, second: Tensor) -> Tensor:
     """Spearman's rank correlation per image of maps ``[B, H, W]`` (ties get their mean rank). A
-    flat (all-zero) map has no ranking and is no evidence: NaN where either map is flat; a constant
-    map above zero correlates 1 with an equal map and 0 with any other."""
+    flat (all-zero) reference map ``first`` has no ranking and is no evidence: NaN. A structured
+    reference whose ``second`` map is flat (a randomised model's map that lost all structure) shares
+    no ranking with it: 0, the strongest evidence the sanity check gives. A constant map above zero
+    correlates 1 with an equal map and 0 with any other."""
     a, b = average_ranks(first), average_ranks(second)
     a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
     norms = a.norm(dim=1) * b.norm(dim=1)
     correlation = (a * b).sum(dim=1) / torch.where(norms > 0, norms, 1.0)
     same = (first.flatten(1) == second.flatten(1)).all(dim=1)
     correlation = torch.where(norms > 0, correlation, same.double()).float()
-    undefined = flat_maps(first) | flat_maps(second)
-    return torch.where(undefined, torch.full_like(correlation, float("nan")), correlation)
+    return torch.where(flat_maps(first), torch.full_like(correlation, float("nan")), correlation)
 
 
 def _seed(seed: int, device: torch.device) -> None:

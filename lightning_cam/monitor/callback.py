@@ -26,6 +26,7 @@ from lightning_cam.monitor.trainer_io import (
     autocast_dtype,
     check_strategy,
     explained_network,
+    no_check_message,
     raise_alerts,
     run_summary,
     share_scalars,
@@ -274,6 +275,9 @@ class CAMMonitor(Callback):
             self.run_audit(trainer, pl_module)
         log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank asks
         if trainer.is_global_zero:
+            said = None if self.last_check_step >= 0 else no_check_message(trainer, pl_module, self.config)
+            if said is not None:
+                self.faults.warn_once("no check", said)
             self.publisher.publish_end(self.history, self.fixed, trainer.global_step)
             self.publisher.publish_problems(self.faults.messages, trainer.global_step)
             with self.faults.guard("report"):

@@ -27,6 +27,7 @@ __all__ = [
     "autocast_dtype",
     "check_strategy",
     "explained_network",
+    "no_check_message",
     "raise_alerts",
     "run_summary",
     "share_scalars",
@@ -168,6 +169,19 @@ def warn_if_silent(trainer: pl.Trainer, pl_module: pl.LightningModule, monitor: 
             f"{len(same)} CAMMonitors log under the same tags '{config.name}/...' and overwrite each other; give "
             f"each its own name, e.g. CAMMonitor(name='{config.name}_2')."
         )
+
+
+def no_check_message(trainer: pl.Trainer, pl_module: pl.LightningModule, config: MonitorConfig) -> str | None:
+    """At the end of a fit in which no check ran, why, unless ``setup`` already said it; else ``None``."""
+    if _why_no_validation_check(trainer, pl_module, config):
+        return None  # warned at setup
+    if config.every_n_train_steps is not None:
+        why = f"every_n_train_steps={config.every_n_train_steps} but the fit trained {trainer.global_step} steps"
+    elif not sum(trainer.num_val_batches or [0]):
+        why = "the validation dataloader yielded no batch (an empty dataset, or a sampler or limit that leaves none)"
+    else:
+        why = "no validation epoch reached it"
+    return f"CAMMonitor made no check in this fit: {why}. Nothing was explained or logged by it."
 
 
 def _why_no_validation_check(

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning_cam.report.grids import Grid
 from lightning_cam.writers.base import Writer
 
-__all__ = ["WandbWriter"]
+__all__ = ["WandbWriter", "uniform_columns"]
 
 
 class WandbWriter(Writer):
@@ -38,10 +38,35 @@ class WandbWriter(Writer):
     def log_report(
         self, tag: str, columns: list[str], rows: list[list[object]], text: str, step: int
     ) -> None:
-        self.logger.log_table(key=tag, columns=columns, data=rows, step=step)
+        self.logger.log_table(key=tag, columns=columns, data=uniform_columns(rows), step=step)
 
     def log_file(self, tag: str, path: Path, step: int) -> None:
         """The page as a ``wandb.Html`` panel of the run."""
         import wandb
 
         self.logger.experiment.log({tag: wandb.Html(path.read_text(encoding="utf-8"))})
+
+
+def _missing(cell: object) -> bool:
+    return cell is None or cell == "n/a" or (isinstance(cell, float) and cell != cell)
+
+
+def uniform_columns(rows: list[list[object]]) -> list[list[object]]:
+    """The rows with one type per column, as ``wandb.Table`` demands: a column of numbers keeps them, its
+    missing cells (``"n/a"``, NaN) as ``None``; a column that mixes numbers with other text is text.
+
+    Example::
+
+        >>> uniform_columns([["disk", 0.5, 3], ["cross", "n/a", "x"]])
+        [['disk', 0.5, '3'], ['cross', None, 'x']]
+    """
+    columns = list(zip(*rows, strict=True)) if rows else []
+    uniform = []
+    for cells in columns:
+        numbers = all(_missing(c) or (isinstance(c, (int, float)) and not isinstance(c, bool)) for c in cells)
+        uniform.append(
+            [None if _missing(c) else c for c in cells]
+            if numbers
+            else ["" if c is None else str(c) for c in cells]
+        )
+    return [list(row) for row in zip(*uniform, strict=True)] if uniform else [list(row) for row in rows]

@@ -1,0 +1,42 @@
+"""Cases that used to pass without a word: each now says what is wrong (or measures what it should)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lit_helpers import TinyClassifier, loaders, trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_cam import CAMMonitor
+
+
+def test_an_empty_validation_loader_is_said_at_the_end_of_fit(tmp_path: Path) -> None:
+    train, _ = loaders()
+    empty = DataLoader(TensorDataset(torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.long)), batch_size=4)
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=4)
+    with pytest.warns(UserWarning, match="CAMMonitor made no check in this fit") as warned:
+        trainer(tmp_path, [monitor], max_epochs=1).fit(TinyClassifier(), train, empty)
+    (said,) = [str(w.message) for w in warned if "made no check" in str(w.message)]
+    assert "the validation dataloader yielded no batch" in said
+    assert monitor.checks == 0 and said in monitor.faults.messages  # listed for the page's "What went wrong"
+
+
+def test_wandb_tables_take_a_column_of_numbers_with_missing_cells() -> None:
+    """The bias report's rows: a class without mask pixels has "n/a" where the others have numbers,
+    which ``wandb.Table`` refused (the whole table was lost)."""
+    import wandb
+
+    from lightning_cam.writers.wandb import uniform_columns
+
+    columns = ["method", "mask", "slice", "samples", "mass last", "enrichment last"]
+    rows: list[list[object]] = [
+        ["gradcam", "cue", "class=disk", 4, 0.12, 7.5],
+        ["gradcam", "cue", "class=cross", 4, "n/a", float("nan")],  # no cue pixel in this class
+    ]
+    with pytest.raises(TypeError, match="incompatible types"):
+        wandb.Table(columns=columns, data=rows)
+    table = wandb.Table(columns=columns, data=uniform_columns(rows))
+    assert table.data[1][4:] == [None, None] and table.data[0][4:] == [0.12, 7.5]
+    assert uniform_columns([["a", 1], ["b", "x"]]) == [["a", "1"], ["b", "x"]]  # text stays text
