@@ -14,7 +14,9 @@ from lightning_cam import CAMMonitor
 
 def test_an_empty_validation_loader_is_said_at_the_end_of_fit(tmp_path: Path) -> None:
     train, _ = loaders()
-    empty = DataLoader(TensorDataset(torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.long)), batch_size=4)
+    empty = DataLoader(
+        TensorDataset(torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.long)), batch_size=4
+    )
     monitor = CAMMonitor(methods=["gradcam"], num_samples=4)
     with pytest.warns(UserWarning, match="CAMMonitor made no check in this fit") as warned:
         trainer(tmp_path, [monitor], max_epochs=1).fit(TinyClassifier(), train, empty)
@@ -40,3 +42,26 @@ def test_wandb_tables_take_a_column_of_numbers_with_missing_cells() -> None:
     table = wandb.Table(columns=columns, data=uniform_columns(rows))
     assert table.data[1][4:] == [None, None] and table.data[0][4:] == [0.12, 7.5]
     assert uniform_columns([["a", 1], ["b", "x"]]) == [["a", "1"], ["b", "x"]]  # text stays text
+
+
+def test_nan_images_predict_nothing_and_leave_the_audits_accuracy() -> None:
+    """argmax of NaN logits is class 0: such images were counted as predicting class 0."""
+    import lightning_cam as lc
+    from lightning_cam.demo.model import SmallCNN
+
+    torch.manual_seed(0)
+    network = SmallCNN(width=8).eval()
+    images, labels = torch.rand(16, 3, 32, 32), torch.randint(4, (16,))
+    images[8:] = float("nan")
+    result = lc.audit(
+        network,
+        DataLoader(TensorDataset(images, labels), batch_size=8),
+        "gradcam",
+        progress=False,
+        bootstrap_samples=0,
+    )
+    with torch.no_grad():
+        by_hand = (network(images[:8]).argmax(dim=1) == labels[:8]).float().mean().item()
+    assert result.rows["predicted"][8:].eq(-1).all() and result.rows["correct"][8:].isnan().all()
+    assert result.rows["confidence"][8:].isnan().all()
+    assert result.figures["all"]["accuracy"].value == pytest.approx(by_hand)  # the clean half only

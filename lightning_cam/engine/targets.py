@@ -151,7 +151,15 @@ class Scorer:
 
 def prediction(scorer: Scorer | None, output: Tensor) -> tuple[Tensor, Tensor]:
     """``(confidence [B], predicted class [B])`` of an output: the top softmax probability and its class,
-    a binary model's ``max(p, 1 - p)`` and ``logit > 0``, or ``(NaN, -1)`` for callable targets."""
+    a binary model's ``max(p, 1 - p)`` and ``logit > 0``, or ``(NaN, -1)`` for callable targets. An image
+    whose output holds a NaN (a NaN image, NaN weights) predicts nothing: ``(NaN, -1)``, never the class
+    ``argmax`` happens to return."""
+    confidence, predicted = _prediction(scorer, output)
+    undefined = output.detach().float().reshape(len(output), -1).isnan().any(dim=1)
+    return confidence.masked_fill(undefined, float("nan")), predicted.masked_fill(undefined, -1)
+
+
+def _prediction(scorer: Scorer | None, output: Tensor) -> tuple[Tensor, Tensor]:
     kind = "class" if scorer is None else scorer.kind
     if kind == "class":
         return output.float().softmax(dim=1).max(dim=1)

@@ -200,7 +200,7 @@ def captions(
         + (
             f"pred: {config.class_name(int(pred))} {conf:.0%}"
             if pred >= 0
-            else ""
+            else ("pred: none (NaN output)" if classes else "")
             if conf != conf
             else f"p = {conf:.0%}"
         )
