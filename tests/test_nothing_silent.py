@@ -65,3 +65,36 @@ def test_nan_images_predict_nothing_and_leave_the_audits_accuracy() -> None:
     assert result.rows["predicted"][8:].eq(-1).all() and result.rows["correct"][8:].isnan().all()
     assert result.rows["confidence"][8:].isnan().all()
     assert result.figures["all"]["accuracy"].value == pytest.approx(by_hand)  # the clean half only
+
+
+def test_labels_outside_the_classifier_are_named_by_the_audit_and_the_monitor(tmp_path: Path) -> None:
+    import lightning_cam as lc
+    from lightning_cam.demo.model import SmallCNN
+
+    network = SmallCNN(width=8).eval()
+    images, labels = torch.rand(16, 3, 32, 32), torch.randint(4, (16,))
+    labels[3] = 7
+    loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+    with pytest.raises(
+        ValueError,
+        match=r"class indices in \[0, 3\] \(the model has 4 classes\); got \[7\] at dataset indices \[3\]",
+    ):
+        lc.audit(network, loader, "gradcam", targets="predicted", progress=False, bootstrap_samples=0)
+    train, val = loaders()
+    shifted = DataLoader(
+        TensorDataset(*[t if t.dim() > 1 else t + 4 for t in val.dataset.tensors]), batch_size=8
+    )
+    monitor = CAMMonitor(methods=["gradcam"], num_samples=4, audit=True, report=True)
+    with pytest.warns(UserWarning, match="labels failed") as warned:
+        trainer(tmp_path, [monitor], max_epochs=1).fit(NoValidationLoss(), train, shifted)
+    said = " ".join(str(w.message) for w in warned)
+    assert "at fixed samples" in said and "at dataset indices" in said  # the check, and the audit
+    page = next(tmp_path.rglob("cam_report.html")).read_text()
+    assert "What went wrong" in page and "audit failed (ValueError: labels must be class indices" in page
+
+
+class NoValidationLoss(TinyClassifier):
+    """Validation runs the model only: labels it cannot score do not stop the fit before the monitor."""
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self(batch[0])

@@ -18,7 +18,7 @@ from lightning_cam.engine.layers import TargetLayer
 from lightning_cam.engine.layouts import ReshapeTransform
 from lightning_cam.engine.logits import OutputKey
 from lightning_cam.engine.spatial import resize
-from lightning_cam.engine.targets import correctness, prediction
+from lightning_cam.engine.targets import correctness, num_classes, prediction
 
 __all__ = ["AuditSettings", "MapSums", "batch_columns", "explain_audited"]
 
@@ -74,6 +74,7 @@ def batch_columns(
     ``area/<mask>``, per method ``<method>/flat`` (1 for a flat map) and ``<method>/mass/<mask>``,
     ``<method>/hit/<mask>`` (NaN where the mask is empty or the map flat)."""
     device = explanation.logits.device
+    check_labels(batch.labels, num_classes(explanation.scorer, explanation.logits), indices)
     confidence, predicted = prediction(explanation.scorer, explanation.logits)
     labels = batch.labels.to(device) if batch.labels is not None else torch.full_like(predicted, -1)
     columns = {
@@ -95,6 +96,23 @@ def batch_columns(
             columns[f"{method}/mass/{mask_name}"] = metrics.mass_in_mask(maps, mask).float()
             columns[f"{method}/hit/{mask_name}"] = metrics.pointing_game(maps, mask).float()
     return columns
+
+
+def check_labels(
+    labels: Tensor | None, classes: int, indices: Tensor, named: str = "dataset indices"
+) -> None:
+    """``ValueError`` naming the labels outside ``[0, classes)`` and their ``indices`` (a label the
+    classifier cannot predict would be counted as wrong and get a class of its own in every figure)."""
+    if labels is None or not classes or labels.dim() != 1:
+        return
+    outside = (labels < 0) | (labels >= classes)
+    if bool(outside.any()):
+        where = outside.nonzero().flatten().cpu()
+        raise ValueError(
+            f"labels must be class indices in [0, {classes - 1}] (the model has {classes} classes); got "
+            f"{sorted(set(labels[outside].tolist()))} at {named} {indices.cpu()[where].tolist()[:10]}: "
+            "check the dataset's labels, or the model's number of classes."
+        )
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam import metrics
+from lightning_cam.auditing.rows import check_labels
 from lightning_cam.batches import FixedBatch
 from lightning_cam.engine import Explanation, explain_batch
 from lightning_cam.engine.targets import Targets, correctness, num_classes, prediction
@@ -181,6 +182,9 @@ def captions(
             f"CAMMonitor: class_names has {len(config.class_names)} names but the model has {classes} "
             f"classes; pass one name per class. Showing class indices where a name is missing.",
         )
+    if fixed.labels is not None and fixed.labels.dim() == 1 and classes:
+        with faults.guard("labels"):  # a warning (an error when strict), listed for the page
+            check_labels(fixed.labels, classes, torch.arange(len(fixed.labels)), "fixed samples")
     confidence, predicted = prediction(explanation.scorer, explanation.logits)
     rows = [confidence.double(), predicted.double()]
     if fixed.labels is not None:
