@@ -98,3 +98,15 @@ class NoValidationLoss(TinyClassifier):
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         self(batch[0])
+
+
+def test_the_layer_auto_chose_is_public() -> None:
+    from lightning_cam.demo.model import SmallCNN
+    from lightning_cam.engine import explain_batch
+
+    network = SmallCNN(width=8).eval()
+    images = torch.rand(2, 3, 32, 32)
+    chosen = explain_batch(network, images, ["gradcam", "saliency"]).target_layers
+    assert chosen == ["features"] and dict(network.named_modules())[chosen[0]] is network.features
+    assert explain_batch(network, images, "saliency").target_layers == []  # no layer method, no layer
+    assert explain_batch(network, images, "gradcam", "features.4").target_layers == ["features.4"]

@@ -259,8 +259,9 @@ def resolve_options(
 @dataclass(frozen=True)
 class Explanation:
     """The maps of one pass, with the model's output (``logits``: detached, float32) and the target
-    class of each image (``targets``; ``-1`` for a callable target) they were computed for, and the
-    :class:`~lightning_cam.engine.targets.Scorer` that turns an output into the explained scores."""
+    class of each image (``targets``; ``-1`` for a callable target) they were computed for, the
+    :class:`~lightning_cam.engine.targets.Scorer` that turns an output into the explained scores, and
+    the layers explained (``target_layers``)."""
 
     maps: dict[str, Tensor | list[Tensor]]
     """Per method ``[B, H, W]`` (a list of ``[H_i, W_i]`` maps for a list of images)."""
@@ -272,6 +273,9 @@ class Explanation:
     scorer: Scorer | None = None
     detections: list[dict[str, Tensor]] | None = None
     """A detector's output of the pass, detached: per image ``{"boxes", "labels", "scores"}``."""
+    target_layers: list[str] = field(default_factory=list)
+    """The dotted names of the layers the layer methods explained (what ``target_layer="auto"`` chose);
+    empty when only input or attention methods ran."""
 
 
 def explain(
@@ -406,6 +410,7 @@ def explain_batch(
         seconds=seconds,
         scorer=shared.scorer,
         detections=detached_detections(shared.output),
+        target_layers=[name for name, _ in layers],
     )
 
 
