@@ -427,7 +427,9 @@ def test_spearman_by_hand() -> None:
     # second pair: ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3), centred (-1, -1, 0.5, 1.5) and
     # (-1.5, -0.5, 0.5, 1.5): 4.5 / sqrt(4.5 * 5)
     assert rho[0].item() == pytest.approx(-1.0) and rho[1].item() == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
-    assert rho[2].isnan() and spearman(a[2:], a[2:]).isnan()  # a flat reference is no evidence, even with itself
+    assert (
+        rho[2].isnan() and spearman(a[2:], a[2:]).isnan()
+    )  # a flat reference is no evidence, even with itself
     assert spearman(b[2:], a[2:]).item() == 0.0  # a structured map that turned flat: no shared ranking
     assert spearman(a[2:] + 1, a[2:] + 1).item() == 1.0 and spearman(a[2:] + 1, b[2:] + 1).item() == 0.0
 
