@@ -155,3 +155,21 @@ def test_a_segmentation_model_outlines_the_label_and_measures_attention_in_it(tm
     top = grid.shape[0] - 4 * 130 - 2
     tile = grid[top + 2 : top + 2 + 128, left + 2 : left + 2 + 128]
     assert (tile[ys * 4, xs * 4] == 255).all()  # the label's outline, white on the input tile
+
+
+def test_a_segmentation_model_explains_the_class_index_asked_for(tmp_path: Path) -> None:
+    """targets=[2] used to be replaced by the label target without a word (only cam/label/grid)."""
+    torch.manual_seed(0)
+    _, classes, objects = shapes_tensors(64, 0, with_masks=True)
+    label_maps = (objects > 0.5).long() * (classes[:, None, None] + 1)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 1)
+    )
+    monitor = CAMMonitor(
+        methods=["gradcam"], num_samples=4, target_layer="net.2", targets=[2, "label"], strict=True
+    )
+    log_dir = fit(tmp_path, net, "multiclass", label_maps, monitor)
+    assert read_tensorboard_images(log_dir, "cam/class_2/grid") and read_tensorboard_images(
+        log_dir, "cam/label/grid"
+    )
+    assert read_tensorboard_scalars(log_dir, "cam/label/gradcam/mass/label")  # the second choice's own tags

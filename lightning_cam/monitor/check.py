@@ -18,11 +18,11 @@ from lightning_cam import metrics
 from lightning_cam.auditing.rows import check_labels
 from lightning_cam.batches import FixedBatch
 from lightning_cam.engine import Explanation, explain_batch
-from lightning_cam.engine.targets import Targets, correctness, num_classes, prediction
+from lightning_cam.engine.targets import Targets, correctness, num_classes, prediction, segmentation
 from lightning_cam.monitor.config import MonitorConfig, TargetChoice
 from lightning_cam.monitor.faults import Faults
 from lightning_cam.monitor.history import AttentionHistory, series_key
-from lightning_cam.monitor.tasks import infer_task, task_view
+from lightning_cam.monitor.tasks import TaskView, infer_task, task_view
 from lightning_cam.report.grids import display_images
 from lightning_cam.report.tables import TRUST_METRICS
 
@@ -381,9 +381,8 @@ def run_check(
     )
     masks, slices = _fitting_masks(fixed, faults), Slices.of(fixed, config)
     values: dict[str, Tensor] = {}
-    choices = config.targets if view.target is None else ("label",)
-    for index, choice in enumerate(choices):
-        explanation = explain_target(network, fixed, choice, config, faults, autocast_dtype, view.target)
+    for index, (choice, task_target) in enumerate(_choices(view, config)):
+        explanation = explain_target(network, fixed, choice, config, faults, autocast_dtype, task_target)
         if explanation is None:
             continue
         name = config.target_name(choice)
@@ -402,6 +401,23 @@ def run_check(
         _record(history, result, host, slices, masks)
         _record_trust(history, result, len(fixed.images))
     return result
+
+
+def _choices(view: TaskView, config: MonitorConfig) -> list[tuple[TargetChoice, Targets]]:
+    """Each target choice with the target it explains (``None``: the choice's own). A multi-label model
+    explains each positive class (``"label"``); a segmentation model explains a class index ``c`` as
+    the sum of its logits over the pixels predicted as ``c``, and ``"predicted"`` / ``"label"`` as each
+    image's largest labelled class over its label region (one grid for both)."""
+    if view.target is None:
+        return [(choice, None) for choice in config.targets]
+    if view.task != "segmentation":
+        return [("label", view.target)]
+    pairs: list[tuple[TargetChoice, Targets]] = []
+    for choice in config.targets:
+        pair = (choice, segmentation(choice)) if isinstance(choice, int) else ("label", view.target)
+        if pair[0] not in [chosen for chosen, _ in pairs]:
+            pairs.append(pair)
+    return pairs
 
 
 def _target_result(
