@@ -382,11 +382,7 @@ def explain_batch(
     start = time.perf_counter()
     with preserved_state(model, device.type):
         inputs = _model_inputs(images, device, dtype)
-        layers = (
-            resolve_target_layers(model, target_layer, inputs, reshape_transform, output_key)
-            if layer_methods
-            else []
-        )
+        layers = _layers(model, target_layer, inputs, reshape_transform, output_key, bool(layer_methods))
         shared = _shared_pass(model, inputs, layers, needed, targets, output_key, reshape_transform)
         seconds = {"pass": time.perf_counter() - start}
         context = LayerInputs(
@@ -412,6 +408,18 @@ def explain_batch(
         detections=detached_detections(shared.output),
         target_layers=[name for name, _ in layers],
     )
+
+
+def _layers(
+    model: nn.Module,
+    target_layer: TargetLayer,
+    inputs: Tensor | list[Tensor],
+    reshape_transform: ReshapeTransform,
+    output_key: OutputKey,
+    wanted: bool,
+) -> list[tuple[str, nn.Module]]:
+    """The target layers as ``(name, module)`` pairs when a layer method is asked for, else none."""
+    return resolve_target_layers(model, target_layer, inputs, reshape_transform, output_key) if wanted else []
 
 
 def _model_inputs(
