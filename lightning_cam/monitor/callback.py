@@ -351,14 +351,18 @@ class CAMMonitor(Callback):
                 if self.config.strategies:
                     self.publisher.publish_suspects(self.suspects, step)
         if result is not None:
-            root = self.config.audit_root
-            scalars = result.scalars(root)
-            wanted = {tag for tag in self._wanted_tags(trainer) if tag.startswith(f"{root}/")}
-            self._say_dead_tags(
-                trainer, scalars, lambda tag: tag not in wanted or per_strategy_tag(tag, root), "audit"
-            )
-            raise_alerts(trainer, self.config, scalars, self.fired_alerts, self.publisher)
+            self._audit_alerts(trainer, result.scalars(self.config.audit_root))
         return self.audit_result
+
+    def _audit_alerts(self, trainer: pl.Trainer, scalars: dict[str, float]) -> None:
+        """The audit's tags that alerts and callbacks wait for but it did not log (said once), and the
+        alerts its figures cross."""
+        root = self.config.audit_root
+        wanted = {tag for tag in self._wanted_tags(trainer) if tag.startswith(f"{root}/")}
+        self._say_dead_tags(
+            trainer, scalars, lambda tag: tag not in wanted or per_strategy_tag(tag, root), "audit"
+        )
+        raise_alerts(trainer, self.config, scalars, self.fired_alerts, self.publisher)
 
     def _say_dead_tags(
         self, trainer: pl.Trainer, scalars: dict[str, float], pending: Callable[[str], bool], by: str
