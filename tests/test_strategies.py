@@ -157,7 +157,7 @@ def test_a_planted_cue_of_any_shape_is_flagged_with_its_region_on_the_cue(cue: s
 def test_controls_flag_nothing(control: str, seed: int) -> None:
     """No cue with objects as large or as small as a tag; a tag the model never saw; a tag on any class's
     images; a global tint the model relies on. Over seeds 0-4 none was flagged; the highest evidence of a
-    pattern at one place was 0.12 (the rule asks 0.5)."""
+    pattern at one place was 0.07 (the rule asks 0.5)."""
     result, cued = audit_planted(seed, control)
     found = cue_statistics(result.strategies, cued, control)
     assert result.strategies and found["flagged"] == 0 and found["local_evidence"] < 0.5
