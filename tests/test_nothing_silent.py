@@ -110,3 +110,25 @@ def test_the_layer_auto_chose_is_public() -> None:
     assert chosen == ["features"] and dict(network.named_modules())[chosen[0]] is network.features
     assert explain_batch(network, images, "saliency").target_layers == []  # no layer method, no layer
     assert explain_batch(network, images, "gradcam", "features.4").target_layers == ["features.4"]
+
+
+class TwoSizes(torch.utils.data.Dataset):
+    """Eight images, the first four 32 px and the others 40 px."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        side = 32 if index < 4 else 40
+        return torch.rand(3, side, side, generator=torch.Generator().manual_seed(index)), index % 4
+
+
+def test_images_of_two_sizes_audit_and_the_strategies_say_why_they_cannot() -> None:
+    import lightning_cam as lc
+    from lightning_cam.demo.model import SmallCNN
+
+    network, loader = SmallCNN(width=8).eval(), DataLoader(TwoSizes(), batch_size=4)
+    result = lc.audit(network, loader, "gradcam", progress=False, bootstrap_samples=0)
+    assert result.figures["all"]["count"].value == 8  # mean maps resized to the first batch's size
+    with pytest.raises(ValueError, match=r"several sizes \(3x32x32, 3x40x40\).*strategies=False"):
+        lc.audit(network, loader, "gradcam", progress=False, bootstrap_samples=0, strategies=True)

@@ -296,6 +296,13 @@ def _fetcher(
             indices[i : i + (loader.batch_size or 1)] for i in range(0, len(indices), loader.batch_size or 1)
         ]
         images = [read(loader.collate_fn([loader.dataset[i] for i in chunk])).images for chunk in chunks]
+        sizes = sorted({tuple(batch.shape[1:]) for batch in images})
+        if len(sizes) > 1:
+            raise ValueError(
+                f"strategies=True compares images pixel by pixel, and this dataset's images come in several sizes "
+                f"({', '.join('x'.join(map(str, size)) for size in sizes)}): resize them to one size in the "
+                "dataset's transform, or audit with strategies=False (the rest of the audit takes mixed sizes)."
+            )
         return torch.cat(images).to(device) if images else torch.empty(0, device=device)
 
     return fetch

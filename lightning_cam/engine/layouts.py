@@ -120,10 +120,17 @@ def token_layout(shape: tuple[int, ...], size: tuple[int, ...], model: nn.Module
     if len(fits) == 1:
         return fits[0]
     readings = ", ".join(f"{f.prefix} prefix + {f.grid[0]}x{f.grid[1]} patches" for f in fits) or "none"
+    skip = f"{prefix}" if prefix is not None else "P"
+    which = (
+        ""
+        if prefix is not None
+        else ", P the number of prefix tokens (class, distillation, register; 0 without)"
+    )
     raise ValueError(
         f"target layer {name!r} outputs tokens {list(shape)} for an input of {list(size)}, which do not read as "
         f"one grid of patches with the input's aspect ratio (readings: {readings}). Pass reshape_transform="
-        f"a function tensor -> [B, K, h, w] (e.g. lambda t: t[:, 1:].transpose(1, 2).reshape(B, K, h, w))."
+        f"a function tensor -> [B, K, h, w] (e.g. lambda t: t[:, {skip}:].transpose(1, 2).reshape(B, K, h, w)"
+        f"{which})."
     )
 
 
