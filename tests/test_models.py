@@ -434,3 +434,22 @@ def test_auto_that_cannot_verify_any_layer_says_what_it_tried() -> None:
         find_auto_layer(SideBranch().requires_grad_(False), torch.rand(1, 3, 8, 8))  # frozen: still probed
     assert "unused (the score does not depend on it)" in str(raised.value)
     assert "whole (it has a single spatial position at this input size)" in str(raised.value)
+
+
+@pytest.mark.slow
+def test_auto_on_timm_efficientnet_takes_the_final_batchnorm_and_activation() -> None:
+    """timm's BatchNormAct2d holds an nn.Identity and an in-place SiLU that returns its input: read as
+    pooling, they stopped "auto" at conv_head, before the final BatchNorm and activation."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=5).eval()
+    with torch.no_grad():  # BatchNorm statistics of a trained model, not the identity
+        model.bn2.running_mean.uniform_(-1, 1)
+        model.bn2.running_var.uniform_(0.5, 2)
+    images = torch.rand(2, 3, 96, 96)
+    chosen = lc.explain_batch(model, images, "gradcam")
+    assert chosen.target_layers == ["bn2"]
+    torch.testing.assert_close(chosen.maps["gradcam"], lc.explain(model, images, "gradcam", "bn2")["gradcam"])
+    before = lc.explain(model, images, "gradcam", "conv_head")["gradcam"]
+    assert not torch.allclose(before, chosen.maps["gradcam"], atol=1e-3)  # the old pick explained another map

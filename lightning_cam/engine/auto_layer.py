@@ -44,9 +44,8 @@ _POOLING = (
     nn.AvgPool3d,
     nn.MaxPool3d,
     nn.Flatten,
-    nn.Identity,
-    nn.Dropout,
 )
+_PASS_THROUGH = (nn.Identity, nn.Dropout)  # never a pick, but their output is their input's: no pooling
 
 # "auto" costs one probing forward of a single image; remember the answer per model and input shape.
 _AUTO_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], str]] = weakref.WeakKeyDictionary()
@@ -139,6 +138,8 @@ def _refuse(probes: list[_Probe], score: Tensor | None, head_channels: int | Non
             probe.refusal = f"its output {list(probe.output.shape)} has no spatial layout"
         elif isinstance(probe.module, _POOLING) or id(probe.output) in pooled:
             probe.refusal = "it is a pooling layer or returns one's output"
+        elif isinstance(probe.module, _PASS_THROUGH):
+            probe.refusal = "it passes its input through (Identity, Dropout)"
         elif _positions(probe) < 2:
             probe.refusal = "it has a single spatial position at this input size"
         elif (
