@@ -453,3 +453,21 @@ def test_auto_on_timm_efficientnet_takes_the_final_batchnorm_and_activation() ->
     torch.testing.assert_close(chosen.maps["gradcam"], lc.explain(model, images, "gradcam", "bn2")["gradcam"])
     before = lc.explain(model, images, "gradcam", "conv_head")["gradcam"]
     assert not torch.allclose(before, chosen.maps["gradcam"], atol=1e-3)  # the old pick explained another map
+
+
+@pytest.mark.slow
+def test_auto_refuses_a_window_partitioned_layer() -> None:
+    """torchvision's maxvit_t: "auto" took a grid-attention layer whose output [B, 1, 49, 512] holds
+    windows, not the image's grid, and read it as a 1x49 strip (every column of the map constant)."""
+    torch.manual_seed(0)
+    model = torchvision.models.maxvit_t(num_classes=5).eval()
+    chosen = lc.explain_batch(model, torch.rand(2, 3, 224, 224), "gradcam")
+    assert chosen.target_layers == ["blocks.3"]  # the last stage's [B, 512, 7, 7]
+    maps = chosen.maps["gradcam"]
+    assert float(maps.std(dim=1).mean()) > 0.05 and float(maps.std(dim=2).mean()) > 0.05
+    wide = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=32, padding=1), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
+    assert lc.explain_batch(wide.eval(), torch.rand(1, 3, 224, 100), "gradcam").target_layers == [
+        "0"
+    ]  # 7x4: rounding

@@ -45,6 +45,7 @@ _POOLING = (
     nn.MaxPool3d,
     nn.Flatten,
 )
+GRID_SLACK = 1.5
 _PASS_THROUGH = (nn.Identity, nn.Dropout)  # never a pick, but their output is their input's: no pooling
 
 # "auto" costs one probing forward of a single image; remember the answer per model and input shape.
@@ -126,7 +127,23 @@ def _positions(probe: _Probe) -> int:
     return count
 
 
-def _refuse(probes: list[_Probe], score: Tensor | None, head_channels: int | None) -> None:
+def _partitioned(layout: Layout, size: tuple[int, ...] | None) -> bool:
+    """Whether a grid or channels-last layout is not the image's grid at one stride: scaled from its
+    largest dimension, another dimension is more than :data:`GRID_SLACK` cells (or a tenth) off the
+    image's proportions (a window- or grid-partitioned output ``[B, windows, tokens, K]`` read as a
+    strip; rounding at odd sizes stays within a cell). ``size`` ``None`` (a detector's canvas): no check."""
+    if size is None or layout.kind not in ("grid", "channels_last") or len(layout.grid) != len(size):
+        return False
+    reference = max(range(len(size)), key=lambda i: layout.grid[i])
+    scale = layout.grid[reference] / size[reference]
+    return any(
+        abs(g - s * scale) > max(GRID_SLACK, 0.1 * s * scale) for g, s in zip(layout.grid, size, strict=True)
+    )
+
+
+def _refuse(
+    probes: list[_Probe], score: Tensor | None, head_channels: int | None, size: tuple[int, ...] | None
+) -> None:
     """Set each probe's ``refusal`` (empty: verified): the first check it fails, in plain words."""
     pooled: set[int] = set()  # outputs of pooling layers so far (a container may return one later)
     for probe in probes:
@@ -142,6 +159,11 @@ def _refuse(probes: list[_Probe], score: Tensor | None, head_channels: int | Non
             probe.refusal = "it passes its input through (Identity, Dropout)"
         elif _positions(probe) < 2:
             probe.refusal = "it has a single spatial position at this input size"
+        elif _partitioned(probe.layout, size):
+            grid, image = "x".join(map(str, probe.layout.grid)), "x".join(map(str, size or ()))
+            probe.refusal = (
+                f"its grid {grid} is not the image's {image} at one stride (a window-partitioned output)"
+            )
         elif (
             head_channels is not None
             and probe.layout.kind == "grid"
@@ -277,7 +299,7 @@ def find_auto_layer(
             f"{type(output).__name__}; pass output_key= (an index, a key, or a function output -> logits)."
         )
     dense = isinstance(output, Tensor) and output.dim() >= 3
-    _refuse(probes, score, int(output.shape[1]) if dense else None)
+    _refuse(probes, score, int(output.shape[1]) if dense else None, None if is_box_output(output) else size)
     if is_box_output(output):
         _refuse_unread_levels(probes, levels)
     ordered = _preference(probes)
