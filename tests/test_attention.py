@@ -347,3 +347,39 @@ def test_on_a_vit_that_reads_the_corner_tag_grad_rollout_finds_the_tag() -> None
     maps = lc.explain(model, data["image"], ["grad_rollout", "gradcam"], targets=data["label"])
     assert not lc.metrics.flat_maps(maps["grad_rollout"]).any()
     assert lc.metrics.nanmean(lc.metrics.enrichment(maps["grad_rollout"], data["cue"])) > 8
+
+
+@pytest.mark.parametrize("mean_pooling", [True, False])
+def test_rollout_follows_how_a_hugging_face_beit_pools(mean_pooling: bool) -> None:
+    """BEiT averages its patch tokens by default (``use_mean_pooling``): the rollout is then the mean of
+    the patch tokens' rows, not the class token's row the classifier never reads (r 0.13 before)."""
+    from transformers import BeitConfig, BeitForImageClassification
+
+    from lightning_cam.engine.explainer import normalize_maps
+
+    def beit(implementation: str) -> BeitForImageClassification:
+        torch.manual_seed(0)
+        config = BeitConfig(
+            image_size=32,
+            patch_size=8,
+            num_hidden_layers=2,
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=3,
+            use_mean_pooling=mean_pooling,
+            attn_implementation=implementation,
+        )
+        return BeitForImageClassification(config).eval()
+
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # the same weights with eager attention, which returns its probabilities
+        attentions = beit("eager")(pixel_values=images, output_attentions=True).attentions
+    relevance = torch.eye(17).expand(2, 17, 17)
+    for attention in attentions:  # the rollout by hand: heads averaged, half identity, rows renormalised
+        mixed = 0.5 * attention.mean(1) + 0.5 * torch.eye(17)
+        relevance = (mixed / mixed.sum(-1, keepdim=True)) @ relevance
+    rows = relevance[:, 1:].mean(1) if mean_pooling else relevance[:, 0]
+    expected = normalize_maps(rows[:, 1:].reshape(2, 4, 4), (32, 32))
+    ours = lc.explain(beit("sdpa"), images, "rollout", output_key="logits")["rollout"]
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)

@@ -112,11 +112,15 @@ def capture_attention(model: nn.Module, record_relevance: bool) -> Iterator[Atte
 
 
 def _pools_by_class_token(model: nn.Module) -> bool:
-    """Whether the model predicts from token 0: timm says so in ``global_pool`` (``"token"``); torchvision
-    and Hugging Face ViTs, and any model with a ``cls_token`` / ``class_token`` parameter, do."""
+    """Whether the model predicts from token 0: timm says so in ``global_pool`` (``"token"``), Hugging
+    Face in its config (``use_mean_pooling``: BEiT, Data2Vec-Vision average their patch tokens);
+    torchvision and other Hugging Face ViTs, and any model with a ``cls_token`` / ``class_token``
+    parameter, do."""
     pool = getattr(model, "global_pool", None)
     if isinstance(pool, str):
         return pool == "token"
+    if getattr(getattr(model, "config", None), "use_mean_pooling", False) is True:
+        return False
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_parameters()}
     return bool(names & {"cls_token", "class_token"})
 

@@ -1,8 +1,9 @@
 """Transformers explained the way they compute: attention rollout and gradient-weighted rollout.
 
 Both read the relevance of the patch tokens from a product of per-block ``[B, N, N]`` matrices (see
-:class:`~lightning_cam.engine.methods.registry.AttentionInputs`): the class token's row, or the mean of
-every token's row for a model without one, reshaped to the patch grid.
+:class:`~lightning_cam.engine.methods.registry.AttentionInputs`): the class token's row, or, for a model
+that pools its tokens (timm ``global_pool="avg"``, Hugging Face ``use_mean_pooling``, no class token),
+the mean of the patch tokens' rows (the tokens the pooling averages), reshaped to the patch grid.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ __all__ = ["grad_rollout", "patch_relevance", "rollout"]
 
 def patch_relevance(inputs: AttentionInputs, relevance: Tensor) -> Tensor:
     """The patch tokens' share of ``relevance`` ``[B, N, N]`` as a map ``[B, h, w]``: the class token's
-    row, or (no class token) the mean of every row."""
-    rows = relevance[:, 0] if inputs.class_token else relevance.mean(1)
+    row, or (a model that pools its patch tokens) the mean of the patch tokens' rows."""
+    rows = relevance[:, 0] if inputs.class_token else relevance[:, inputs.prefix :].mean(1)
     return rows[:, inputs.prefix :].reshape(relevance.shape[0], *inputs.grid)
 
 
