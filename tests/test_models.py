@@ -471,3 +471,11 @@ def test_auto_refuses_a_window_partitioned_layer() -> None:
     assert lc.explain_batch(wide.eval(), torch.rand(1, 3, 224, 100), "gradcam").target_layers == [
         "0"
     ]  # 7x4: rounding
+    strided = torch.nn.Sequential(  # other strides per axis (a spectrogram's): no window count, kept
+        torch.nn.Conv2d(3, 4, 3, stride=(2, 4), padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
+    )
+    assert lc.explain_batch(strided.eval(), torch.rand(1, 3, 64, 64), "gradcam").target_layers == ["1"]

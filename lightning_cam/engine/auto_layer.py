@@ -15,6 +15,7 @@ heads read depends on (SSD reads its first level before its deepest layers). No 
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -128,16 +129,25 @@ def _positions(probe: _Probe) -> int:
 
 
 def _partitioned(layout: Layout, size: tuple[int, ...] | None) -> bool:
-    """Whether a grid or channels-last layout is not the image's grid at one stride: scaled from its
-    largest dimension, another dimension is more than :data:`GRID_SLACK` cells (or a tenth) off the
-    image's proportions (a window- or grid-partitioned output ``[B, windows, tokens, K]`` read as a
-    strip; rounding at odd sizes stays within a cell). ``size`` ``None`` (a detector's canvas): no check."""
+    """Whether a grid or channels-last layout holds the image's grid re-arranged into windows: its
+    proportions are not the image's (scaled from its largest dimension, another is more than
+    :data:`GRID_SLACK` cells or a tenth off), yet it has exactly as many cells as the image's grid at some
+    stride (maxvit's ``[B, 64, 49, K]`` is the 56x56 grid at stride 4 in 7x7 windows). Most models with
+    other strides per axis (video's time, a spectrogram's frequency) have no such count; one whose
+    strides multiply to a square on a square image does, and must name its layer. ``size`` ``None`` (a
+    detector's canvas): no check."""
     if size is None or layout.kind not in ("grid", "channels_last") or len(layout.grid) != len(size):
         return False
     reference = max(range(len(size)), key=lambda i: layout.grid[i])
     scale = layout.grid[reference] / size[reference]
+    if all(
+        abs(g - s * scale) <= max(GRID_SLACK, 0.1 * s * scale) for g, s in zip(layout.grid, size, strict=True)
+    ):
+        return False
+    cells = math.prod(layout.grid)
     return any(
-        abs(g - s * scale) > max(GRID_SLACK, 0.1 * s * scale) for g, s in zip(layout.grid, size, strict=True)
+        math.prod(-(-s // stride) for s in size) == cells or math.prod(s // stride for s in size) == cells
+        for stride in range(1, max(size) + 1)
     )
 
 
