@@ -102,14 +102,17 @@ def torchvision_probabilities(model: nn.Module, images: Tensor) -> tuple[Tensor,
 
 def hugging_face_probabilities(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor]]:
     """The same weights with Hugging Face's eager attention, which returns its probabilities in the graph."""
-    eager = type(model)._from_config(model.config, attn_implementation="eager").eval()
+    eager = (
+        type(model)._from_config(copy.deepcopy(model.config), attn_implementation="eager").eval()
+    )  # the model's own config untouched
     eager.load_state_dict(model.state_dict())
     output = eager(pixel_values=images, output_attentions=True)
     return output.logits, list(output.attentions)
 
 
-def hugging_face(config_name: str, model_name: str) -> nn.Module:
-    """A Hugging Face model with random weights, built from a small config (no download)."""
+def hugging_face(config_name: str, model_name: str, **options: object) -> nn.Module:
+    """A Hugging Face model with random weights, built from a small config (no download); ``options``
+    go to the config."""
     transformers = pytest.importorskip("transformers")
     config = getattr(transformers, config_name)(
         image_size=SIZE,
@@ -119,6 +122,7 @@ def hugging_face(config_name: str, model_name: str) -> nn.Module:
         num_attention_heads=2,
         intermediate_size=64,
         num_labels=4,
+        **options,
     )
     return getattr(transformers, model_name)(config)
 
@@ -353,33 +357,21 @@ def test_on_a_vit_that_reads_the_corner_tag_grad_rollout_finds_the_tag() -> None
 def test_rollout_follows_how_a_hugging_face_beit_pools(mean_pooling: bool) -> None:
     """BEiT averages its patch tokens by default (``use_mean_pooling``): the rollout is then the mean of
     the patch tokens' rows, not the class token's row the classifier never reads (r 0.13 before)."""
-    from transformers import BeitConfig, BeitForImageClassification
-
     from lightning_cam.engine.explainer import normalize_maps
 
-    def beit(implementation: str) -> BeitForImageClassification:
-        torch.manual_seed(0)
-        config = BeitConfig(
-            image_size=32,
-            patch_size=8,
-            num_hidden_layers=2,
-            hidden_size=32,
-            num_attention_heads=2,
-            intermediate_size=64,
-            num_labels=3,
-            use_mean_pooling=mean_pooling,
-            attn_implementation=implementation,
-        )
-        return BeitForImageClassification(config).eval()
-
-    images = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():  # the same weights with eager attention, which returns its probabilities
-        attentions = beit("eager")(pixel_values=images, output_attentions=True).attentions
-    relevance = torch.eye(17).expand(2, 17, 17)
+    torch.manual_seed(0)
+    model = hugging_face(
+        "BeitConfig", "BeitForImageClassification", use_mean_pooling=mean_pooling, attn_implementation="sdpa"
+    ).eval()
+    images = torch.rand(2, 3, SIZE, SIZE)
+    grid, tokens = SIZE // 8, (SIZE // 8) ** 2 + 1
+    with torch.no_grad():
+        attentions = hugging_face_probabilities(model, images)[1]
+    relevance = torch.eye(tokens).expand(2, tokens, tokens)
     for attention in attentions:  # the rollout by hand: heads averaged, half identity, rows renormalised
-        mixed = 0.5 * attention.mean(1) + 0.5 * torch.eye(17)
+        mixed = 0.5 * attention.mean(1) + 0.5 * torch.eye(tokens)
         relevance = (mixed / mixed.sum(-1, keepdim=True)) @ relevance
     rows = relevance[:, 1:].mean(1) if mean_pooling else relevance[:, 0]
-    expected = normalize_maps(rows[:, 1:].reshape(2, 4, 4), (32, 32))
-    ours = lc.explain(beit("sdpa"), images, "rollout", output_key="logits")["rollout"]
+    expected = normalize_maps(rows[:, 1:].reshape(2, grid, grid), (SIZE, SIZE))
+    ours = lc.explain(model, images, "rollout", output_key="logits")["rollout"]
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
