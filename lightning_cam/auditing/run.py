@@ -25,7 +25,7 @@ from lightning_cam.auditing.shards import (
 )
 from lightning_cam.auditing.spray import SMALL_SIZE, small_maps
 from lightning_cam.auditing.strategies import Strategy, find_strategies, strategy_scalars
-from lightning_cam.auditing.table import audit_report
+from lightning_cam.auditing.table import audit_summary, audit_table
 from lightning_cam.batches import FixedBatch, Unpacked, group_name, missing_groups_message, unpack_batch
 from lightning_cam.engine import resolve_methods
 from lightning_cam.engine.capture import model_device_dtype, preserved_rng
@@ -44,7 +44,8 @@ class AuditResult:
     CPU; see :func:`~lightning_cam.auditing.rows.batch_columns`); ``figures``: per slice (``all``,
     ``class=<name>``, ``group=<name>``) its :class:`Figure` s; ``mean_maps``: per method ``[S, H, W]``
     mean maps of the slices in ``map_slices``; ``pairs``: the (method, mask) pairs measured;
-    ``strategies``: with ``strategies=True``, each class's :class:`~.strategies.Strategy` s."""
+    ``strategies``: with ``strategies=True``, each class's :class:`~.strategies.Strategy` s;
+    ``target_layers``: the layers explained (``"auto"`` resolved; empty for attention methods)."""
 
     rows: dict[str, Tensor]
     figures: dict[str, dict[str, Figure]]
@@ -52,6 +53,7 @@ class AuditResult:
     map_slices: list[str]
     pairs: list[tuple[str, str]]
     strategies: list[Strategy] = field(default_factory=list)
+    target_layers: list[str] = field(default_factory=list)
 
     def scalars(self, root: str = "audit") -> dict[str, float]:
         """``<root>/<figure>/<slice>`` (and ``.../ci_low``, ``.../ci_high``), the slice being ``all``, a
@@ -68,7 +70,12 @@ class AuditResult:
 
     def report(self) -> Report:
         """The table (a row per slice, method and mask) and a plain-words reading per group and mask."""
-        return audit_report(self)
+        return audit_table(self)
+
+    def summary(self) -> dict[str, object]:
+        """Everything the audit found as plain data (``json.dumps`` takes it; NaN as ``None``): images,
+        layers, every figure with its interval, every strategy with its tests and verdict."""
+        return audit_summary(self)
 
 
 def audit(
@@ -156,6 +163,7 @@ class _PassResult:
     columns: dict[str, list[Tensor]]
     sums: MapSums
     groups: list[str]
+    layers: list[str] = field(default_factory=list)
 
 
 def _group_codes(batch: FixedBatch, vocabulary: list[str], group_names: Sequence[str] | None) -> Tensor:
@@ -190,6 +198,7 @@ def _explain_all(
         if not len(batch.images):
             continue
         explanation = explain_audited(model, batch, settings)
+        result.layers = explanation.target_layers
         codes = _group_codes(batch, result.groups, group_names)
         columns = batch_columns(batch, explanation, torch.tensor(indices)[keep], codes)
         if settings.strategies:  # travels with the rows: every rank clusters the same maps
@@ -234,11 +243,14 @@ def _gathered(
 ) -> tuple[AuditResult, Tensor | None]:
     """Every rank's rows and map sums (torchmetrics sync), sorted by dataset index, then the figures;
     and the small maps (rows' order) when the strategies are asked for."""
-    shared = exchange((sorted(local.columns), sorted(local.sums.sums), local.groups, local.sums.size))
-    groups = sorted({name for _, _, vocabulary, _ in shared for name in vocabulary})
-    names = sorted({name for column_names, _, _, _ in shared for name in column_names})
-    map_keys = sorted({key for _, keys, _, _ in shared for key in keys}, key=_slice_order)
-    size = next((s for _, _, _, s in shared if s is not None), None)
+    shared = exchange(
+        (sorted(local.columns), sorted(local.sums.sums), local.groups, local.sums.size, local.layers)
+    )
+    groups = sorted({name for _, _, vocabulary, _, _ in shared for name in vocabulary})
+    names = sorted({name for column_names, _, _, _, _ in shared for name in column_names})
+    map_keys = sorted({key for _, keys, _, _, _ in shared for key in keys}, key=_slice_order)
+    size = next((s for _, _, _, s, _ in shared if s is not None), None)
+    layers = next((layers for *_, layers in shared if layers), [])
     if not names or size is None:
         raise ValueError("audit found no images in the dataloader; pass a loader with at least one batch.")
     columns = _local_columns(local, names, groups)
@@ -253,7 +265,8 @@ def _gathered(
     order = columns["index"].argsort()
     rows = {name: values[order] for name, values in columns.items()}
     small = rows.pop("small_map", None)
-    return _result(rows, sums, map_keys, methods, class_names, groups, resamples, seed), small
+    result = _result(rows, sums, map_keys, methods, class_names, groups, resamples, seed)
+    return replace(result, target_layers=layers), small
 
 
 def _slice_order(key: str) -> tuple[int, int, str]:

@@ -11,7 +11,7 @@ from lightning_cam.report.tables import Report
 if TYPE_CHECKING:
     from lightning_cam.auditing.run import AuditResult
 
-__all__ = ["AUDIT_COLUMNS", "audit_report"]
+__all__ = ["AUDIT_COLUMNS", "audit_summary", "audit_table"]
 
 AUDIT_COLUMNS = [
     "slice",
@@ -65,7 +65,7 @@ def _reading(part: str, figures: dict[str, Figure], method: str, mask: str) -> s
     )
 
 
-def audit_report(result: AuditResult) -> Report:
+def audit_table(result: AuditResult) -> Report:
     """Rows for every slice (``all``, classes, groups) and (method, mask) pair, or one row per slice
     without masks; readings for ``all`` and each group."""
     rows, readings = [], []
@@ -94,3 +94,45 @@ def audit_report(result: AuditResult) -> Report:
             if not part.startswith("class="):
                 readings.append(_reading(part, figures, method, mask))
     return Report(list(AUDIT_COLUMNS), rows, readings)
+
+
+def _number(value: float) -> float | None:
+    """A float for JSON: ``None`` where it is NaN or infinite (JSON has neither)."""
+    return value if math.isfinite(value) else None
+
+
+def audit_summary(result: AuditResult) -> dict[str, object]:
+    """The audit as plain data for JSON: the images counted, the layers explained, every figure per slice
+    (``value``, ``low``, ``high``; ``None`` where unknown) and every strategy with its tests and verdict."""
+    return {
+        "images": len(result.rows["index"]),
+        "target_layers": list(result.target_layers),
+        "figures": {
+            part: {
+                key: {"value": _number(f.value), "low": _number(f.low), "high": _number(f.high)}
+                for key, f in figures.items()
+            }
+            for part, figures in result.figures.items()
+        },
+        "strategies": [
+            {
+                "class": s.class_name,
+                "number": s.number,
+                "size": s.size,
+                "share": _number(s.share),
+                "accuracy": _number(s.accuracy),
+                "region_area": _number(s.region_area),
+                "repetition": _number(s.repetition),
+                "occlusion_drop": _number(s.occlusion_drop),
+                "transplant_gain": _number(s.transplant_gain),
+                "flip_rate": _number(s.flip_rate),
+                "reliance": _number(s.reliance),
+                "evidence": _number(s.evidence),
+                "verdict": s.verdict,
+                "flagged": s.flagged,
+                "unknown": s.unknown,
+                "prototypes": list(s.prototypes),
+            }
+            for s in result.strategies
+        ],
+    }
