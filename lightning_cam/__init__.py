@@ -3,7 +3,8 @@
 ``explain()`` computes class-activation maps in one guarded pass over any ``nn.Module``;
 ``CAMMonitor`` is the Lightning callback that logs them during ``trainer.fit``. Importing the
 package does not import Lightning (nor torchmetrics): ``CAMMonitor``, ``Writer``, ``register_writer``
-and the full audit (``audit``, ``AuditResult``) are loaded the first time they are used.
+and the full audit (``audit``, ``AuditResult``, ``audit_report``: its page) are loaded the first time
+they are used.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lightning_cam.engine import METHODS, Explanation, explain, explain_batch
 if TYPE_CHECKING:
     from lightning_cam.auditing import AuditResult, audit
     from lightning_cam.monitor import CAMMonitor
+    from lightning_cam.monitor.audit_page import audit_report
     from lightning_cam.writers import Writer, register_writer
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "Explanation",
     "Writer",
     "audit",
+    "audit_report",
     "explain",
     "explain_batch",
     "metrics",
@@ -36,6 +39,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "AuditResult": "lightning_cam.auditing",
     "audit": "lightning_cam.auditing",
+    "audit_report": "lightning_cam.monitor.audit_page",
     "CAMMonitor": "lightning_cam.monitor",
     "Writer": "lightning_cam.writers",
     "register_writer": "lightning_cam.writers",

@@ -8,7 +8,7 @@ import html
 from collections.abc import Iterable
 
 from lightning_cam.report.plots import Family, families, plot_png, plotting_available
-from lightning_cam.report.record import PROBLEMS_TAG, RunRecord, peak_step
+from lightning_cam.report.record import AUDITED_KEY, PROBLEMS_TAG, RunRecord, peak_step
 from lightning_cam.report.tables import Report
 
 __all__ = ["render_page"]
@@ -57,6 +57,17 @@ def _table(table: Report) -> str:
 
 def _summary(record: RunRecord) -> str:
     summary = record.summary
+    if AUDITED_KEY in summary:  # an audit outside fit: what was audited, and nothing about checks
+        listed = {"model", "target_layer", "methods", "targets", AUDITED_KEY}
+        rows = [
+            ("model", summary["model"]),
+            ("target layer", summary.get("target_layer", "unknown")),
+            ("methods", ", ".join(summary.get("methods", []))),  # type: ignore[arg-type]
+            ("targets", ", ".join(map(str, summary.get("targets", [])))),  # type: ignore[arg-type]
+            ("images audited", summary[AUDITED_KEY]),
+            *((key.replace("_", " "), value) for key, value in summary.items() if key not in listed),
+        ]
+        return _rows_table(rows)
     steps = sorted({step for series in record.scalars.values() for step, _ in series})
     rows = [
         ("model", summary.get("model", "unknown (run made before the summary was logged)")),
@@ -71,6 +82,10 @@ def _summary(record: RunRecord) -> str:
             else "none",
         ),
     ]
+    return _rows_table(rows)
+
+
+def _rows_table(rows: list[tuple[str, object]]) -> str:
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_code(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 
@@ -93,6 +108,12 @@ def _verdicts(record: RunRecord) -> str:
 
 def _no_verdict(record: RunRecord) -> str:
     """Why there is no verdict, in the words that fit the run."""
+    if AUDITED_KEY in record.summary:
+        return (
+            "The audit had neither masks nor strategies, so there is no verdict on a cue: audit with "
+            "<code>strategies=True</code> (no mask needed), or give batches a <code>mask</code>. The mean maps "
+            "and the table below still show where the model looked."
+        )
     if not record.scalars.get(f"{record.name}/check_seconds"):
         see = " (see what went wrong, above)" if f"{record.name}/{PROBLEMS_TAG}" in record.tables else ""
         return f"No check ran, so there is nothing to judge{see}."
@@ -220,13 +241,16 @@ def _tables(record: RunRecord) -> str:
 def render_page(record: RunRecord, source: str) -> str:
     """The page's HTML; ``source`` says where the record came from (the end of fit, or the files read)."""
     model = record.summary.get("model", "a model")
+    training = [  # an audit outside fit has no check: no curve, no grid of fixed samples
+        f"<h2>Attention over training</h2>{_curves(record)}",
+        f"<h2>Where the model looked</h2>{_grids(record)}",
+    ]
     sections = [
         f"<h1>lightning-cam audit report: {_e(model)}</h1><p class='muted'>{_code(source)}</p>",
         f"<h2>Run</h2>{_summary(record)}",
         _problems(record),
         f"<h2>Verdict</h2>{_verdicts(record)}",
-        f"<h2>Attention over training</h2>{_curves(record)}",
-        f"<h2>Where the model looked</h2>{_grids(record)}",
+        *(training if AUDITED_KEY not in record.summary else []),
         f"<h2>Timelines, mean maps and prototypes</h2><div class='plots'>{_latest_images(record, ('timeline', 'class_means', 'mean_maps', 'prototypes'))}</div>",
         f"<h2>Tables</h2>{_tables(record)}",
     ]

@@ -21,6 +21,7 @@ __all__ = ["RunRecord", "enrichment_tags", "grid_tag", "peak_step", "table_of_te
 SUMMARY_TAG = "run_summary"
 PROBLEMS_TAG = "problems"  # what went wrong: a row per warning
 FILE_TAG = "report_file"  # the page's path, logged after the page: never part of it
+AUDITED_KEY = "images_audited"  # in the summary of an audit made outside fit (no check, no training)
 
 
 def table_of_text(text: str) -> Report:
