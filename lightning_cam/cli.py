@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from lightning_cam.engine import METHODS
@@ -42,6 +43,7 @@ def _demo(args: argparse.Namespace) -> None:
         print("\n".join(f"  - {words}" for words in result.suspects))
     print(f"\nLogs and grids: {result.log_dir}")
     print(f"  the audit page: {result.log_dir}/cam_report.html")
+    print(f"  the trained model: {result.checkpoint} (audit it again: lightning-cam audit --help)")
     if args.logger == "tensorboard":
         print(f"  open with: tensorboard --logdir {result.log_dir}  (IMAGES tab, tags cam/predicted/grid)")
     elif args.logger == "wandb":
@@ -104,13 +106,27 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_audit(commands: argparse._SubParsersAction) -> None:
+    commands.add_parser(
+        "audit",
+        add_help=False,
+        help="audit a checkpoint trained elsewhere (LightningCLI arguments; see lightning-cam audit --help)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``lightning-cam`` console script."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["audit"]:  # LightningCLI parses the rest (--config, --model, --data, --ckpt_path, ...)
+        from lightning_cam.monitor.checkpoint_audit import run_checkpoint_audit
+
+        sys.exit(run_checkpoint_audit(None if argv is None else given[1:]))
     parser = argparse.ArgumentParser(prog="lightning-cam", description="Explain a model while it trains.")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_demo(commands)
     _add_report(commands)
-    args = parser.parse_args(argv)
+    _add_audit(commands)
+    args = parser.parse_args(given)
     if args.command == "demo":
         _demo(args)
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
 from lit_helpers import TinyClassifier
@@ -204,3 +205,10 @@ def cue_statistics(strategies: list[Any], cued: Tensor, cue: str) -> dict[str, f
             default=0.0,
         ),
     }
+
+
+class PlantedData(pl.LightningDataModule):
+    """:func:`planted_validation` (the tag) as a data module, for ``lightning-cam audit``."""
+
+    def val_dataloader(self) -> DataLoader:
+        return planted_validation("tag")[0]

@@ -15,17 +15,20 @@ from lightning_cam.monitor.callback import CAMMonitor
 __all__ = ["DemoResult", "make_logger", "run_demo"]
 
 LOGGERS = ("tensorboard", "wandb", "csv")
+CHECKPOINT_FILE = "demo.ckpt"
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What a demo run produced: where its logs are, its accuracies, how long it took, and the shortcut
-    suspects its audits found without any mask over the run (in words: first and last seen)."""
+    """What a demo run produced: where its logs are, its accuracies, how long it took, the shortcut
+    suspects its audits found without any mask over the run (in words: first and last seen), and the
+    trained model's checkpoint (``lightning-cam audit --ckpt_path`` reads it)."""
 
     log_dir: Path
     accuracy: dict[str, float]
     seconds: float
     suspects: list[str] = field(default_factory=list)
+    checkpoint: Path | None = None
 
 
 def make_logger(kind: str, out: Path) -> Logger:
@@ -130,4 +133,6 @@ def run_demo(
         trainer.logger.log_dir if not isinstance(trainer.logger, WandbLogger) else trainer.logger.save_dir
     )
     suspects = monitor.suspects.report().readings if monitor.suspects.suspects else []
-    return DemoResult(log_dir=log_dir, accuracy=accuracy, seconds=seconds, suspects=suspects)
+    checkpoint = log_dir / CHECKPOINT_FILE
+    trainer.save_checkpoint(checkpoint)
+    return DemoResult(log_dir, accuracy, seconds, suspects, checkpoint)
