@@ -7,6 +7,10 @@ class alone.
 
     python benchmarks/bench_audit.py                # single process, the strategies, then DDP
     python benchmarks/bench_audit.py --strategies   # the strategies' own cost only
+    python benchmarks/bench_audit.py --classes 20 100 1000 --per-class 50   # the strategies at scale
+
+At scale: a CNN of three conv layers with random weights on random 32 px images, ``per_class`` images of
+each class, Grad-CAM, 100 bootstrap resamples; the audit with and without strategies, timed in turn.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import torch
 from common import interleaved_medians
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import lightning_cam as lc
 from lightning_cam.demo.data import ShapesConfig, make_shapes
@@ -100,6 +104,46 @@ def strategies_cost() -> None:
     print(f"clustering 10,000 maps of one class: {seconds:.2f} s, clusters of {labels.bincount().tolist()}")
 
 
+def three_convs(classes: int) -> torch.nn.Module:
+    """Three conv layers and a linear head, random weights."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+    layers += [torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+    layers += [torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU()]
+    head = [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, classes)]
+    return torch.nn.Sequential(*layers, *head).eval()
+
+
+def scale_cost(class_counts: list[int], per_class: int, repeats: int) -> None:
+    """The strategies' share of the audit as the classes grow, ``per_class`` images each."""
+    for classes in class_counts:
+        scale_once(classes, per_class, repeats)
+
+
+def scale_once(classes: int, per_class: int, repeats: int) -> None:
+    """One line of :func:`scale_cost`."""
+    generator = torch.Generator().manual_seed(classes)
+    images = torch.rand(classes * per_class, 3, 32, 32, generator=generator)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=BATCH)
+    model = three_convs(classes)
+    options = {"progress": False, "bootstrap_samples": 100}
+    times = interleaved_medians(
+        {
+            "audit": lambda: lc.audit(model, loader, "gradcam", **options),
+            "strategies": lambda: lc.audit(model, loader, "gradcam", strategies=True, **options),
+        },
+        repeats=repeats,
+    )
+    found = len(lc.audit(model, loader, "gradcam", strategies=True, **options).strategies)
+    extra = times["strategies"] - times["audit"]
+    print(
+        f"{classes} classes x {per_class}: audit {times['audit']:.2f} s, strategies +{extra:.2f} s "
+        f"({extra / times['audit']:.0%} of the audit; {found} strategies, {1000 * extra / max(found, 1):.0f} ms each)",
+        flush=True,
+    )
+
+
 def ddp_rank() -> None:
     """One rank of the DDP run (started by :func:`ddp`): audit, report the wall time on rank 0."""
     torch.distributed.init_process_group("gloo")
@@ -137,10 +181,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--strategies", action="store_true", help="only the strategies' cost")
+    parser.add_argument("--classes", type=int, nargs="+", help="the strategies' cost at these class counts")
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
     arguments = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     if arguments.rank:
         ddp_rank()
+    elif arguments.classes:
+        scale_cost(arguments.classes, arguments.per_class, arguments.repeats)
     elif arguments.strategies:
         strategies_cost()
     else:

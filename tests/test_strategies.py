@@ -18,6 +18,7 @@ from strategy_helpers import (
     PlantedClassifier,
     audit_planted,
     cue_statistics,
+    planted_model,
     planted_train_loader,
     planted_validation,
 )
@@ -27,8 +28,13 @@ import lightning_cam as lc
 from lightning_cam import CAMMonitor
 from lightning_cam.auditing.patterns import FLOOR, pattern_region, repeated_map, repetition
 from lightning_cam.auditing.spray import cluster_maps, small_maps
-from lightning_cam.auditing.strategies import TAGGED_STRATEGIES, Strategy, strategy_report, strategy_scalars
-from lightning_cam.demo.model import SmallCNN
+from lightning_cam.auditing.strategies import (
+    TAGGED_STRATEGIES,
+    Strategy,
+    strategy_rank,
+    strategy_report,
+    strategy_scalars,
+)
 from lightning_cam.monitor.suspects import SuspectHistory
 
 
@@ -241,16 +247,18 @@ def test_strategies_need_the_audit() -> None:
 
 
 def test_a_model_that_puts_every_image_in_one_class_cannot_tell_for_that_class() -> None:
-    """No image of another class is left to paste onto: that class's strategies cannot tell, and the
-    reading counts only the strategies that could be tested."""
-    torch.manual_seed(0)
-    network = SmallCNN(width=8).eval()
+    """No image of another class is left to paste onto: that class's strategies on the tag (a pattern
+    the model was trained to read) cannot tell, and the reading counts only the strategies that could be
+    tested. Strategies on no pattern are not tested at all: "no", whatever the tests would say."""
+    network = planted_model(0, "tag")
     with torch.no_grad():
-        network.classifier.bias.copy_(torch.tensor([100.0, 0.0, 0.0, 0.0]))
+        network.classifier.bias[0] += 100.0
     val, _ = planted_validation()
     result = lc.audit(network, val, "gradcam", progress=False, strategies=True, bootstrap_samples=0)
-    zero = [s for s in result.strategies if s.class_index == 0]
+    zero = [s for s in result.strategies if s.class_index == 0 and s.tested]
     assert zero and all(s.verdict == "cannot tell" and math.isnan(s.evidence) for s in zero)
+    untested = [s for s in result.strategies if not s.tested]
+    assert all(s.verdict == "no" and (not s.on_pattern or s.repetition < 0.2) for s in untested)
     assert all("pasting: no image of another class" in s.unknown for s in zero)
     assert not any(s.flagged for s in result.strategies)
     readings = strategy_report(result.strategies).readings
@@ -299,3 +307,17 @@ def test_the_pattern_region_is_the_whole_pattern_the_attention_touches() -> None
 
 def _grown(mask: Tensor) -> Tensor:
     return torch.nn.functional.max_pool2d(mask[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+
+
+def test_a_strategy_on_no_pattern_is_not_tested_and_reads_no() -> None:
+    nan = float("nan")
+    untested = {"occlusion_drop": nan, "transplant_gain": nan, "flip_rate": nan, "reliance": nan}
+    off = strategy(on_pattern=False, repetition=0.1, evidence=nan, tested=False, **untested)
+    assert off.verdict == "no" and off.words().endswith("nothing there to lean on, not tested")
+    found = [strategy(evidence=0.1), off, strategy(number=2, evidence=nan, unknown="pasting: none")]
+    scalars = strategy_scalars(found)
+    assert scalars["audit/strategies/cannot_tell"] == 1 and scalars["audit/strategies/evidence_max"] == 0.1
+    assert [s.number for s in sorted(found, key=strategy_rank)] == [0, 2, 0]  # tested, cannot tell, untested
+    (last,) = [line for line in strategy_report(found).readings if line.startswith("no shortcut")]
+    assert "the 2 of 3 strategies that could be tested over 1 classes (1 of them look at no pattern" in last
+    assert strategy_report([off]).readings[0].startswith("no shortcut suspect among 1 strategies over 1 classes (1 of")

@@ -74,6 +74,9 @@ REGION_CELLS = SMALL_SIZE * SMALL_SIZE // 10  # an attention region covers at mo
 MERGE_IOU = 0.5
 MAX_TESTED = 8
 MAX_OTHERS = 32
+OTHERS_POOL = (
+    2 * MAX_OTHERS
+)  # images spread over the whole set, fetched once; each class's others come from them
 PROTOTYPES = 4
 TAGGED_STRATEGIES = 5  # per-strategy tags: the flagged ones and this many more, by evidence
 
@@ -88,7 +91,11 @@ class Strategy:
     ``region_area`` and whether it is a repeated pattern (``on_pattern``), ``prototypes`` (dataset
     indices of tested members, from the centre outwards) and their ``prototype_images``; the figures ``repetition``,
     ``occlusion_drop``, ``transplant_gain``, ``flip_rate``, ``reliance`` and ``evidence`` (NaN where a
-    test cannot tell, ``unknown`` saying why), and whether it is ``flagged`` (see the module's rule)."""
+    test cannot tell, ``unknown`` saying why), and whether it is ``flagged`` (see the module's rule).
+    ``tested``: whether the model was tested at all: a strategy that looks at no pattern repeated at one
+    place, or whose repetition is under :data:`LEAN_THRESHOLD`, cannot lean on a shortcut whatever the
+    tests say (evidence is at most its repetition), so its tests are skipped (their figures NaN) and its
+    verdict is ``"no"``."""
 
     class_index: int
     class_name: str
@@ -112,6 +119,7 @@ class Strategy:
     evidence: float
     flagged: bool
     unknown: str = ""
+    tested: bool = True
 
     @property
     def verdict(self) -> str:
@@ -121,6 +129,8 @@ class Strategy:
         over more than :data:`MAX_PATTERN_AREA` of the image); ``"cannot tell"``; or ``"no"``."""
         if self.flagged:
             return "shortcut suspect"
+        if not self.tested:
+            return "no"
         if self.evidence != self.evidence:
             return "cannot tell"
         effects = min(self.occlusion_drop, self.transplant_gain)
@@ -143,6 +153,11 @@ class Strategy:
         repeated in these images, a 2% region at the top left (repetition 0.97); covering it drops their
         confidence by 0.71; pasting it raises other classes' images' probability of `cross` by 0.64 and
         turns 90% more of them than other content there does: evidence 0.69, shortcut suspect"."""
+        if not self.tested:
+            return (
+                f"class `{self.class_name}`, {self.size} images ({self.share:.0%}): attention on {self.place()} "
+                f"(repetition {_figure(self.repetition)}): nothing there to lean on, not tested"
+            )
         pasting = (
             f"pasting it raises other classes' images' probability of `{self.class_name}` by "
             f"{self.transplant_gain:.2f} and turns {self.flip_rate:.0%} more of them than other content there does"
@@ -340,10 +355,14 @@ def _strategy(model: _Model, data: _ClassData, members: Tensor, number: int, fet
     chosen = _spread(indices, MAX_TESTED)  # from the centre outwards: the cluster, not its densest core
     tested = fetch(chosen)
     pattern = _pattern(tested, data, small, data.small[~members & data.usable])
-    drop = _occlusion_drop(model, tested, pattern.region, data.class_index, data.others)
-    recipients = data.others[data.recipient] if len(data.others) else data.others
-    gain, flip = _transplant(model, tested, recipients, pattern.region, data.class_index).tolist()
-    reliance, why_not = _reliance(drop, gain)
+    testable = pattern.on_pattern and pattern.repetition >= LEAN_THRESHOLD  # else evidence < LEAN_THRESHOLD
+    nan = float("nan")
+    drop, gain, flip = nan, nan, nan
+    if testable:
+        drop = _occlusion_drop(model, tested, pattern.region, data.class_index, data.others)
+        recipients = data.others[data.recipient] if len(data.others) else data.others
+        gain, flip = _transplant(model, tested, recipients, pattern.region, data.class_index).tolist()
+    reliance, why_not = _reliance(drop, gain) if testable else (nan, "")
     evidence = pattern.repetition * reliance
     area = float(pattern.region.float().mean())
     mean = _at_size(centre, (tested.shape[-2], tested.shape[-1]), "bilinear")
@@ -370,6 +389,7 @@ def _strategy(model: _Model, data: _ClassData, members: Tensor, number: int, fet
         evidence=evidence,
         flagged=pattern.on_pattern and area <= MAX_PATTERN_AREA and evidence >= EVIDENCE_THRESHOLD,
         unknown="; ".join(why for why in (pattern.unknown, why_not) if why),
+        tested=testable or pattern.repetition != pattern.repetition,
     )
 
 
@@ -388,18 +408,31 @@ def find_strategies(
     model, found = _Model(network, output_key), []
     device_type = next((p.device.type for p in network.parameters()), "cpu")
     with preserved_state(network, device_type), torch.inference_mode():
+        pool = torch.tensor(_spread(torch.arange(len(classes)), OTHERS_POOL), dtype=torch.long)
+        pool_images = fetch(rows["index"][pool].tolist())  # once: every class takes its others from them
         for value in classes.unique().tolist():
-            found += _class_strategies(model, rows, small, classes == value, value, class_name(value), fetch)
+            inside = classes == value
+            outside = _spread((~inside[pool]).nonzero().flatten(), MAX_OTHERS)
+            data = _class_data(
+                rows, small, inside, value, class_name(value), pool[outside], pool_images[outside]
+            )
+            merged = _merged(cluster_maps(data.small), data)
+            found += [_strategy(model, data, members, number, fetch) for number, members in enumerate(merged)]
     return found
 
 
-def _class_strategies(
-    model: _Model, rows: dict[str, Tensor], small: Tensor, inside: Tensor, value: int, name: str, fetch: Fetch
-) -> list[Strategy]:
-    """The strategies of class ``value`` (its images: ``inside``)."""
-    chosen = torch.tensor(_spread((~inside).nonzero().flatten(), MAX_OTHERS), dtype=torch.long)
-    others = fetch(rows["index"][chosen].tolist())
-    data = _ClassData(
+def _class_data(
+    rows: dict[str, Tensor],
+    small: Tensor,
+    inside: Tensor,
+    value: int,
+    name: str,
+    chosen: Tensor,
+    others: Tensor,
+) -> _ClassData:
+    """What the strategies of class ``value`` (its images: ``inside``) are found and tested with;
+    ``chosen``: the rows of the other classes' images ``others``."""
+    return _ClassData(
         value,
         name,
         rows["index"][inside],
@@ -409,8 +442,6 @@ def _class_strategies(
         others,
         (rows["predicted"][chosen] != value).to(others.device),  # the audit's predictions: no forward needed
     )
-    merged = _merged(cluster_maps(data.small), data)
-    return [_strategy(model, data, members, number, fetch) for number, members in enumerate(merged)]
 
 
 def strategy_scalars(strategies: list[Strategy], root: str = "audit") -> dict[str, float]:
@@ -424,7 +455,7 @@ def strategy_scalars(strategies: list[Strategy], root: str = "audit") -> dict[st
     scalars = {
         f"{root}/strategies/count": float(len(strategies)),
         f"{root}/strategies/flagged": float(sum(s.flagged for s in strategies)),
-        f"{root}/strategies/cannot_tell": float(len(evidence) - len(known)),
+        f"{root}/strategies/cannot_tell": float(sum(s.verdict == "cannot tell" for s in strategies)),
         f"{root}/strategies/evidence_max": float(known.max()) if len(known) else float("nan"),
     }
     ranked = sorted(strategies, key=strategy_rank)
@@ -440,10 +471,10 @@ def strategy_scalars(strategies: list[Strategy], root: str = "audit") -> dict[st
     return scalars
 
 
-def strategy_rank(strategy: Strategy) -> tuple[bool, float]:
-    """Flagged first, then by evidence (highest first), those that cannot tell last."""
+def strategy_rank(strategy: Strategy) -> tuple[bool, bool, float]:
+    """Flagged first, then the tested by evidence (highest first), those that cannot tell, the untested last."""
     evidence = strategy.evidence
-    return (not strategy.flagged, -evidence if evidence == evidence else float("inf"))
+    return (not strategy.flagged, not strategy.tested, -evidence if evidence == evidence else float("inf"))
 
 
 STRATEGY_COLUMNS = [
@@ -503,22 +534,29 @@ def _readings(ranked: list[Strategy]) -> list[str]:
             + ("; ..." if len(unknown) > 3 else "")
         )
     known = [s for s in ranked if s.evidence == s.evidence]
+    untested = sum(not s.tested for s in ranked)
     local = [s for s in known if s.on_pattern and s.region_area <= MAX_PATTERN_AREA]
-    if known and not any(s.flagged for s in ranked):
+    if (known or untested) and not any(s.flagged for s in ranked):
         highest = (
             f"; the highest on a pattern at one place is {local[0].evidence:.2f} (class `{local[0].class_name}`, "
             f"strategy {local[0].number})"
             if local
             else "; none looks at a pattern at one place"
         )
+        skipped = (
+            f" ({untested} of them look at no pattern repeated at one place, or repetition under "
+            f"{LEAN_THRESHOLD:g}: nothing there to lean on, so the model was not tested on them)"
+            if untested
+            else ""
+        )
         classes = len({s.class_index for s in ranked})
         among = (
-            f"the {len(known)} of {len(ranked)} strategies that could be tested"
+            f"the {len(ranked) - len(unknown)} of {len(ranked)} strategies that could be tested"
             if unknown
             else f"{len(ranked)} strategies"
         )
         said.append(
-            f"no shortcut suspect among {among} over {classes} classes: tested whether each "
+            f"no shortcut suspect among {among} over {classes} classes{skipped}: tested whether each "
             f"looks at a pattern repeated at one place in its images that the model relies on (covering it "
             f"lowers the class's probability and pasting it raises it); none has evidence of at least "
             f"{EVIDENCE_THRESHOLD:g}{highest}"
