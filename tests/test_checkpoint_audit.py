@@ -207,3 +207,20 @@ def test_audit_report_writes_the_page_of_an_audit_made_in_python(tmp_path: Path)
     assert "neither masks nor strategies" in text and 'alt="audit/mean_maps"' in text
     assert "Attention over training" not in text and "No check ran" not in text
     assert json.loads(json.dumps(result.summary(), allow_nan=False))["images"] == 12
+
+
+@pytest.mark.slow
+def test_the_readmes_example_config_audits_the_demos_checkpoint(
+    demo_checkpoint: Path, tmp_path: Path
+) -> None:
+    config = TESTS.parent / "examples" / "audit_demo.yaml"
+    done = lightning_cam_audit(
+        "--config", str(config), "--ckpt_path", str(demo_checkpoint), "--data.num_val", "32", out=tmp_path
+    )
+    summary = summary_of(tmp_path)
+    accuracy = summary["figures"]["all"]["accuracy"]["value"]
+    crossed = accuracy < 0.9 or any(s["flagged"] for s in summary["strategies"])
+    assert done.returncode == summary["exit_code"] == int(crossed), done.stderr[-3000:]
+    assert (
+        summary["methods"] == ["gradcam", "gradcam++"] and summary["images"] == 32 and summary["strategies"]
+    )
