@@ -320,4 +320,8 @@ def test_a_strategy_on_no_pattern_is_not_tested_and_reads_no() -> None:
     assert [s.number for s in sorted(found, key=strategy_rank)] == [0, 2, 0]  # tested, cannot tell, untested
     (last,) = [line for line in strategy_report(found).readings if line.startswith("no shortcut")]
     assert "the 2 of 3 strategies that could be tested over 1 classes (1 of them look at no pattern" in last
-    assert strategy_report([off]).readings[0].startswith("no shortcut suspect among 1 strategies over 1 classes (1 of")
+    assert (
+        strategy_report([off])
+        .readings[0]
+        .startswith("no shortcut suspect among 1 strategies over 1 classes (1 of")
+    )
