@@ -137,7 +137,7 @@ def test_mlflow_run_holds_grids_summaries_and_report_as_artifacts(
     torch.manual_seed(0)
     train, val = loaders(with_masks=True)
     logger = MLFlowLogger(experiment_name="cam", tracking_uri=f"file:{tmp_path}/mlruns")
-    monitor = CAMMonitor(methods=["gradcam"], num_samples=4, strict=True)
+    monitor = CAMMonitor(methods=["gradcam", "gradcam++"], num_samples=4, strict=True, audit=True)
     trainer(tmp_path, [monitor], logger=logger, max_epochs=2).fit(TinyClassifier(), train, val)
     artifacts = next((tmp_path / "mlruns").rglob("artifacts"))
     grids = sorted(p.name for p in (artifacts / "cam" / "predicted" / "grid").glob("*.png"))
@@ -148,7 +148,16 @@ def test_mlflow_run_holds_grids_summaries_and_report_as_artifacts(
     assert (artifacts / "cam" / "gradcam" / "timeline" / "step_8.png").exists()
     report = (artifacts / "cam" / "bias_report" / "step_8.md").read_text()
     assert "| gradcam | mask |" in report
-    assert (artifacts.parent / "metrics" / "cam" / "check_seconds").exists()
+    metrics = artifacts.parent / "metrics"
+    assert (metrics / "cam" / "check_seconds" / "value").exists()
+    plain, plus = (
+        metrics / "cam" / m / "enrichment" / "mask" / "value" for m in ("gradcam", "gradcam_plus_plus")
+    )
+    assert plain.read_text() != plus.read_text()  # gradcam++ is its own series, not merged into gradcam's
+    accuracy = metrics / "audit" / "accuracy" / "all"
+    assert (accuracy / "value").exists() and (accuracy / "ci_low" / "value").exists()  # side by side
+    assert (artifacts.parent / "cam_report.html").exists() and (artifacts / "cam_report.html").exists()
+    assert not (tmp_path / "mlruns" / "cam_report.html").exists()  # not the store's root, shared by every run
 
 
 def test_png_fallback_without_logger(tmp_path: Path) -> None:
@@ -498,3 +507,22 @@ def test_large_images_are_drawn_as_capped_tiles_unless_full_resolution_is_asked(
     assert rows_tall < sizes[128][1] < rows_tall + 40 and sizes[None][1] > 4 * 300
     with pytest.raises(ValueError, match="max_tile_size is the longest side"):
         CAMMonitor(max_tile_size=4)
+
+
+def test_mlflow_tags_that_would_merge_are_an_error_never_a_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from lightning_cam.writers import MLflowWriter
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    writer = MLflowWriter(MLFlowLogger(experiment_name="cam", tracking_uri=f"file:{tmp_path}/mlruns"))
+    with pytest.raises(
+        ValueError,
+        match=r"left out 'audit/count/group_a' \(its key 'audit/count/group_a/value' holds 'audit/count/group=a'\)",
+    ):
+        writer.log_metrics({"audit/count/group=a": 3.0, "audit/count/group_a": 5.0, "cam/x++": 1.0}, step=0)
+    metrics = next((tmp_path / "mlruns").rglob("metrics"))
+    assert (metrics / "audit/count/group_a/value").read_text().split()[1] == "3.0"  # the first tag's value
+    assert (metrics / "cam/x_plus_plus/value").exists()

@@ -305,9 +305,8 @@ class Publisher:
         """Write the audit page (``<log_dir>/cam_report.html``) when due and hand its path to every writer."""
         if not self.config.report_due(self.record.tables):
             return None
-        path = write_report(
-            self.record, Path(log_dir) / REPORT_FILE, "Written by CAMMonitor at the end of fit."
-        )
+        directory = self.writers[0].page_dir(Path(log_dir)) if self.writers else Path(log_dir)
+        path = write_report(self.record, directory / REPORT_FILE, "Written by CAMMonitor at the end of fit.")
         rank_zero_info(f"CAMMonitor: the audit page is {path}")
         tag = f"{self.config.name}/{FILE_TAG}"
         self._each_writer(lambda writer: partial(writer.log_file, tag, path, step))

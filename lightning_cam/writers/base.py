@@ -35,6 +35,10 @@ class Writer:
         if self.logger is not None:
             self.logger.log_metrics(dict(metrics), step=step)
 
+    def page_dir(self, default: Path) -> Path:
+        """Where the audit page of this logger's run is written (``default``: the trainer's ``log_dir``)."""
+        return default
+
     def log_file(self, tag: str, path: Path, step: int) -> None:
         """A file written beside the run (the audit page); loggers that keep files attach it, the others
         note its path."""
