@@ -26,7 +26,7 @@ from torch import Tensor
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
-from lightning_cam.auditing.patterns import FLOOR, pattern_region, repeated_map, repetition
+from lightning_cam.auditing.patterns import FLOOR, pattern_region, repeated_map, repeated_near, repetition
 from lightning_cam.auditing.spray import cluster_maps, small_maps
 from lightning_cam.auditing.strategies import (
     TAGGED_STRATEGIES,
@@ -325,3 +325,20 @@ def test_a_strategy_on_no_pattern_is_not_tested_and_reads_no() -> None:
         .readings[0]
         .startswith("no shortcut suspect among 1 strategies over 1 classes (1 of")
     )
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_repeated_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(planted: bool) -> None:
+    torch.manual_seed(0)
+    members = (torch.arange(8) % 2).float().view(8, 1, 1, 1).repeat(1, 3, 32, 32)  # half black, half white
+    others = torch.rand(32, 3, 32, 32)
+    if planted:  # a tag repeated in every member, just outside the attention's box
+        members[:, :, 20:24, 14:18] = 1.0
+    attention = torch.zeros(32, 32, dtype=torch.bool)
+    attention[12:20, 8:14] = True
+    weights = torch.rand(32, 32) * attention
+    near, whole = repeated_near(members, others, attention, 4), repeated_map(members, others)
+    assert repetition(near, weights, 4) == pytest.approx(repetition(whole, weights, 4), abs=1e-6)
+    assert torch.equal(pattern_region(near, attention, 4), pattern_region(whole, attention, 4))
+    assert bool(pattern_region(whole, attention, 4).any()) == planted
+    assert torch.equal(near, whole) == planted  # the whole map only when a pattern is near the attention

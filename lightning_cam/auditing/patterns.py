@@ -26,23 +26,34 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-__all__ = ["FLOOR", "ON_PATTERN", "pattern_region", "repeated_map", "repetition"]
+__all__ = [
+    "FLOOR",
+    "ON_PATTERN",
+    "pattern_floor",
+    "pattern_region",
+    "repeated_map",
+    "repeated_near",
+    "repetition",
+]
 
 FLOOR = 0.05
 ON_PATTERN = 0.8
 MIN_PIXELS = 4
 
 
-def repeated_map(members: Tensor, others: Tensor) -> Tensor:
+def repeated_map(members: Tensor, others: Tensor, floor: Tensor | None = None) -> Tensor:
     """``[H, W]`` in ``[0, 1]``: how much each pixel of the members ``[n, C, H, W]`` holds one content that
-    the others ``[m, C, H, W]`` lack there (see the module's docstring).
+    the others ``[m, C, H, W]`` lack there (see the module's docstring); ``floor``: :func:`pattern_floor`
+    of the whole images (given when these are a crop).
 
     Example::
 
-        >>> members, others = torch.rand(6, 3, 8, 8), torch.rand(6, 3, 8, 8)
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> members, others = torch.rand(6, 3, 8, 8, generator=generator), torch.rand(6, 3, 8, 8, generator=generator)
         >>> members[:, :, 0, 0] = 1.0  # the same pixel in every member
         >>> others[:, :, 0, 0] = 0.0
-        >>> bool(repeated_map(members, others)[0, 0] > 0.99), bool(repeated_map(members, others)[4, 4] < 0.5)
+        >>> repeated = repeated_map(members, others)
+        >>> bool(repeated[0, 0] > 0.99), bool(repeated.median() < ON_PATTERN)  # the tag; elsewhere no pattern
         (True, True)
     """
     members, others = members.float(), others.float()
@@ -55,8 +66,33 @@ def repeated_map(members: Tensor, others: Tensor) -> Tensor:
         .values[len(members) // 2]
     )
     separation = (others - centre).pow(2).sum(dim=1).median(dim=0).values
-    floor = FLOOR * others.var(dim=0, unbiased=False).sum(dim=0).mean().clamp(min=1e-6)
+    floor = pattern_floor(others) if floor is None else floor
     return separation / (separation + spread + floor)
+
+
+def pattern_floor(others: Tensor) -> Tensor:
+    """:data:`FLOOR` times the others' ``[m, C, H, W]`` variance per pixel (summed over channels), averaged
+    over the image: the least separation that counts."""
+    return FLOOR * others.float().var(dim=0, unbiased=False).sum(dim=0).mean().clamp(min=1e-6)
+
+
+def repeated_near(members: Tensor, others: Tensor, attention: Tensor, cell: int) -> Tensor:
+    """:func:`repeated_map` wherever :func:`pattern_region` and :func:`repetition` read it for the attention
+    region ``attention`` ``[H, W]`` and ``cell``: within ``cell`` pixels of the attention (its bounding box
+    is computed, the rest left 0) when no pixel there is on a pattern, else everywhere (the pattern may
+    grow anywhere). The same figures as the whole map, at the cost of the attention's box."""
+    near = _dilated(attention, cell)
+    if not bool(near.any()):
+        return torch.zeros(attention.shape, device=members.device)
+    rows, columns = near.any(dim=1).nonzero().flatten(), near.any(dim=0).nonzero().flatten()
+    box = (..., slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
+    floor = pattern_floor(others)
+    found = repeated_map(members[box], others[box], floor)
+    if bool((found >= ON_PATTERN).any()):
+        return repeated_map(members, others, floor)
+    repeated = torch.zeros(attention.shape, device=members.device)
+    repeated[box] = found
+    return repeated
 
 
 def _dilated(region: Tensor, width: int) -> Tensor:
@@ -83,8 +119,10 @@ def pattern_region(repeated: Tensor, attention: Tensor, cell: int) -> Tensor:
         16
     """
     on = repeated >= ON_PATTERN
+    region = _dilated(attention, cell) & on
+    if not bool(region.any()):
+        return region  # no seed: the attention sits on no pattern
     allowed = _dilated(on, 1)
-    region = allowed & _dilated(attention, cell) & on
     for _ in range(sum(region.shape)):
         grown = _dilated(region, 1) & allowed
         if torch.equal(grown, region):

@@ -6,8 +6,10 @@ the small maps are joined by a symmetric k-nearest-neighbour graph (``k = 10``, 
 number of clusters is where the normalised graph Laplacian's sorted eigenvalues jump most
 (``lambda_(k+1) - lambda_k`` over ``k = 1 .. 8``), one cluster when no jump reaches
 :data:`MIN_EIGENGAP`; the clusters are k-means (10 starts, seed 0) on the rows of the first ``k``
-eigenvectors, normalised. scikit-learn (and its SciPy) does the graph, the eigenvectors (ARPACK
-on the sparse graph) and k-means; it is the optional extra ``lightning-cam[strategies]``.
+eigenvectors, normalised. Up to :data:`DENSE_UP_TO` maps a class, the graph and its eigenvectors are
+computed densely in torch, batched over the classes of equal size (one call for a thousand classes of
+50 images); a larger class's graph is scikit-learn's and its eigenvectors ARPACK's. scikit-learn does
+the k-means; it is the optional extra ``lightning-cam[strategies]``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-__all__ = ["MIN_EIGENGAP", "SMALL_SIZE", "cluster_maps", "small_maps"]
+__all__ = ["MIN_EIGENGAP", "SMALL_SIZE", "cluster_classes", "cluster_maps", "small_maps"]
 
 SMALL_SIZE = 16
 MAX_CLUSTERS = 8
 NEIGHBOURS = 10
 MIN_EIGENGAP = 0.05
 DENSE_UP_TO = 500  # a graph this small is decomposed densely (exact and faster than ARPACK)
+BATCHED = 64  # classes whose dense graphs are decomposed in one call
 
 
 def small_maps(maps: Tensor) -> Tensor:
@@ -54,21 +57,53 @@ def _sklearn() -> Any:
 
 def _spectrum(affinity: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``count`` smallest eigenvalues of the normalised Laplacian ``I - D^-1/2 W D^-1/2`` (ascending)
-    and their eigenvectors, from the largest of the normalised adjacency."""
+    and their eigenvectors, from the largest of the normalised adjacency (ARPACK on a sparse graph)."""
     from scipy.sparse import diags
     from scipy.sparse.linalg import eigsh
 
     degree = np.asarray(affinity.sum(axis=1)).ravel()
     scale = diags(1.0 / np.sqrt(np.maximum(degree, 1e-12)))
     adjacency = scale @ affinity @ scale
-    if adjacency.shape[0] <= DENSE_UP_TO:
-        values, vectors = np.linalg.eigh(adjacency.toarray())
-        values, vectors = values[::-1][:count], vectors[:, ::-1][:, :count]
-    else:
-        values, vectors = eigsh(adjacency, k=count, which="LA", tol=1e-6, v0=np.ones(adjacency.shape[0]))
-        order = np.argsort(-values)
-        values, vectors = values[order], vectors[:, order]
-    return 1.0 - values, vectors
+    values, vectors = eigsh(adjacency, k=count, which="LA", tol=1e-6, v0=np.ones(adjacency.shape[0]))
+    order = np.argsort(-values)
+    return 1.0 - values[order], vectors[:, order]
+
+
+def _dense_spectra(points: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_spectrum` of the k-nearest-neighbour graphs of ``G`` classes of ``n`` points each
+    (``[G, n, d]``, float64), built and decomposed densely in one batched call: ``[G, count]`` eigenvalues
+    and ``[G, n, count]`` eigenvectors."""
+    count, n = min(MAX_CLUSTERS + 1, points.shape[1] - 1), points.shape[1]
+    distances = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
+    distances.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # no point is its own neighbour
+    nearest = distances.topk(min(NEIGHBOURS, n - 1), dim=2, largest=False).indices
+    graph = torch.zeros_like(distances).scatter_(2, nearest, 1.0)
+    affinity = 0.5 * (graph + graph.transpose(1, 2))
+    scale = affinity.sum(dim=2).clamp(min=1e-12).rsqrt()
+    values, vectors = torch.linalg.eigh(scale[:, :, None] * affinity * scale[:, None, :])
+    return 1.0 - values.flip(-1)[:, :count], vectors.flip(-1)[:, :, :count]
+
+
+def _labels(eigenvalues: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Cluster labels (0 the largest cluster) from a graph's smallest Laplacian eigenvalues and their
+    eigenvectors: as many clusters as the largest eigengap says, k-means on the normalised rows."""
+    gaps = np.diff(eigenvalues)
+    count = int(np.argmax(gaps)) + 1 if gaps.size and gaps.max() >= MIN_EIGENGAP else 1
+    found = np.zeros(len(vectors), dtype=np.int64)
+    if count > 1:
+        embedding = vectors[:, :count] / np.maximum(
+            np.linalg.norm(vectors[:, :count], axis=1, keepdims=True), 1e-12
+        )
+        found = _sklearn().cluster.KMeans(count, n_init=10, random_state=0).fit_predict(embedding)
+    by_size = np.argsort(-np.bincount(found, minlength=count), kind="stable")
+    return np.argsort(by_size)[found]
+
+
+def _sparse_labels(points: np.ndarray) -> np.ndarray:
+    """:func:`_labels` of a large class: scikit-learn's neighbour graph, ARPACK."""
+    sklearn = _sklearn()
+    graph = sklearn.neighbors.kneighbors_graph(points, min(NEIGHBOURS, len(points) - 1), include_self=False)
+    return _labels(*_spectrum(0.5 * (graph + graph.T), min(MAX_CLUSTERS + 1, len(points) - 1)))
 
 
 def cluster_maps(maps: Tensor) -> Tensor:
@@ -82,24 +117,30 @@ def cluster_maps(maps: Tensor) -> Tensor:
         >>> cluster_maps(torch.cat([left, right]) + 0.01 * torch.rand(40, 4)).bincount().tolist()
         [20, 20]
     """
-    labels = torch.full((len(maps),), -1, dtype=torch.long)
-    usable = ~maps.isnan().any(dim=1)
-    points = maps[usable].double().cpu().numpy()
-    if len(points) < 4:
-        labels[usable] = 0
-        return labels
-    sklearn = _sklearn()
-    graph = sklearn.neighbors.kneighbors_graph(points, min(NEIGHBOURS, len(points) - 1), include_self=False)
-    affinity = 0.5 * (graph + graph.T)
-    eigenvalues, vectors = _spectrum(affinity, min(MAX_CLUSTERS + 1, len(points) - 1))
-    gaps = np.diff(eigenvalues)
-    count = int(np.argmax(gaps)) + 1 if gaps.size and gaps.max() >= MIN_EIGENGAP else 1
-    found = np.zeros(len(points), dtype=np.int64)
-    if count > 1:
-        embedding = vectors[:, :count] / np.maximum(
-            np.linalg.norm(vectors[:, :count], axis=1, keepdims=True), 1e-12
-        )
-        found = sklearn.cluster.KMeans(count, n_init=10, random_state=0).fit_predict(embedding)
-    by_size = np.argsort(-np.bincount(found, minlength=count), kind="stable")
-    labels[usable] = torch.from_numpy(np.argsort(by_size)[found])
+    return cluster_classes([maps])[0]
+
+
+def cluster_classes(classes: list[Tensor]) -> list[Tensor]:
+    """:func:`cluster_maps` of each class's small maps; the graphs of classes with as many usable maps
+    (up to :data:`DENSE_UP_TO`) are built and decomposed together, :data:`BATCHED` at a time."""
+    usable = [~maps.isnan().any(dim=1) for maps in classes]
+    points = [maps[rows].double().cpu() for maps, rows in zip(classes, usable, strict=True)]
+    found = [np.zeros(len(p), dtype=np.int64) for p in points]  # fewer than 4 maps: one cluster
+    if any(len(p) >= 4 for p in points):
+        _sklearn()  # the extra is needed (k-means, large classes): say so before any work
+    sizes: dict[int, list[int]] = {}
+    for i, p in enumerate(points):
+        if 4 <= len(p) <= DENSE_UP_TO:
+            sizes.setdefault(len(p), []).append(i)
+        elif len(p) > DENSE_UP_TO:
+            found[i] = _sparse_labels(p.numpy())
+    for members in sizes.values():
+        for start in range(0, len(members), BATCHED):
+            chunk = members[start : start + BATCHED]
+            values, vectors = _dense_spectra(torch.stack([points[i] for i in chunk]))
+            for i, value, vector in zip(chunk, values.numpy(), vectors.numpy(), strict=True):
+                found[i] = _labels(value, vector)
+    labels = [torch.full((len(maps),), -1, dtype=torch.long) for maps in classes]
+    for label, rows, clusters in zip(labels, usable, found, strict=True):
+        label[rows] = torch.from_numpy(clusters)
     return labels

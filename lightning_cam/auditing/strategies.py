@@ -48,8 +48,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from lightning_cam.auditing.patterns import ON_PATTERN, pattern_region, repeated_map, repetition
-from lightning_cam.auditing.spray import SMALL_SIZE, cluster_maps
+from lightning_cam.auditing.patterns import ON_PATTERN, pattern_region, repeated_near, repetition
+from lightning_cam.auditing.shards import agreed, exchange, rank_and_world
+from lightning_cam.auditing.spray import SMALL_SIZE, cluster_classes
 from lightning_cam.engine.capture import preserved_state
 from lightning_cam.engine.logits import OutputKey, select_output
 from lightning_cam.report.tables import Report
@@ -328,8 +329,8 @@ def _pattern(tested: Tensor, data: _ClassData, small: Tensor, rest: Tensor) -> _
         why = f"fewer than {MIN_MEMBERS} images" if len(tested) < MIN_MEMBERS else "no image of another class"
         return _Pattern(attention, False, float("nan"), f"repetition: {why}")
     weights = _at_size(_excess(small, rest), size, "bilinear").to(tested.device).clamp(min=0) * attention
-    repeated = repeated_map(tested, data.others)
     cell = max(1, round(2 * max(size) / SMALL_SIZE))  # two cells: the maps are coarser than the small grid
+    repeated = repeated_near(tested, data.others, attention, cell)
     pattern = pattern_region(repeated, attention, cell)
     everywhere = repeated >= ON_PATTERN
     if bool(pattern.any()) and float(everywhere.float().mean()) > MAX_PATTERN_AREA:
@@ -403,20 +404,46 @@ def find_strategies(
 ) -> list[Strategy]:
     """Every class's strategies (the class: the label; the target where there are no labels), from the
     audit's ``rows`` and the first method's small maps ``small`` ``[N, d]`` (rows' order); ``fetch``
-    loads images by dataset index. Every rank holding the same rows finds the same strategies."""
+    loads images by dataset index. Under ``torch.distributed`` each rank finds the strategies of every
+    ``world``-th class and they are exchanged: every rank ends with the same list, in class order."""
     classes = rows["label"] if bool((rows["label"] >= 0).any()) else rows["target"]
+    values = classes.unique().tolist()
+    rank, world = rank_and_world()
+    mine = values[rank::world]
+    found = agreed(
+        "the strategies",
+        lambda: _strategies_of(network, rows, small, fetch, classes, mine, class_name, output_key),
+    )
+    if world == 1:
+        return found
+    gathered = [strategy for part in exchange(found) for strategy in part]
+    return sorted(gathered, key=lambda s: (values.index(s.class_index), s.number))
+
+
+def _strategies_of(
+    network: nn.Module,
+    rows: dict[str, Tensor],
+    small: Tensor,
+    fetch: Fetch,
+    classes: Tensor,
+    values: list[int],
+    class_name: Callable[[int], str],
+    output_key: OutputKey,
+) -> list[Strategy]:
+    """The strategies of the classes ``values`` (``classes``: each row's class)."""
     model, found = _Model(network, output_key), []
     device_type = next((p.device.type for p in network.parameters()), "cpu")
     with preserved_state(network, device_type), torch.inference_mode():
         pool = torch.tensor(_spread(torch.arange(len(classes)), OTHERS_POOL), dtype=torch.long)
         pool_images = fetch(rows["index"][pool].tolist())  # once: every class takes its others from them
-        for value in classes.unique().tolist():
+        clusters = cluster_classes([small[classes == value] for value in values])  # batched over classes
+        for value, labels in zip(values, clusters, strict=True):
             inside = classes == value
             outside = _spread((~inside[pool]).nonzero().flatten(), MAX_OTHERS)
             data = _class_data(
                 rows, small, inside, value, class_name(value), pool[outside], pool_images[outside]
             )
-            merged = _merged(cluster_maps(data.small), data)
+            merged = _merged(labels, data)
             found += [_strategy(model, data, members, number, fetch) for number, members in enumerate(merged)]
     return found
 
