@@ -219,3 +219,14 @@ def test_a_report_survives_its_markdown() -> None:
     ]
     assert table.readings == ["gradcam puts `cue` first"]
     assert table_of_text("CAMMonitor alert: x rose above 3").rows == [["CAMMonitor alert: x rose above 3"]]
+
+
+def test_a_thousand_row_table_is_folded_on_the_page_and_cut_on_the_console() -> None:
+    table = Report(["class", "evidence"], [[f"c{i}", i] for i in range(1000)], ["the reading"])
+    page = render_page(RunRecord(tables={"audit/strategies": table}), "test")
+    shown, folded = page.split("<details>", 1)
+    assert shown.count("<td>c") == 30 and "<summary>970 more rows</summary>" in folded
+    assert folded.count("<td>c") == 970 and page.count("<td>c999</td>") == 1  # nothing lost
+    brief = table.brief()
+    assert brief.count("\n| c") == 30 and "... 970 more rows" in brief and brief.endswith("- the reading")
+    assert Report(["a"], [[1]], []).brief() == Report(["a"], [[1]], []).text

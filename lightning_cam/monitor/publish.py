@@ -225,7 +225,7 @@ class Publisher:
     def publish_report(self, tag: str, report: Report, step: int) -> None:
         """A table (TensorBoard text, W&B table, Markdown file), printed too."""
         title = tag.rsplit("/", 1)[-1].replace("_", " ")
-        rank_zero_info(f"CAMMonitor {title} ({tag}):\n{report.text}")
+        rank_zero_info(f"CAMMonitor {title} ({tag}):\n{report.brief()}")
         self.record.tables[tag] = report
         self._each_writer(
             lambda writer: partial(writer.log_report, tag, report.columns, report.rows, report.text, step)

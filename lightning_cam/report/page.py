@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from lightning_cam.report.plots import Family, families, plot_png, plotting_available
 from lightning_cam.report.record import AUDITED_KEY, PROBLEMS_TAG, RunRecord, peak_step
-from lightning_cam.report.tables import Report
+from lightning_cam.report.tables import SHOWN_ROWS, Report
 
 __all__ = ["render_page"]
 
@@ -47,12 +47,15 @@ def _image(data: object, alt: str) -> str:
 
 
 def _table(table: Report) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_code(str(c))}</td>" for c in row) + "</tr>" for row in table.rows)
+    """The table (its first :data:`SHOWN_ROWS` rows, the rest folded under a summary line) and its readings."""
+    head = f"<thead><tr>{''.join(f'<th>{_e(c)}</th>' for c in table.columns)}</tr></thead>"
+    rows = ["<tr>" + "".join(f"<td>{_code(str(c))}</td>" for c in row) + "</tr>" for row in table.rows]
+    shown = f'<div class="wide"><table>{head}<tbody>{"".join(rows[:SHOWN_ROWS])}</tbody></table></div>'
+    if len(rows) > SHOWN_ROWS:
+        rest = f"<table>{head}<tbody>{''.join(rows[SHOWN_ROWS:])}</tbody></table>"
+        shown += f'<details><summary>{len(rows) - SHOWN_ROWS} more rows</summary><div class="wide">{rest}</div></details>'
     readings = "".join(f"<li>{_code(r)}</li>" for r in table.readings)
-    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>' + (
-        f'<ul class="verdicts">{readings}</ul>' if readings else ""
-    )
+    return shown + (f'<ul class="verdicts">{readings}</ul>' if readings else "")
 
 
 def _summary(record: RunRecord) -> str:

@@ -30,6 +30,9 @@ COLUMNS = [
 Record = Mapping[str, float]
 
 
+SHOWN_ROWS = 30  # rows of a table printed, or shown on the page before the rest is folded
+
+
 @dataclass(frozen=True)
 class Report:
     """A table (``columns``, ``rows``) and plain-words readings."""
@@ -44,6 +47,15 @@ class Report:
         return (
             format_table(self.columns, self.rows) + "\n\n" + "\n".join(f"- {line}" for line in self.readings)
         )
+
+    def brief(self, rows: int = SHOWN_ROWS) -> str:
+        """:attr:`text` with at most ``rows`` rows (for a console: a thousand classes' table is a wall),
+        saying how many more the logged table holds."""
+        if len(self.rows) <= rows:
+            return self.text
+        more = f"| ... {len(self.rows) - rows} more rows in the logged table and on the page |"
+        shown = format_table(self.columns, self.rows[:rows]) + "\n" + more
+        return shown + "\n\n" + "\n".join(f"- {line}" for line in self.readings)
 
 
 def _rounded(value: float, digits: int) -> object:
