@@ -113,18 +113,56 @@ def test_ddp_rank_zero_alone_computes_and_matches_single_process(tmp_path: Path)
         torch.testing.assert_close(rank0["maps"][name], value, atol=1e-5, rtol=0)
 
 
-def test_sharded_strategies_are_refused_at_setup() -> None:
+@pytest.mark.slow
+def test_fsdp2_every_rank_explains_in_step_and_training_is_unchanged(tmp_path: Path) -> None:
+    """ModelParallelStrategy (FSDP2) on 2 CPU processes: both ranks run every check on rank 0's fixed
+    batch and the audit and strategies collectively; rank 0 writes the one page."""
+    rank0, rank1 = run_ddp_script("fsdp_fit.py", tmp_path, str(ROOT))
+    assert rank0["checks"] == rank1["checks"] == 2 and rank0["audited"] == rank1["audited"] == 32
+    assert rank0["tags"] == rank1["tags"] and "audit/strategies/count" in rank0["tags"]
+    assert rank0["strategies"] == rank1["strategies"] != []
+    assert_bitwise_equal(rank0["without"], rank0["with"])  # training never changed by the monitor
+    model = TinyClassifier()
+    model.load_state_dict(rank0["with"])  # the gathered weights, in one process
+    single = lc.explain(model.eval(), rank0["images"], ["gradcam", "layercam"])
+    for name, value in single.items():
+        torch.testing.assert_close(rank0["maps"][name], value, atol=1e-5, rtol=0)
+    _, val = loaders(num_train=64, num_val=32, batch_size=8, with_masks=True)
+    alone = lc.audit(
+        model, val, ["gradcam", "layercam"], "auto", "predicted", progress=False, strategies=True
+    )
+    members = [(c, k, sorted(indices)) for c, k, indices in rank0["strategies"]]  # order: by float distance
+    assert [(s.class_index, s.number, sorted(s.indices)) for s in alone.strategies] == members
+    assert (tmp_path / "cam_report.html").exists() and len(list(tmp_path.rglob("cam_report.html"))) == 1
+
+
+def test_deepspeed_and_tensor_parallelism_are_refused_and_sharding_turns_the_sanity_check_off() -> None:
     from types import SimpleNamespace
 
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
+    from lightning_cam.monitor.trainer_io import check_strategy
+
     monitor = CAMMonitor()
-    for strategy in (FSDPStrategy.__new__(FSDPStrategy), DeepSpeedStrategy.__new__(DeepSpeedStrategy)):
-        fake_trainer = SimpleNamespace(strategy=strategy)
-        with pytest.raises(
-            MisconfigurationException, match=r"does not support sharded strategies.*Supported: single"
-        ):
-            monitor.setup(fake_trainer, TinyClassifier(), "fit")
+    fake_trainer = SimpleNamespace(strategy=DeepSpeedStrategy.__new__(DeepSpeedStrategy))
+    with pytest.raises(
+        MisconfigurationException, match=r"does not support DeepSpeedStrategy.*ModelParallelStrategy"
+    ):
+        monitor.setup(fake_trainer, TinyClassifier(), "fit")
+
+    class Mesh:
+        mesh_dim_names = ("data_parallel", "tensor_parallel")
+
+        def __getitem__(self, name: str) -> SimpleNamespace:
+            return SimpleNamespace(size=lambda: 2 if name == "tensor_parallel" else 1)
+
+    tensor_parallel = type("ModelParallelStrategy", (), {"device_mesh": Mesh()})()
+    with pytest.raises(MisconfigurationException, match=r"does not support tensor parallelism"):
+        monitor.setup(SimpleNamespace(strategy=tensor_parallel), TinyClassifier(), "fit")
+    sane = CAMMonitor(sanity_every_n_checks=2)
+    with pytest.warns(UserWarning, match="sanity_every_n_checks is turned off under FSDPStrategy"):
+        check_strategy(SimpleNamespace(strategy=FSDPStrategy.__new__(FSDPStrategy)), sane.config, sane.faults)
+    assert sane.config.sanity_every_n_checks is None
 
 
 def recorded_explanations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict, object]]:

@@ -22,6 +22,7 @@ from lightning_cam.auditing.shards import (
     index_batches,
     kept_positions,
     rank_and_world,
+    sharded,
 )
 from lightning_cam.auditing.spray import SMALL_SIZE, small_maps
 from lightning_cam.auditing.strategies import Strategy, find_strategies, strategy_scalars
@@ -190,12 +191,14 @@ def _explain_all(
     progress: bool,
 ) -> _PassResult:
     result = _PassResult({}, MapSums(list(settings.methods)), [])
-    start = 0
+    start, collective = 0, sharded(model)
     for indices, raw in zip(batches, _progress(loader, len(batches), progress), strict=True):
         keep = kept[start : start + len(indices)]
         start += len(indices)
         batch = _kept(read(raw), keep, device)
         if not len(batch.images):
+            if collective:  # a sharded forward needs every rank: explain the padded copies, keep nothing
+                explain_audited(model, read(raw).to(device), settings)
             continue
         explanation = explain_audited(model, batch, settings)
         result.layers = explanation.target_layers

@@ -30,6 +30,7 @@ __all__ = [
     "kept_positions",
     "loader_of",
     "rank_and_world",
+    "sharded",
 ]
 
 Result = TypeVar("Result")
@@ -45,6 +46,18 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def sharded(network: torch.nn.Module) -> bool:
+    """Whether ``network``'s parameters are sharded over the ranks (FSDP2's ``DTensor`` parameters,
+    FSDP1's wrapped modules): its forward is then collective, so every rank must run the same forwards."""
+    if rank_and_world()[1] == 1:
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in network.parameters()) or any(
+        type(module).__name__ == "FullyShardedDataParallel" for module in network.modules()
+    )
 
 
 def exchange(value: Any) -> list[Any]:

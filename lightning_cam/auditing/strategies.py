@@ -49,7 +49,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from lightning_cam.auditing.patterns import ON_PATTERN, pattern_region, repeated_near, repetition
-from lightning_cam.auditing.shards import agreed, exchange, rank_and_world
+from lightning_cam.auditing.shards import agreed, exchange, rank_and_world, sharded
 from lightning_cam.auditing.spray import SMALL_SIZE, cluster_classes
 from lightning_cam.engine.capture import preserved_state
 from lightning_cam.engine.logits import OutputKey, select_output
@@ -405,10 +405,11 @@ def find_strategies(
     """Every class's strategies (the class: the label; the target where there are no labels), from the
     audit's ``rows`` and the first method's small maps ``small`` ``[N, d]`` (rows' order); ``fetch``
     loads images by dataset index. Under ``torch.distributed`` each rank finds the strategies of every
-    ``world``-th class and they are exchanged: every rank ends with the same list, in class order."""
+    ``world``-th class and they are exchanged: every rank ends with the same list, in class order. A
+    sharded network's forwards are collective: every rank then finds them all, in step."""
     classes = rows["label"] if bool((rows["label"] >= 0).any()) else rows["target"]
     values = classes.unique().tolist()
-    rank, world = rank_and_world()
+    rank, world = (0, 1) if sharded(network) else rank_and_world()
     mine = values[rank::world]
     found = agreed(
         "the strategies",

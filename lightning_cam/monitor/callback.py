@@ -8,13 +8,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 from typing_extensions import override
 
 from lightning_cam.auditing import AuditResult
 from lightning_cam.batches import FixedBatch, Unpacked, missing_groups_message, unpack_batch
 from lightning_cam.engine.layers import TargetLayer
 from lightning_cam.monitor.alerts import dead_tags_message, later_tag, per_strategy_tag
-from lightning_cam.monitor.check import run_check
+from lightning_cam.monitor.check import CheckResult, run_check
 from lightning_cam.monitor.config import MonitorConfig, TargetChoice
 from lightning_cam.monitor.faults import Faults
 from lightning_cam.monitor.fit_audit import audit_in_fit
@@ -25,10 +26,12 @@ from lightning_cam.monitor.suspects import SuspectHistory
 from lightning_cam.monitor.trainer_io import (
     autocast_dtype,
     check_strategy,
+    collective_checks,
     explained_network,
     no_check_message,
     raise_alerts,
     run_summary,
+    share_fixed,
     share_scalars,
     warn_if_silent,
 )
@@ -214,7 +217,7 @@ class CAMMonitor(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            check_strategy(trainer)
+            check_strategy(trainer, self.config, self.faults)
             explained_network(pl_module, self.config, self.faults, at_setup=True)
         warn_if_silent(trainer, pl_module, self, stage)
 
@@ -316,12 +319,13 @@ class CAMMonitor(Callback):
         self.publisher.flush()
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """One check, called on every rank: rank 0 explains and publishes; its scalars are shared with
+        """One check, called on every rank: rank 0 explains and publishes (under a sharded strategy every
+        rank explains rank 0's fixed batch, in step, and rank 0 publishes); its scalars are shared with
         every rank (``trainer.callback_metrics``) and alerts are raised from them."""
         self.last_check_step = trainer.global_step
         scalars: dict[str, float] = {}
         failure: Exception | None = None
-        if trainer.is_global_zero:
+        if trainer.is_global_zero or collective_checks(trainer):
             try:
                 scalars = self._check_and_publish(trainer, pl_module)
             except Exception as error:  # raised only when strict; shared so that no rank waits
@@ -388,13 +392,17 @@ class CAMMonitor(Callback):
         return wanted
 
     def _check_and_publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        self.publisher.attach(trainer.loggers, trainer.default_root_dir)
-        step = trainer.global_step
+        """Explain the fixed batch (on every rank under a sharded strategy); rank 0 publishes."""
+        publishing, step = trainer.is_global_zero, trainer.global_step
+        if publishing:
+            self.publisher.attach(trainer.loggers, trainer.default_root_dir)
+        if collective_checks(trainer):
+            self.fixed = share_fixed(trainer, self.fixed)
         if self.fixed is None:
-            self._skip_check(step)
+            if publishing:
+                self._skip_check(step)
             return {}
         self.checks += 1
-        self.publisher.take_errors()
         start, scalars = time.perf_counter(), {}
         with self.faults.guard("check"):
             fixed = self.fixed = self.fixed.to(pl_module.device)
@@ -403,14 +411,25 @@ class CAMMonitor(Callback):
             result = run_check(
                 network, fixed, self.config, self.history, self.faults, step, dtype, self.checks
             )
-            if not self.publisher.record.summary:
-                self.publisher.publish_summary(run_summary(pl_module, network, fixed, self.config), step)
-            self.publisher.publish_check(result, self.history, self.checks)
+            if publishing:
+                self._publish_check(pl_module, network, fixed, result)
             scalars = result.scalars
         scalars[f"{self.config.name}/check_seconds"] = time.perf_counter() - start
-        self.publisher.publish_scalars(scalars, step)
-        self.publisher.publish_problems(self.faults.messages, step)
+        if publishing:
+            self.publisher.publish_scalars(scalars, step)
+            self.publisher.publish_problems(self.faults.messages, step)
         return scalars
+
+    def _publish_check(
+        self, pl_module: pl.LightningModule, network: nn.Module, fixed: FixedBatch, result: CheckResult
+    ) -> None:
+        """The run's summary (at the first check) and the check's grids, from rank 0."""
+        self.publisher.take_errors()
+        if not self.publisher.record.summary:
+            layers = result.targets[0].explanation.target_layers if result.targets else None
+            summary = run_summary(pl_module, network, fixed, self.config, layers)
+            self.publisher.publish_summary(summary, result.step)
+        self.publisher.publish_check(result, self.history, self.checks)
 
     def _skip_check(self, step: int) -> None:
         """Say at every skipped check why nothing is explained, and list it for the loggers and the page."""

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
-from lightning_cam.auditing.shards import OtherRankError
+from lightning_cam.auditing.shards import OtherRankError, sharded
 from lightning_cam.batches import FixedBatch
 from lightning_cam.engine import needs_target_layer, resolve_methods
 from lightning_cam.engine.capture import preserved_state
@@ -26,27 +26,65 @@ from lightning_cam.monitor.publish import Publisher
 __all__ = [
     "autocast_dtype",
     "check_strategy",
+    "collective_checks",
     "explained_network",
     "no_check_message",
     "raise_alerts",
     "run_summary",
+    "share_fixed",
     "share_scalars",
     "warn_if_silent",
 ]
 
-SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+COLLECTIVE = ("FSDP", "ModelParallel")  # sharded parameters: every rank takes part in each check
 
 
-def check_strategy(trainer: pl.Trainer) -> None:
-    """Refuse sharded strategies: rank 0 alone runs the explaining forward, and a sharded forward's
-    all-gathers would wait for the other ranks forever."""
+def collective_checks(trainer: pl.Trainer) -> bool:
+    """Whether the strategy shards the parameters (FSDP2's ``ModelParallelStrategy``, ``FSDPStrategy``): a
+    forward then needs every rank, so every rank runs each check on rank 0's fixed batch."""
+    return any(name in type(trainer.strategy).__name__ for name in COLLECTIVE)
+
+
+def check_strategy(trainer: pl.Trainer, config: MonitorConfig, faults: Faults) -> None:
+    """Refuse what the checks cannot follow (DeepSpeed; tensor parallelism, whose layers' outputs are
+    shards of the channels); under a sharded strategy turn off the sanity check (a randomised copy of
+    a sharded model would need its shards re-initialised alike on every rank), saying so."""
     strategy = type(trainer.strategy).__name__
-    if any(name in strategy for name in SHARDED):
+    if "DeepSpeed" in strategy:
         raise MisconfigurationException(
-            f"CAMMonitor does not support sharded strategies ({strategy}): explaining runs the model "
-            f"on global rank 0 alone, and a sharded forward needs every rank. Supported: single device, "
-            f"'ddp' (and its spawn/fork variants), 'ddp_notebook', 'dp'."
+            f"CAMMonitor does not support {strategy}: its engine owns the forward and shards parameters in its "
+            "own way. Use Lightning's ModelParallelStrategy (FSDP2: torch.distributed.fsdp.fully_shard in "
+            "configure_model), FSDPStrategy, or 'ddp'."
         )
+    mesh = _device_mesh(trainer.strategy) if "ModelParallel" in strategy else None
+    names = getattr(mesh, "mesh_dim_names", None) or ()
+    if mesh is not None and "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+        raise MisconfigurationException(
+            "CAMMonitor does not support tensor parallelism (tensor_parallel_size > 1): a layer's output is a "
+            "shard of its channels on each rank, not the map's input. Shard with data_parallel_size only "
+            "(FSDP2), or explain a copy of the trained model with lightning_cam.explain."
+        )
+    if collective_checks(trainer) and config.sanity_every_n_checks is not None:
+        faults.warn_once(
+            "sharded sanity",
+            f"CAMMonitor: sanity_every_n_checks is turned off under {strategy}: the randomised copy of a sharded "
+            "model would need its shards re-initialised alike on every rank. Run metrics.model_randomization "
+            "on a gathered copy after training instead.",
+        )
+        config.sanity_every_n_checks = None
+
+
+def _device_mesh(strategy: Any) -> Any:
+    """A ModelParallelStrategy's device mesh, ``None`` before it is set up."""
+    try:
+        return strategy.device_mesh
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def share_fixed(trainer: pl.Trainer, fixed: FixedBatch | None) -> FixedBatch | None:
+    """Rank 0's fixed batch on every rank (called on every rank at the same check)."""
+    return trainer.strategy.broadcast(None if fixed is None else fixed.to("cpu"), src=0)
 
 
 def explained_network(
@@ -86,15 +124,24 @@ def _check_network(network: nn.Module, config: MonitorConfig, faults: Faults) ->
 
 
 def run_summary(
-    pl_module: pl.LightningModule, network: nn.Module, fixed: FixedBatch, config: MonitorConfig
+    pl_module: pl.LightningModule,
+    network: nn.Module,
+    fixed: FixedBatch,
+    config: MonitorConfig,
+    layers: list[str] | None = None,
 ) -> dict[str, object]:
-    """What the audit page says about the run: model, the layer explained (``"auto"`` resolved), methods,
-    targets, samples and alert rules."""
+    """What the audit page says about the run: model, the layer explained (``"auto"`` resolved: the
+    check's ``layers``, else found with one forward, never under a sharded strategy, whose forward needs
+    every rank), methods, targets, samples and alert rules."""
     model = type(pl_module).__name__
     if network is not pl_module:
         model += f" ({config.model_attr}: {type(network).__name__})"
     layer = "none (attention methods)"
-    if needs_target_layer(resolve_methods(config.methods)):
+    if needs_target_layer(resolve_methods(config.methods)) and layers:
+        layer = ", ".join(layers)
+    elif needs_target_layer(resolve_methods(config.methods)) and sharded(network):
+        layer = "unknown (no check explained a layer)"
+    elif needs_target_layer(resolve_methods(config.methods)):
         with preserved_state(network, fixed.images.device.type):
             layers = resolve_target_layers(
                 network, config.target_layer, fixed.images[:1], config.reshape_transform, config.output_key
