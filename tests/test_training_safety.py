@@ -327,3 +327,20 @@ def test_two_hundred_checks_do_not_grow_memory_tensors_or_hooks(tmp_path: Path) 
     assert all(
         len(entries) == monitor.config.timeline_length for entries in monitor.history.timeline.values()
     )
+
+
+def test_under_sharding_a_failure_of_any_rank_stops_every_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import lightning_cam.monitor.trainer_io as trainer_io
+    from lightning_cam.auditing.shards import OtherRankError
+
+    fake = SimpleNamespace(
+        world_size=2, callback_metrics={}, strategy=SimpleNamespace(broadcast=lambda value, src: value)
+    )
+    monkeypatch.setattr(trainer_io, "exchange", lambda message: [message, "RuntimeError: rank 1 alone"])
+    with pytest.raises(OtherRankError, match=r"failed on rank 1: RuntimeError: rank 1 alone\. Every rank"):
+        trainer_io.share_scalars(fake, {"cam/x": 1.0}, every_rank=True)  # rank 0 itself succeeded
+    assert fake.callback_metrics == {}
+    shared = trainer_io.share_scalars(fake, {"cam/x": 1.0})  # DDP: rank 1 never checks, rank 0's word only
+    assert shared == {"cam/x": 1.0} and float(fake.callback_metrics["cam/x"]) == 1.0

@@ -330,7 +330,7 @@ class CAMMonitor(Callback):
                 scalars = self._check_and_publish(trainer, pl_module)
             except Exception as error:  # raised only when strict; shared so that no rank waits
                 failure = error
-        scalars = share_scalars(trainer, scalars, failure)
+        scalars = share_scalars(trainer, scalars, failure, every_rank=collective_checks(trainer))
         root = self.config.audit_root
         audited = self.config.audit
         self._say_dead_tags(

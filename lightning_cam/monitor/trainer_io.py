@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
-from lightning_cam.auditing.shards import OtherRankError, sharded
+from lightning_cam.auditing.shards import OtherRankError, exchange, sharded
 from lightning_cam.batches import FixedBatch
 from lightning_cam.engine import needs_target_layer, resolve_methods
 from lightning_cam.engine.capture import preserved_state
@@ -167,21 +167,29 @@ def autocast_dtype(trainer: pl.Trainer, config: MonitorConfig) -> torch.dtype | 
 
 
 def share_scalars(
-    trainer: pl.Trainer, scalars: Mapping[str, float], failure: BaseException | None = None
+    trainer: pl.Trainer,
+    scalars: Mapping[str, float],
+    failure: BaseException | None = None,
+    every_rank: bool = False,
 ) -> dict[str, float]:
     """Rank 0's scalars on every rank (one small broadcast under DDP, which every rank calls at the
     same check), put in ``trainer.callback_metrics`` for ``EarlyStopping`` and ``ModelCheckpoint``.
 
-    ``failure``: rank 0's check raised (only when strict). The broadcast still happens, so that every
-    rank raises at this check (rank 0 its own error, the others :class:`OtherRankError`) instead of
-    the others waiting in a broadcast that never comes."""
+    ``failure``: this rank's check raised (only when strict). The exchange still happens, so that every
+    rank raises at this check (the failed rank its own error, the others :class:`OtherRankError`)
+    instead of the others waiting in a collective that never comes. ``every_rank``: every rank ran the
+    check (a sharded strategy), so any rank's failure is gathered; else rank 0's alone."""
     message = None if failure is None else f"{type(failure).__name__}: {failure}"
+    failed: list[tuple[int, str]] = []
     if trainer.world_size > 1:
-        scalars, message = trainer.strategy.broadcast((dict(scalars), message), src=0)
+        scalars, first = trainer.strategy.broadcast((dict(scalars), message), src=0)
+        messages = exchange(message) if every_rank else [first]
+        failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
     if failure is not None:
         raise failure
-    if message is not None:
-        raise OtherRankError(f"CAMMonitor's check failed on rank 0: {message}. Every rank stops here.")
+    if failed:
+        listed = "; ".join(f"rank {rank}: {text}" for rank, text in failed)
+        raise OtherRankError(f"CAMMonitor's check failed on {listed}. Every rank stops here.")
     shared = dict(scalars)
     trainer.callback_metrics.update(
         {tag: torch.tensor(value, dtype=torch.float32) for tag, value in shared.items()}
