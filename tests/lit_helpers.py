@@ -162,3 +162,20 @@ def run_ddp_script(script: str, out: object, pythonpath: str, timeout: float = 3
     if process.returncode != 0:
         raise AssertionError(f"{script} exited with {process.returncode}:\n{output.decode()[-4000:]}")
     return tuple(torch.load(Path(out) / f"rank{rank}.pt", weights_only=False) for rank in (0, 1))  # type: ignore[return-value]
+
+
+def recording_check_maps() -> dict:
+    """Patch the monitor's check to keep the maps of its last explaining pass (for tests/scripts/ that
+    compare them with a single process); returns the dict it fills."""
+    import lightning_cam.monitor.check as check_module
+
+    last_maps: dict = {}
+    explain_batch = check_module.explain_batch
+
+    def recording_explain(*args: object, **kwargs: object) -> object:
+        result = explain_batch(*args, **kwargs)
+        last_maps.update(result.maps)
+        return result
+
+    check_module.explain_batch = recording_explain
+    return last_maps

@@ -348,6 +348,20 @@ def _reliance(drop: float, gain: float) -> tuple[float, str]:
     return max(0.0, min(1.0, (drop + gain) / 2)), ""
 
 
+def _tested(
+    model: _Model, data: _ClassData, tested: Tensor, region: Tensor, testable: bool
+) -> tuple[float, float, float, float, str]:
+    """The tests on the model: occlusion drop, transplant gain, flip rate, reliance and why it cannot
+    tell; all NaN (and nothing said) when the strategy is not ``testable``."""
+    nan = float("nan")
+    if not testable:
+        return nan, nan, nan, nan, ""
+    drop = _occlusion_drop(model, tested, region, data.class_index, data.others)
+    recipients = data.others[data.recipient] if len(data.others) else data.others
+    gain, flip = _transplant(model, tested, recipients, region, data.class_index).tolist()
+    return (drop, gain, flip, *_reliance(drop, gain))
+
+
 def _strategy(model: _Model, data: _ClassData, members: Tensor, number: int, fetch: Fetch) -> Strategy:
     """The strategy of the class's images ``members`` (bool over the class)."""
     small = data.small[members]
@@ -357,13 +371,7 @@ def _strategy(model: _Model, data: _ClassData, members: Tensor, number: int, fet
     tested = fetch(chosen)
     pattern = _pattern(tested, data, small, data.small[~members & data.usable])
     testable = pattern.on_pattern and pattern.repetition >= LEAN_THRESHOLD  # else evidence < LEAN_THRESHOLD
-    nan = float("nan")
-    drop, gain, flip = nan, nan, nan
-    if testable:
-        drop = _occlusion_drop(model, tested, pattern.region, data.class_index, data.others)
-        recipients = data.others[data.recipient] if len(data.others) else data.others
-        gain, flip = _transplant(model, tested, recipients, pattern.region, data.class_index).tolist()
-    reliance, why_not = _reliance(drop, gain) if testable else (nan, "")
+    drop, gain, flip, reliance, why_not = _tested(model, data, tested, pattern.region, testable)
     evidence = pattern.repetition * reliance
     area = float(pattern.region.float().mean())
     mean = _at_size(centre, (tested.shape[-2], tested.shape[-1]), "bilinear")

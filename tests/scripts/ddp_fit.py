@@ -13,9 +13,8 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_helpers import TinyClassifier, ddp_trainer, loaders
+from lit_helpers import TinyClassifier, ddp_trainer, loaders, recording_check_maps
 
-import lightning_cam.monitor.check as check_module
 from lightning_cam import CAMMonitor
 
 
@@ -23,15 +22,7 @@ def main(out: Path) -> None:
     pl.seed_everything(0, verbose=False)
     train, val = loaders(num_train=64, num_val=32, batch_size=8)
     monitor = CAMMonitor(methods=["gradcam", "layercam"], num_samples=4, strict=True)
-    last_maps: dict[str, torch.Tensor] = {}
-    explain_batch = check_module.explain_batch
-
-    def recording_explain(*args: object, **kwargs: object) -> object:
-        result = explain_batch(*args, **kwargs)
-        last_maps.update(result.maps)
-        return result
-
-    check_module.explain_batch = recording_explain
+    last_maps = recording_check_maps()
     model = TinyClassifier()
     trainer = ddp_trainer(out, [monitor], max_epochs=2)
     trainer.fit(model, train, val)

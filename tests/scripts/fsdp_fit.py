@@ -18,9 +18,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_helpers import TinyClassifier, loaders
+from lit_helpers import TinyClassifier, loaders, recording_check_maps
 
-import lightning_cam.monitor.check as check_module
 from lightning_cam import CAMMonitor
 
 
@@ -62,15 +61,7 @@ def fit(out: Path, monitor: CAMMonitor | None) -> tuple[pl.Trainer, dict[str, to
 
 def main(out: Path) -> None:
     _, without = fit(out, None)
-    last_maps: dict[str, torch.Tensor] = {}
-    explain_batch = check_module.explain_batch
-
-    def recording_explain(*args: object, **kwargs: object) -> object:
-        result = explain_batch(*args, **kwargs)
-        last_maps.update(result.maps)
-        return result
-
-    check_module.explain_batch = recording_explain
+    last_maps = recording_check_maps()
     monitor = CAMMonitor(
         methods=["gradcam", "layercam"], num_samples=4, strict=True, audit=True, strategies=True
     )
