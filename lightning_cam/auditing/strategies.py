@@ -426,7 +426,8 @@ def find_strategies(
     if world == 1:
         return found
     gathered = [strategy for part in exchange(found) for strategy in part]
-    return sorted(gathered, key=lambda s: (values.index(s.class_index), s.number))
+    order = {value: position for position, value in enumerate(values)}
+    return sorted(gathered, key=lambda s: (order[s.class_index], s.number))
 
 
 def _strategies_of(

@@ -396,6 +396,7 @@ class CAMMonitor(Callback):
         publishing, step = trainer.is_global_zero, trainer.global_step
         if publishing:
             self.publisher.attach(trainer.loggers, trainer.default_root_dir)
+            self.publisher.take_errors()
         if collective_checks(trainer):
             self.fixed = share_fixed(trainer, self.fixed)
         if self.fixed is None:
@@ -424,7 +425,6 @@ class CAMMonitor(Callback):
         self, pl_module: pl.LightningModule, network: nn.Module, fixed: FixedBatch, result: CheckResult
     ) -> None:
         """The run's summary (at the first check) and the check's grids, from rank 0."""
-        self.publisher.take_errors()
         if not self.publisher.record.summary:
             layers = result.targets[0].explanation.target_layers if result.targets else None
             summary = run_summary(pl_module, network, fixed, self.config, layers)

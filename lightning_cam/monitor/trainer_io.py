@@ -136,12 +136,12 @@ def run_summary(
     model = type(pl_module).__name__
     if network is not pl_module:
         model += f" ({config.model_attr}: {type(network).__name__})"
-    layer = "none (attention methods)"
-    if needs_target_layer(resolve_methods(config.methods)) and layers:
+    layer, wanted = "none (attention methods)", needs_target_layer(resolve_methods(config.methods))
+    if wanted and layers:
         layer = ", ".join(layers)
-    elif needs_target_layer(resolve_methods(config.methods)) and sharded(network):
+    elif wanted and sharded(network):
         layer = "unknown (no check explained a layer)"
-    elif needs_target_layer(resolve_methods(config.methods)):
+    elif wanted:
         with preserved_state(network, fixed.images.device.type):
             layers = resolve_target_layers(
                 network, config.target_layer, fixed.images[:1], config.reshape_transform, config.output_key

@@ -44,9 +44,7 @@ class Report:
     @property
     def text(self) -> str:
         """The table in Markdown, then the readings as a list."""
-        return (
-            format_table(self.columns, self.rows) + "\n\n" + "\n".join(f"- {line}" for line in self.readings)
-        )
+        return self._with_readings(format_table(self.columns, self.rows))
 
     def brief(self, rows: int = SHOWN_ROWS) -> str:
         """:attr:`text` with at most ``rows`` rows (for a console: a thousand classes' table is a wall),
@@ -54,8 +52,10 @@ class Report:
         if len(self.rows) <= rows:
             return self.text
         more = f"| ... {len(self.rows) - rows} more rows in the logged table and on the page |"
-        shown = format_table(self.columns, self.rows[:rows]) + "\n" + more
-        return shown + "\n\n" + "\n".join(f"- {line}" for line in self.readings)
+        return self._with_readings(format_table(self.columns, self.rows[:rows]) + "\n" + more)
+
+    def _with_readings(self, table: str) -> str:
+        return table + "\n\n" + "\n".join(f"- {line}" for line in self.readings)
 
 
 def _rounded(value: float, digits: int) -> object:
