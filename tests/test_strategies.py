@@ -26,7 +26,15 @@ from torch import Tensor
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
-from lightning_cam.auditing.patterns import FLOOR, pattern_region, repeated_map, repeated_near, repetition
+from lightning_cam.auditing.patterns import (
+    FLOOR,
+    ON_PATTERN,
+    kth_smallest,
+    pattern_region,
+    repeated_map,
+    repeated_near,
+    repetition,
+)
 from lightning_cam.auditing.spray import cluster_maps, small_maps
 from lightning_cam.auditing.strategies import (
     TAGGED_STRATEGIES,
@@ -327,18 +335,34 @@ def test_a_strategy_on_no_pattern_is_not_tested_and_reads_no() -> None:
     )
 
 
-@pytest.mark.parametrize("planted", [False, True])
-def test_repeated_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(planted: bool) -> None:
+@pytest.mark.parametrize("tag", ["none", "near", "in the box, far"])
+def test_repeated_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(tag: str) -> None:
     torch.manual_seed(0)
     members = (torch.arange(8) % 2).float().view(8, 1, 1, 1).repeat(1, 3, 32, 32)  # half black, half white
     others = torch.rand(32, 3, 32, 32)
-    if planted:  # a tag repeated in every member, just outside the attention's box
+    if tag == "near":  # a tag repeated in every member, just outside the attention's box
         members[:, :, 20:24, 14:18] = 1.0
+    if tag == "in the box, far":  # inside the box of two attention blocks, more than a cell from both
+        members[:, :, 9:13, 26:30] = 1.0
     attention = torch.zeros(32, 32, dtype=torch.bool)
     attention[12:20, 8:14] = True
+    if tag == "in the box, far":
+        attention[24:28, 24:28] = True
     weights = torch.rand(32, 32) * attention
     near, whole = repeated_near(members, others, attention, 4), repeated_map(members, others)
+    assert bool((whole >= ON_PATTERN).any()) == (tag != "none")
     assert repetition(near, weights, 4) == pytest.approx(repetition(whole, weights, 4), abs=1e-6)
     assert torch.equal(pattern_region(near, attention, 4), pattern_region(whole, attention, 4))
-    assert bool(pattern_region(whole, attention, 4).any()) == planted
-    assert torch.equal(near, whole) == planted  # the whole map only when a pattern is near the attention
+    assert bool(pattern_region(whole, attention, 4).any()) == (tag == "near")
+    assert torch.equal(near, whole) == (
+        tag == "near"
+    )  # the whole map only when a pattern is near the attention
+
+
+@pytest.mark.parametrize("count", [7, 8, 32])
+def test_kth_smallest_is_the_lower_median_and_the_sorted_rank(count: int) -> None:
+    values = torch.randn(count, 3, 5, 4, generator=torch.Generator().manual_seed(count))
+    assert torch.equal(kth_smallest(values, (count - 1) // 2), values.median(dim=0).values)
+    assert torch.equal(kth_smallest(values, count // 2), values.sort(dim=0).values[count // 2])
+    values[0, 0, 0, 0] = float("nan")  # ordered last, as torch.sort does
+    assert torch.equal(kth_smallest(values, 1), values.sort(dim=0).values[1])

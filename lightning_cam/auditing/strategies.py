@@ -48,7 +48,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from lightning_cam.auditing.patterns import ON_PATTERN, pattern_region, repeated_near, repetition
+from lightning_cam.auditing.patterns import (
+    ON_PATTERN,
+    kth_smallest,
+    pattern_region,
+    repeated_near,
+    repetition,
+)
 from lightning_cam.auditing.shards import agreed, exchange, rank_and_world, sharded
 from lightning_cam.auditing.spray import SMALL_SIZE, cluster_classes
 from lightning_cam.engine.capture import preserved_state
@@ -244,7 +250,11 @@ def _occlusion_drop(
 ) -> float:
     """The members' mean drop in their class's probability when the region shows what other classes'
     images typically show there (their per-pixel median; each image's mean colour without others)."""
-    fill = others.median(dim=0).values if len(others) else members.mean(dim=(2, 3), keepdim=True)
+    fill = (
+        kth_smallest(others, (len(others) - 1) // 2)
+        if len(others)
+        else members.mean(dim=(2, 3), keepdim=True)
+    )
     filled = torch.where(region, fill, members)
     probability = model(torch.cat([members, filled]), class_index)[0].view(2, len(members))
     return float((probability[0] - probability[1]).mean())
