@@ -22,6 +22,7 @@ __all__ = [
     "Masks",
     "Unpacked",
     "box_union",
+    "chunked",
     "describe",
     "missing_groups_message",
     "primary_classes",
@@ -34,6 +35,17 @@ Unpacked = (
     tuple[Tensor, Tensor | None, Masks | None]
     | tuple[Tensor, Tensor | None, Masks | None, Groups | Tensor | None]
 )
+
+
+def chunked(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` in consecutive pieces of at most ``size`` (the last may be shorter).
+
+    Example::
+
+        >>> chunked([1, 2, 3, 4, 5], 2)
+        [[1, 2], [3, 4], [5]]
+    """
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def describe(value: Any, depth: int = 0) -> str:

@@ -27,7 +27,14 @@ from lightning_cam.auditing.shards import (
 from lightning_cam.auditing.spray import SMALL_SIZE, small_maps
 from lightning_cam.auditing.strategies import Strategy, find_strategies, strategy_scalars
 from lightning_cam.auditing.table import audit_summary, audit_table
-from lightning_cam.batches import FixedBatch, Unpacked, group_name, missing_groups_message, unpack_batch
+from lightning_cam.batches import (
+    FixedBatch,
+    Unpacked,
+    chunked,
+    group_name,
+    missing_groups_message,
+    unpack_batch,
+)
 from lightning_cam.engine import resolve_methods
 from lightning_cam.engine.capture import model_device_dtype, preserved_rng
 from lightning_cam.engine.detection import check_score_threshold
@@ -308,10 +315,10 @@ def _fetcher(
     """Images by dataset index, read as the audit read them, on ``device`` (for the strategies' tests)."""
 
     def fetch(indices: list[int]) -> Tensor:
-        chunks = [
-            indices[i : i + (loader.batch_size or 1)] for i in range(0, len(indices), loader.batch_size or 1)
+        images = [
+            read(loader.collate_fn([loader.dataset[i] for i in chunk])).images
+            for chunk in chunked(indices, loader.batch_size or 1)
         ]
-        images = [read(loader.collate_fn([loader.dataset[i] for i in chunk])).images for chunk in chunks]
         sizes = sorted({tuple(batch.shape[1:]) for batch in images})
         if len(sizes) > 1:
             raise ValueError(

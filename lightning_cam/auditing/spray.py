@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
+from lightning_cam.batches import chunked
+
 __all__ = ["MIN_EIGENGAP", "SMALL_SIZE", "cluster_classes", "cluster_maps", "small_maps"]
 
 SMALL_SIZE = 16
@@ -135,8 +137,7 @@ def cluster_classes(classes: list[Tensor]) -> list[Tensor]:
         elif len(p) > DENSE_UP_TO:
             found[i] = _sparse_labels(p.numpy())
     for members in sizes.values():
-        for start in range(0, len(members), BATCHED):
-            chunk = members[start : start + BATCHED]
+        for chunk in chunked(members, BATCHED):
             values, vectors = _dense_spectra(torch.stack([points[i] for i in chunk]))
             for i, value, vector in zip(chunk, values.numpy(), vectors.numpy(), strict=True):
                 found[i] = _labels(value, vector)

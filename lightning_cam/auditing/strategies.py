@@ -57,6 +57,7 @@ from lightning_cam.auditing.patterns import (
 )
 from lightning_cam.auditing.shards import agreed, exchange, rank_and_world, sharded
 from lightning_cam.auditing.spray import SMALL_SIZE, cluster_classes
+from lightning_cam.batches import chunked
 from lightning_cam.engine.capture import preserved_state
 from lightning_cam.engine.logits import OutputKey, select_output
 from lightning_cam.report.tables import Report
@@ -85,6 +86,7 @@ OTHERS_POOL = (
     2 * MAX_OTHERS
 )  # images spread over the whole set, fetched once; each class's others come from them
 PROTOTYPES = 4
+FETCHED_STRATEGIES = 32  # strategies whose tested images are fetched together (256 images at most)
 TAGGED_STRATEGIES = 5  # per-strategy tags: the flagged ones and this many more, by evidence
 
 Fetch = Callable[[list[int]], Tensor]  # dataset indices -> their images, on the model's device
@@ -372,13 +374,23 @@ def _tested(
     return (drop, gain, flip, *_reliance(drop, gain))
 
 
-def _strategy(model: _Model, data: _ClassData, members: Tensor, number: int, fetch: Fetch) -> Strategy:
-    """The strategy of the class's images ``members`` (bool over the class)."""
+def _members(data: _ClassData, members: Tensor) -> tuple[Tensor, list[int]]:
+    """The dataset indices of the class's images ``members`` (bool over the class), nearest their centre
+    first, and the :data:`MAX_TESTED` of them to test, from the centre outwards (the cluster, not its
+    densest core)."""
+    small = data.small[members]
+    indices = data.indices[members][(small - small.mean(dim=0)).norm(dim=1).argsort()]
+    return indices, _spread(indices, MAX_TESTED)
+
+
+def _strategy(
+    model: _Model, data: _ClassData, members: Tensor, number: int, chosen: tuple[Tensor, list[int], Tensor]
+) -> Strategy:
+    """The strategy of the class's images ``members`` (bool over the class); ``chosen``: their
+    :func:`_members` and the tested ones' images."""
+    indices, chosen_indices, tested = chosen
     small = data.small[members]
     centre = small.mean(dim=0)
-    indices = data.indices[members][(small - centre).norm(dim=1).argsort()]
-    chosen = _spread(indices, MAX_TESTED)  # from the centre outwards: the cluster, not its densest core
-    tested = fetch(chosen)
     pattern = _pattern(tested, data, small, data.small[~members & data.usable])
     testable = pattern.on_pattern and pattern.repetition >= LEAN_THRESHOLD  # else evidence < LEAN_THRESHOLD
     drop, gain, flip, reliance, why_not = _tested(model, data, tested, pattern.region, testable)
@@ -398,7 +410,7 @@ def _strategy(model: _Model, data: _ClassData, members: Tensor, number: int, fet
         region=pattern.region.cpu(),
         region_area=area,
         on_pattern=pattern.on_pattern,
-        prototypes=chosen[:PROTOTYPES],
+        prototypes=chosen_indices[:PROTOTYPES],
         prototype_images=tested[:PROTOTYPES].cpu(),
         repetition=pattern.repetition,
         occlusion_drop=drop,
@@ -451,21 +463,50 @@ def _strategies_of(
     output_key: OutputKey,
 ) -> list[Strategy]:
     """The strategies of the classes ``values`` (``classes``: each row's class)."""
-    model, found = _Model(network, output_key), []
+    model = _Model(network, output_key)
     device_type = next((p.device.type for p in network.parameters()), "cpu")
     with preserved_state(network, device_type), torch.inference_mode():
         pool = torch.tensor(_spread(torch.arange(len(classes)), OTHERS_POOL), dtype=torch.long)
         pool_images = fetch(rows["index"][pool].tolist())  # once: every class takes its others from them
-        clusters = cluster_classes([small[classes == value] for value in values])  # batched over classes
-        for value, labels in zip(values, clusters, strict=True):
-            inside = classes == value
-            outside = _spread((~inside[pool]).nonzero().flatten(), MAX_OTHERS)
-            data = _class_data(
-                rows, small, inside, value, class_name(value), pool[outside], pool_images[outside]
+        prepared = [
+            _class_data(
+                rows, small, inside, value, class_name(value), pool, pool_images, classes[pool] != value
             )
-            merged = _merged(labels, data)
-            found += [_strategy(model, data, members, number, fetch) for number, members in enumerate(merged)]
-    return found
+            for value, inside in zip(values, _class_rows(classes, values), strict=True)
+        ]
+        clusters = cluster_classes([data.small for data in prepared])  # batched over classes
+        groups = [
+            (data, number, members)
+            for data, labels in zip(prepared, clusters, strict=True)
+            for number, members in enumerate(_merged(labels, data))
+        ]
+        return [
+            strategy
+            for part in chunked(groups, FETCHED_STRATEGIES)
+            for strategy in _tested_part(model, part, fetch)
+        ]
+
+
+def _tested_part(model: _Model, groups: list[tuple[_ClassData, int, Tensor]], fetch: Fetch) -> list[Strategy]:
+    """The strategies of ``groups`` (each a class's data, the strategy's number and its members), their
+    tested images fetched in one call."""
+    chosen = [_members(data, members) for data, _, members in groups]
+    images = fetch([index for _, tested in chosen for index in tested]).split([len(t) for _, t in chosen])
+    return [
+        _strategy(model, data, members, number, (*picked, tested))
+        for (data, number, members), picked, tested in zip(groups, chosen, images, strict=True)
+    ]
+
+
+def _class_rows(classes: Tensor, values: list[int]) -> list[Tensor]:
+    """The rows of each class of ``values`` (``classes``: each row's class), in the rows' order: one sort
+    of the rows, not a mask over all of them per class."""
+    order = classes.argsort(stable=True)
+    ordered = classes[order]
+    wanted = torch.tensor(values, dtype=classes.dtype, device=classes.device)
+    starts = torch.searchsorted(ordered, wanted).tolist()
+    ends = torch.searchsorted(ordered, wanted, right=True).tolist()
+    return [order[start:end] for start, end in zip(starts, ends, strict=True)]
 
 
 def _class_data(
@@ -474,11 +515,15 @@ def _class_data(
     inside: Tensor,
     value: int,
     name: str,
-    chosen: Tensor,
-    others: Tensor,
+    pool: Tensor,
+    pool_images: Tensor,
+    other: Tensor,
 ) -> _ClassData:
-    """What the strategies of class ``value`` (its images: ``inside``) are found and tested with;
-    ``chosen``: the rows of the other classes' images ``others``."""
+    """What the strategies of class ``value`` (its rows: ``inside``) are found and tested with; its others
+    are at most :data:`MAX_OTHERS` of the ``pool``'s images (rows ``pool``, images ``pool_images``) of
+    another class (``other``, bool over the pool), spread over it."""
+    outside = torch.tensor(_spread(other.nonzero().flatten(), MAX_OTHERS), dtype=torch.long)
+    chosen, others = pool[outside], pool_images[outside]
     return _ClassData(
         value,
         name,
