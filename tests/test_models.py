@@ -479,3 +479,55 @@ def test_auto_refuses_a_window_partitioned_layer() -> None:
         torch.nn.Linear(4, 2),
     )
     assert lc.explain_batch(strided.eval(), torch.rand(1, 3, 64, 64), "gradcam").target_layers == ["1"]
+
+
+class _Windows(torch.nn.Module):
+    """``[B, K, 8, 8]`` -> ``[B, 4, 16, K]``: four 4x4 windows of channels-last cells (MaxViT's layout)."""
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        batch, channels = grid.shape[:2]
+        return (
+            grid.view(batch, channels, 2, 4, 2, 4).permute(0, 2, 4, 3, 5, 1).reshape(batch, 4, 16, channels)
+        )
+
+
+def _unwindowed(windows: torch.Tensor) -> torch.Tensor:
+    batch, channels = windows.shape[0], windows.shape[-1]
+    return windows.view(batch, 2, 2, 4, 4, channels).permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, 8, 8)
+
+
+def test_a_named_window_partitioned_layer_is_refused_and_unpartitioned_by_a_transform() -> None:
+    """A layer whose output holds the image's grid in windows ([B, 4, 16, K] for an 8x8 grid) read as a 4x16
+    grid gave a map of window strips without a word; "auto" already refused it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("conv", torch.nn.Conv2d(3, 8, 4, stride=4))
+    model.add_module("part", torch.nn.Sequential(_Windows(), torch.nn.LayerNorm(8)))
+    model.add_module("pool", torch.nn.Flatten(1, 2))
+    model.add_module("head", torch.nn.Sequential(torch.nn.Linear(8, 3)))
+    model = _MeanTokens(model).eval()
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(
+        _unwindowed(_Windows()(torch.arange(64.0).view(1, 1, 8, 8))), torch.arange(64.0).view(1, 1, 8, 8)
+    )
+    with pytest.raises(
+        ValueError, match=r"'network.part' outputs \[2, 4, 16, 8\].*windows.*reshape_transform"
+    ):
+        lc.explain(model, images, "gradcam", "network.part")
+    unpartitioned = lc.explain(model, images, "gradcam", "network.part", reshape_transform=_unwindowed)[
+        "gradcam"
+    ]
+    assert float(unpartitioned.std(dim=1).mean()) > 0.01 and float(unpartitioned.std(dim=2).mean()) > 0.01
+    assert lc.explain_batch(model, images, "gradcam").target_layers == ["network.conv"]
+
+
+class _MeanTokens(torch.nn.Module):
+    """The network's tokens averaged before its head."""
+
+    def __init__(self, network: torch.nn.Sequential) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.network.pool(self.network.part(self.network.conv(images)))
+        return self.network.head(tokens.mean(dim=1))

@@ -15,7 +15,6 @@ heads read depends on (SSD reads its first level before its deepest layers). No 
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 
 from lightning_cam.engine.capture import ForwardHook, forward_hooks
 from lightning_cam.engine.detection import detector_canvas, is_box_output
-from lightning_cam.engine.layouts import Layout, ReshapeTransform, infer_layout
+from lightning_cam.engine.layouts import Layout, ReshapeTransform, infer_layout, partitioned
 from lightning_cam.engine.logits import OutputKey, select_output
 
 __all__ = ["conv_layer_names", "find_auto_layer"]
@@ -46,7 +45,6 @@ _POOLING = (
     nn.MaxPool3d,
     nn.Flatten,
 )
-GRID_SLACK = 1.5
 _PASS_THROUGH = (nn.Identity, nn.Dropout)  # never a pick, but their output is their input's: no pooling
 
 # "auto" costs one probing forward of a single image; remember the answer per model and input shape.
@@ -128,29 +126,6 @@ def _positions(probe: _Probe) -> int:
     return count
 
 
-def _partitioned(layout: Layout, size: tuple[int, ...] | None) -> bool:
-    """Whether a grid or channels-last layout holds the image's grid re-arranged into windows: its
-    proportions are not the image's (scaled from its largest dimension, another is more than
-    :data:`GRID_SLACK` cells or a tenth off), yet it has exactly as many cells as the image's grid at some
-    stride (maxvit's ``[B, 64, 49, K]`` is the 56x56 grid at stride 4 in 7x7 windows). Most models with
-    other strides per axis (video's time, a spectrogram's frequency) have no such count; one whose
-    strides multiply to a square on a square image does, and must name its layer. ``size`` ``None`` (a
-    detector's canvas): no check."""
-    if size is None or layout.kind not in ("grid", "channels_last") or len(layout.grid) != len(size):
-        return False
-    reference = max(range(len(size)), key=lambda i: layout.grid[i])
-    scale = layout.grid[reference] / size[reference]
-    if all(
-        abs(g - s * scale) <= max(GRID_SLACK, 0.1 * s * scale) for g, s in zip(layout.grid, size, strict=True)
-    ):
-        return False
-    cells = math.prod(layout.grid)
-    return any(
-        math.prod(-(-s // stride) for s in size) == cells or math.prod(s // stride for s in size) == cells
-        for stride in range(1, max(size) + 1)
-    )
-
-
 def _refuse(
     probes: list[_Probe], score: Tensor | None, head_channels: int | None, size: tuple[int, ...] | None
 ) -> None:
@@ -169,7 +144,7 @@ def _refuse(
             probe.refusal = "it passes its input through (Identity, Dropout)"
         elif _positions(probe) < 2:
             probe.refusal = "it has a single spatial position at this input size"
-        elif _partitioned(probe.layout, size):
+        elif partitioned(probe.layout, size):
             grid, image = "x".join(map(str, probe.layout.grid)), "x".join(map(str, size or ()))
             probe.refusal = (
                 f"its grid {grid} is not the image's {image} at one stride (a window-partitioned output)"

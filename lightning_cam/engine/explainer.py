@@ -18,7 +18,7 @@ from lightning_cam.engine.attention import AttentionCapture, attention_inputs, c
 from lightning_cam.engine.capture import capture_activations, model_device_dtype, preserved_state
 from lightning_cam.engine.detection import Canvas, detached_detections, detector_canvas, detector_transforms
 from lightning_cam.engine.layers import TargetLayer, resolve_target_layers
-from lightning_cam.engine.layouts import Layout, ReshapeTransform, infer_layout
+from lightning_cam.engine.layouts import Layout, ReshapeTransform, check_unpartitioned, infer_layout
 from lightning_cam.engine.logits import OutputKey, select_output
 from lightning_cam.engine.methods import (
     REGISTRY,
@@ -541,6 +541,8 @@ def _shared_pass(
     layouts = [
         infer_layout(a, size, model, m, n, reshape_transform) for (n, m), a in zip(layers, raw, strict=True)
     ]
+    for (name, _), activation, layout in zip(layers, raw, layouts, strict=True):
+        check_unpartitioned(layout, size, name, tuple(activation.shape))
     layer_gradients, input_gradient = _pass_gradients(scores, needs, layers, raw, inputs, attention)
     return _SharedPass(
         output=output,

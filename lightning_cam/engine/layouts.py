@@ -23,10 +23,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Layout", "ReshapeTransform", "infer_layout"]
+__all__ = ["Layout", "ReshapeTransform", "check_unpartitioned", "infer_layout", "partitioned"]
 
 ReshapeTransform = Literal["auto"] | Callable[[Tensor], Tensor]
 MAX_PREFIX_TOKENS = 8
+GRID_SLACK = 1.5  # cells a grid may be off the image's proportions (rounding at odd sizes)
 
 
 @dataclass(frozen=True)
@@ -219,3 +220,42 @@ def infer_layout(
         f"need [B, K, h, w] (convolutions), [B, h, w, K] (channels last) or [B, N, K] (tokens). Pick a "
         f"layer before global pooling, or pass reshape_transform=a function tensor -> [B, K, h, w]."
     )
+
+
+def partitioned(layout: Layout, size: tuple[int, ...] | None) -> bool:
+    """Whether a grid or channels-last layout holds the image's grid re-arranged into windows: its
+    proportions are not the image's (scaled from its largest dimension, another is more than
+    :data:`GRID_SLACK` cells or a tenth off), yet it has exactly as many cells as the image's grid at some
+    stride (maxvit's ``[B, 64, 49, K]`` is the 56x56 grid at stride 4 in 7x7 windows). Most models with
+    other strides per axis (video's time, a spectrogram's frequency) have no such count; one whose
+    strides multiply to a square on a square image does, and must name its layer. ``size`` ``None`` (a
+    detector's canvas): no check."""
+    if size is None or layout.kind not in ("grid", "channels_last") or len(layout.grid) != len(size):
+        return False
+    reference = max(range(len(size)), key=lambda i: layout.grid[i])
+    scale = layout.grid[reference] / size[reference]
+    if all(
+        abs(g - s * scale) <= max(GRID_SLACK, 0.1 * s * scale) for g, s in zip(layout.grid, size, strict=True)
+    ):
+        return False
+    cells = math.prod(layout.grid)
+    return any(
+        math.prod(-(-s // stride) for s in size) == cells or math.prod(s // stride for s in size) == cells
+        for stride in range(1, max(size) + 1)
+    )
+
+
+def check_unpartitioned(layout: Layout, size: tuple[int, ...], name: str, shape: tuple[int, ...]) -> None:
+    """``ValueError`` when target layer ``name``'s output (``shape``, read as ``layout``) is the image's
+    grid re-arranged into windows (:func:`partitioned`): its map would be a strip of windows, not the
+    image."""
+    if partitioned(layout, size):
+        grid, image = "x".join(map(str, layout.grid)), "x".join(map(str, size))
+        raise ValueError(
+            f"target layer {name!r} outputs {list(shape)} for an input of {image}: read as a {grid} grid it is not "
+            f"the image's grid at one stride but as many cells re-arranged into windows (a window- or "
+            f"grid-partitioned attention layer, as in MaxViT), whose map would be a strip of windows. Name the block "
+            f"that puts the windows back (on torchvision's maxvit_t e.g. 'blocks.3.layers.1', or target_layer='auto'), "
+            f"or pass reshape_transform=a function tensor -> [B, K, h, w] that un-partitions it (a grid that is "
+            f"the image's at other strides per axis: reshape_transform=lambda t: t, or t.movedim(-1, 1) if channels last)."
+        )
