@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, trainer
@@ -35,7 +36,7 @@ from lightning_cam.auditing.patterns import (
     repeated_near,
     repetition,
 )
-from lightning_cam.auditing.spray import cluster_maps, small_maps
+from lightning_cam.auditing.spray import cluster_maps, kmeans, small_maps
 from lightning_cam.auditing.strategies import (
     TAGGED_STRATEGIES,
     Strategy,
@@ -66,6 +67,29 @@ def test_two_spots_make_two_clusters_and_noise_makes_one() -> None:
     labels = cluster_maps(maps)
     assert labels[7] == -1 and labels[:7].eq(0).all() and labels[8:30].eq(0).all() and labels[30:].eq(1).all()
     assert cluster_maps(torch.rand(120, 64)).eq(0).all()  # no gap in the spectrum: one strategy
+
+
+@pytest.mark.parametrize("shift", range(0, 40, 7))
+def test_of_two_equal_clusters_the_one_with_the_earliest_map_is_first(shift: int) -> None:
+    torch.manual_seed(0)
+    spots = torch.zeros(40, 64)
+    spots[:20, 0], spots[20:, 63] = 1.0, 1.0
+    labels = cluster_maps((spots + 0.01 * torch.rand(40, 64)).roll(shift, dims=0))
+    assert labels.bincount().tolist() == [20, 20]
+    assert labels[0] == 0  # whatever k-means numbered it: the order does not hang on its random starts
+
+
+def test_kmeans_finds_the_partition_of_scikit_learn() -> None:
+    pytest.importorskip("sklearn")
+    from sklearn.cluster import KMeans
+
+    generator = np.random.default_rng(0)
+    for count in (2, 3, 5):
+        centres = generator.normal(size=(count, 4))
+        points = centres[generator.integers(0, count, 200)] + 0.3 * generator.normal(size=(200, 4))
+        ours, theirs = kmeans(points, count), KMeans(count, n_init=10, random_state=0).fit_predict(points)
+        pairs = set(zip(ours.tolist(), theirs.tolist(), strict=True))
+        assert len(pairs) == count  # the same partition: each of our clusters is one of theirs
 
 
 def test_without_scikit_learn_the_message_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
