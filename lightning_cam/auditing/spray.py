@@ -8,9 +8,9 @@ number of clusters is where the normalised graph Laplacian's sorted eigenvalues 
 :data:`MIN_EIGENGAP`; the clusters are k-means (10 starts, seed 0) on the rows of the first ``k``
 eigenvectors, normalised. Up to :data:`DENSE_UP_TO` maps a class, the graph and its eigenvectors are
 computed densely in torch, batched over the classes of equal size (one call for a thousand classes of
-50 images); a larger class's graph is scikit-learn's and its eigenvectors ARPACK's. scikit-learn does
-the k-means; it is the optional extra ``lightning-cam[strategies]``.
-"""
+50 images); a larger class's graph is scikit-learn's and its eigenvectors ARPACK's (scikit-learn is the
+optional extra ``lightning-cam[strategies]``). The k-means is :func:`kmeans` (scikit-learn's partitions,
+without its per-call set-up)."""
 
 from __future__ import annotations
 
