@@ -70,6 +70,48 @@ def torchvision_vit() -> nn.Module:
     return model
 
 
+def hf_swinv2() -> nn.Module:
+    from transformers import Swinv2Config, Swinv2ForImageClassification
+
+    config = Swinv2Config(
+        image_size=64,
+        patch_size=4,
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 2],
+        window_size=4,
+        num_labels=10,
+    )
+    return _Logits(Swinv2ForImageClassification(config)).eval()
+
+
+class _Logits(nn.Module):
+    """A Hugging Face classifier's ``logits`` (pytorch-grad-cam's targets index the output)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).logits
+
+
+def timm_levit() -> nn.Module:
+    """timm's LeViT with every BatchNorm's weight at one and its statistics taken over random images: it
+    starts its residual branches' weights at zero and its statistics at the identity, so at initialisation
+    its activations are so small that every attention is uniform and every token past stage 0 alike (a
+    flat map at any layer there) until training moves them."""
+    model = timm.create_model("levit_128s", pretrained=False, num_classes=10)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(module.weight)
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the pass
+    with torch.no_grad():
+        model.train()(torch.rand(8, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
+    return model.eval()
+
+
 TRANSFORMERS = {
     # name: (model factory, image size, target layer name, auto layer, prefix tokens or None for NHWC, grid)
     "torchvision vit_b_16": (
@@ -109,6 +151,12 @@ TRANSFORMERS = {
         None,
         (7, 7),
     ),
+    # a post-norm block that returns a tuple: its layernorm_before normalises the attention's output (a
+    # branch, not the residual stream); "auto" took it. The stream is the final norm's input.
+    "hugging face swinv2 64 px": (hf_swinv2, (64, 64), "model.swinv2.layernorm", 0, (8, 8)),
+    # no norm before its attention and 16 tokens at the last stage (0 + 4x4 or 7 + 3x3 prefix tokens):
+    # "auto" took stage 0's attention projection; LeViT has no token parameter, so no prefix
+    "timm levit_128s": (timm_levit, (224, 224), "stages.2.blocks.3", 0, (4, 4)),
 }
 
 

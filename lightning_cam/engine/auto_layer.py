@@ -6,8 +6,9 @@ this input's size, the score (the model's largest output, the predicted class's 
 it (a path in the autograd graph: a classifier still at zero keeps its layers), it is no pooling layer nor a pooling layer's output, and it is not the head of a dense output
 (a segmentation model's logits: as many channels as the output has classes). Candidates are then
 ordered by one rule: a transformer (its repeated blocks output tokens or channels-last maps) first
-tries the first shape-keeping layer inside its last block (ViT, DeiT: ``norm1``; Swin: ``norm1``);
-a CNN its last candidate (``layer4`` on a ResNet, the last ReLU on VGG); then every other candidate
+tries the residual stream at its last block (:func:`_stream_layer`): the norm that reads the block's
+input (ViT, DeiT, Swin: ``norm1``), else the block's own output (LeViT), else the layer that reads it
+(Hugging Face Swinv2's blocks return tuples: its final ``layernorm``); a CNN its last candidate (``layer4`` on a ResNet, the last ReLU on VGG); then every other candidate
 from the last. A detector's candidates are its feature extractor's layers that every feature level its
 heads read depends on (SSD reads its first level before its deepest layers). No candidate:
 ``ValueError`` naming what was tried and why each was refused.
@@ -64,10 +65,14 @@ class _Probe:
     name: str
     module: nn.Module
     output: Tensor
-    input_shape: tuple[int, ...] | None
+    input: Tensor | None  # its first tensor argument
     in_tuple: bool
     layout: Layout | None = None
     refusal: str = ""
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return None if self.input is None else tuple(self.input.shape)
 
 
 def _probe(
@@ -89,8 +94,7 @@ def _probe(
             tensor = output[0] if in_tuple else output  # type: ignore[index]
             if isinstance(tensor, Tensor) and tensor.dim() >= 3 and tensor.shape[0] == 1:
                 first = next((x for x in inputs if isinstance(x, Tensor)), None)
-                shape = None if first is None else tuple(first.shape)
-                probes.append(_Probe(named[index][0], module, tensor, shape, in_tuple))
+                probes.append(_Probe(named[index][0], module, tensor, first, in_tuple))
 
         return record
 
@@ -190,17 +194,38 @@ def _preference(probes: list[_Probe]) -> list[_Probe]:
     ]
     if not blocks:  # a CNN: channels-first maps, the last one first
         return [p for p in reversed(verified) if p.layout is not None and p.layout.kind == "grid"]
-    preferred = []
-    for block in reversed(blocks):  # the last block with a verified shape-keeping layer inside
+    chosen = _stream_layer(blocks, verified)
+    preferred = [] if chosen is None else [chosen]
+    return preferred + [p for p in reversed(verified) if p is not chosen]
+
+
+def _stream_layer(blocks: list[_Probe], verified: list[_Probe]) -> _Probe | None:
+    """A transformer's pick, from its last block with one: the first verified norm inside the block that
+    reads the block's input (a pre-norm block's ``norm1``: the residual stream, normalised, before the
+    last attention mixes the patches into a class token); else the block itself, when its output is
+    verified (a post-norm or norm-free block, as LeViT's, returns the stream); else the first verified
+    layer that reads the block's output (a block that returns a tuple, as Hugging Face Swinv2's: the
+    final norm); else the first verified shape-keeping layer inside it."""
+    for block in reversed(blocks):
         inside = [
             p
             for p in verified
             if p.name.startswith(block.name + ".") and tuple(p.output.shape) == block.input_shape
         ]
-        if inside:
-            preferred = inside[:1]
-            break
-    return preferred + [p for p in reversed(verified) if p not in preferred]
+        reads_input = [
+            p for p in inside if p.input is not None and p.input is block.input and _is_norm(p.module)
+        ]
+        readers = [p for p in verified if p.input is not None and p.input is block.output]
+        found = reads_input + [p for p in verified if p is block] + readers + inside
+        if found:
+            return found[0]
+    return None
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """A normalisation layer (torch's, or a class named ``...Norm``: timm's, Hugging Face's, RMSNorm)."""
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+    return isinstance(module, norms) or type(module).__name__.endswith("Norm")
 
 
 def _named(model: nn.Module, suffix: str) -> str | None:

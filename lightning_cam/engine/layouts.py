@@ -105,6 +105,12 @@ def _model_prefix_and_patch(model: nn.Module) -> tuple[int | None, tuple[int, ..
     return None, None
 
 
+def _has_token_parameters(model: nn.Module) -> bool:
+    """Whether any parameter's name holds ``token`` (``cls_token``, ``class_token``, ``dist_token``,
+    ``register_tokens``, ...): a model without one (LeViT) has no prefix tokens."""
+    return any("token" in name for name, _ in model.named_parameters())
+
+
 def token_layout(shape: tuple[int, ...], size: tuple[int, ...], model: nn.Module, name: str) -> Layout:
     tokens = shape[1]
     prefix, patch = _model_prefix_and_patch(model)
@@ -118,6 +124,8 @@ def token_layout(shape: tuple[int, ...], size: tuple[int, ...], model: nn.Module
         for rows in range(1, count + 1):
             if count % rows == 0 and rows * size[1] == (count // rows) * size[0]:
                 fits.append(Layout("tokens", (rows, count // rows), extra))
+    if len(fits) > 1 and prefix is None and not _has_token_parameters(model):
+        fits = [fit for fit in fits if fit.prefix == 0]  # no class, distillation or register token to skip
     if len(fits) == 1:
         return fits[0]
     readings = ", ".join(f"{f.prefix} prefix + {f.grid[0]}x{f.grid[1]} patches" for f in fits) or "none"
