@@ -579,3 +579,15 @@ class _MeanTokens(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.network.pool(self.network.part(self.network.conv(images)))
         return self.network.head(tokens.mean(dim=1))
+
+
+def test_tokens_of_a_model_without_token_parameters_have_no_prefix() -> None:
+    """16 tokens for a 224x224 input read as 0 + 4x4 or 7 + 3x3: a model with no class, distillation or
+    register token (LeViT) has no prefix; one with a token parameter stays ambiguous."""
+    tokens = torch.rand(1, 16, 8)
+    layout = infer_layout(tokens, (224, 224), nn.Identity(), nn.Identity(), "x")
+    assert (layout.kind, layout.prefix, layout.grid) == ("tokens", 0, (4, 4))
+    with_token = nn.Module()
+    with_token.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+    with pytest.raises(ValueError, match=r"0 prefix \+ 4x4 patches, 7 prefix \+ 3x3 patches"):
+        infer_layout(tokens, (224, 224), with_token, nn.Identity(), "x")

@@ -124,8 +124,9 @@ def token_layout(shape: tuple[int, ...], size: tuple[int, ...], model: nn.Module
         for rows in range(1, count + 1):
             if count % rows == 0 and rows * size[1] == (count // rows) * size[0]:
                 fits.append(Layout("tokens", (rows, count // rows), extra))
-    if len(fits) > 1 and prefix is None and not _has_token_parameters(model):
-        fits = [fit for fit in fits if fit.prefix == 0]  # no class, distillation or register token to skip
+    unprefixed = [fit for fit in fits if fit.prefix == 0]
+    if len(fits) > 1 and unprefixed and prefix is None and not _has_token_parameters(model):
+        fits = unprefixed  # no class, distillation or register token to skip
     if len(fits) == 1:
         return fits[0]
     readings = ", ".join(f"{f.prefix} prefix + {f.grid[0]}x{f.grid[1]} patches" for f in fits) or "none"
