@@ -30,6 +30,7 @@ from lightning_cam import CAMMonitor
 from lightning_cam.auditing.patterns import (
     FLOOR,
     ON_PATTERN,
+    dilated,
     kth_smallest,
     pattern_region,
     repeated_map,
@@ -326,12 +327,12 @@ def test_the_pattern_region_is_the_whole_pattern_the_attention_touches() -> None
     attention[40:46, 12:16] = True  # the maps saw the first glyph only
     repeated[25, 30:32] = 1.0  # a speck of two pixels, under the attention too: chance, not a pattern
     attention[24:27, 29:33] = True
-    region = pattern_region(repeated, attention, 2)
+    region = pattern_region(repeated, dilated(attention, 2))
     assert bool(region[caption].all())  # every glyph: the gaps between them are bridged
     assert not region[5:8, 5:8].any()  # a pattern the attention does not touch is not this strategy's
     assert not region[23:28, 28:34].any()
     assert int(region.sum()) <= int(_grown(caption).sum())  # the glyphs and a one-pixel margin, no more
-    assert not pattern_region(repeated, ~_grown(_grown(repeated >= 0.5)), 0).any()  # attention off it: empty
+    assert not pattern_region(repeated, ~_grown(_grown(repeated >= 0.5))).any()  # attention off it: empty
     weights = torch.zeros(48, 48)
     weights[42, 14], weights[20, 10] = 3.0, 1.0
     assert repetition(repeated, weights, 2) == pytest.approx(0.75)
@@ -373,11 +374,12 @@ def test_repeated_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(ta
     if tag == "in the box, far":
         attention[24:28, 24:28] = True
     weights = torch.rand(32, 32) * attention
-    near, whole = repeated_near(members, others, attention, 4), repeated_map(members, others)
+    near, whole = repeated_near(members, others, dilated(attention, 4)), repeated_map(members, others)
     assert bool((whole >= ON_PATTERN).any()) == (tag != "none")
     assert repetition(near, weights, 4) == pytest.approx(repetition(whole, weights, 4), abs=1e-6)
-    assert torch.equal(pattern_region(near, attention, 4), pattern_region(whole, attention, 4))
-    assert bool(pattern_region(whole, attention, 4).any()) == (tag == "near")
+    seeds = dilated(attention, 4)
+    assert torch.equal(pattern_region(near, seeds), pattern_region(whole, seeds))
+    assert bool(pattern_region(whole, seeds).any()) == (tag == "near")
     assert torch.equal(near, whole) == (
         tag == "near"
     )  # the whole map only when a pattern is near the attention

@@ -30,6 +30,7 @@ from torch import Tensor
 __all__ = [
     "FLOOR",
     "ON_PATTERN",
+    "dilated",
     "kth_smallest",
     "pattern_floor",
     "pattern_region",
@@ -95,39 +96,38 @@ def pattern_floor(others: Tensor) -> Tensor:
     return FLOOR * variance.sum(dim=0).mean().clamp(min=1e-6)
 
 
-def repeated_near(members: Tensor, others: Tensor, attention: Tensor, cell: int) -> Tensor:
-    """:func:`repeated_map` wherever :func:`pattern_region` and :func:`repetition` read it for the attention
-    region ``attention`` ``[H, W]`` and ``cell``: within ``cell`` pixels of the attention (its bounding box
-    is computed, the rest left 0) when no pixel there is on a pattern (no seed: no pattern to grow),
-    else everywhere (the pattern may grow anywhere). The same figures as the whole map, at the cost of
-    the attention's box."""
-    near = _dilated(attention, cell)
+def repeated_near(members: Tensor, others: Tensor, near: Tensor) -> Tensor:
+    """:func:`repeated_map` wherever :func:`pattern_region` and :func:`repetition` read it for the pixels
+    ``near`` ``[H, W]`` bool (the attention region grown by a cell, :func:`dilated`): on their bounding box
+    (the rest left 0) when none of them is on a pattern (no seed: no pattern to grow), else everywhere
+    (the pattern may grow anywhere). The same figures as the whole map, at the cost of the box."""
     if not bool(near.any()):
-        return torch.zeros(attention.shape, device=members.device)
+        return torch.zeros(near.shape, device=members.device)
     rows, columns = near.any(dim=1).nonzero().flatten(), near.any(dim=0).nonzero().flatten()
     box = (..., slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
     floor = pattern_floor(others)
     found = repeated_map(members[box], others[box], floor)
     if bool(((found >= ON_PATTERN) & near[box]).any()):
         return repeated_map(members, others, floor)
-    repeated = torch.zeros(attention.shape, device=members.device)
+    repeated = torch.zeros(near.shape, device=members.device)
     repeated[box] = found
     return repeated
 
 
-def _dilated(region: Tensor, width: int) -> Tensor:
+def dilated(region: Tensor, width: int) -> Tensor:
     """``region`` ``[H, W]`` bool grown by ``width`` pixels (a square neighbourhood)."""
     if width <= 0:
         return region
     return F.max_pool2d(region[None, None].float(), 2 * width + 1, stride=1, padding=width)[0, 0] > 0
 
 
-def pattern_region(repeated: Tensor, attention: Tensor, cell: int) -> Tensor:
+def pattern_region(repeated: Tensor, near: Tensor) -> Tensor:
     """``[H, W]`` bool: the whole pattern the attention sits on. Its seeds are the pixels on the pattern
-    within ``cell`` pixels of the attention region ``attention`` ``[H, W]`` (the maps' resolution);
-    from them it grows along pixels on the pattern, bridging gaps of up to two pixels (a caption's
-    glyphs are one pattern), with a one-pixel margin; a piece of fewer than :data:`MIN_PIXELS` pixels on
-    the pattern is left out (chance). Empty where the attention sits on no pattern.
+    among ``near`` ``[H, W]`` (the attention region grown by a cell, the maps' resolution:
+    :func:`dilated`); from them it grows along pixels on the pattern, bridging gaps of up to two pixels
+    (a caption's glyphs are one pattern), with a one-pixel margin; a piece of fewer than
+    :data:`MIN_PIXELS` pixels on the pattern is left out (chance). Empty where the attention sits on no
+    pattern.
 
     Example::
 
@@ -135,16 +135,16 @@ def pattern_region(repeated: Tensor, attention: Tensor, cell: int) -> Tensor:
         >>> repeated[7, :] = 1.0  # a line along the bottom edge
         >>> attention = torch.zeros(8, 8, dtype=torch.bool)
         >>> attention[6:, :2] = True  # the maps saw its left end
-        >>> pattern_region(repeated, attention, 1)[6:].sum().item()  # the whole line, and its margin
+        >>> pattern_region(repeated, dilated(attention, 1))[6:].sum().item()  # the whole line, and its margin
         16
     """
     on = repeated >= ON_PATTERN
-    region = _dilated(attention, cell) & on
+    region = near & on
     if not bool(region.any()):
         return region  # no seed: the attention sits on no pattern
-    allowed = _dilated(on, 1)
+    allowed = dilated(on, 1)
     for _ in range(sum(region.shape)):
-        grown = _dilated(region, 1) & allowed
+        grown = dilated(region, 1) & allowed
         if torch.equal(grown, region):
             break
         region = grown

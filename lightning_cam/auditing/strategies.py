@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from lightning_cam.auditing.patterns import (
     ON_PATTERN,
+    dilated,
     kth_smallest,
     pattern_region,
     repeated_near,
@@ -342,8 +343,9 @@ def _pattern(tested: Tensor, data: _ClassData, small: Tensor, rest: Tensor) -> _
         return _Pattern(attention, False, float("nan"), f"repetition: {why}")
     weights = _at_size(_excess(small, rest), size, "bilinear").to(tested.device).clamp(min=0) * attention
     cell = max(1, round(2 * max(size) / SMALL_SIZE))  # two cells: the maps are coarser than the small grid
-    repeated = repeated_near(tested, data.others, attention, cell)
-    pattern = pattern_region(repeated, attention, cell)
+    near = dilated(attention, cell)
+    repeated = repeated_near(tested, data.others, near)
+    pattern = pattern_region(repeated, near)
     everywhere = repeated >= ON_PATTERN
     if bool(pattern.any()) and float(everywhere.float().mean()) > MAX_PATTERN_AREA:
         pattern = everywhere  # a difference over much of the image (a tint, a background): all of it
