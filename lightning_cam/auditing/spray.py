@@ -76,7 +76,8 @@ def _dense_spectra(points: Tensor) -> tuple[Tensor, Tensor]:
     (``[G, n, d]``, float64), built and decomposed densely in one batched call: ``[G, count]`` eigenvalues
     and ``[G, n, count]`` eigenvectors."""
     count, n = min(MAX_CLUSTERS + 1, points.shape[1] - 1), points.shape[1]
-    distances = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
+    norms = points.pow(2).sum(dim=2)
+    distances = norms[:, :, None] + norms[:, None] - 2 * points @ points.transpose(1, 2)  # squared, float64
     distances.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # no point is its own neighbour
     nearest = distances.topk(min(NEIGHBOURS, n - 1), dim=2, largest=False).indices
     graph = torch.zeros_like(distances).scatter_(2, nearest, 1.0)
