@@ -310,6 +310,8 @@ def _merged(clusters: Tensor, data: _ClassData) -> list[Tensor]:
     (intersection over union at least :data:`MERGE_IOU`) merged into one: the same spot found twice is
     one strategy. Largest first."""
     groups = [clusters == number for number in range(int(clusters.max()) + 1)]
+    if len(groups) < 2:
+        return groups  # nothing to merge
     regions = [small_region(data.small[g], data.small[~g & data.usable]) for g in groups]
     owner = list(range(len(groups)))
     for later in range(len(groups)):
