@@ -45,26 +45,34 @@ def test_wandb_tables_take_a_column_of_numbers_with_missing_cells() -> None:
 
 
 def test_nan_images_predict_nothing_and_leave_the_audits_accuracy() -> None:
-    """argmax of NaN logits is class 0: such images were counted as predicting class 0."""
+    """argmax of NaN logits is class 0: such images were counted as predicting class 0; the warning named
+    them by their position in their batch (9 and 12 as 1 and 4), now once by dataset index."""
     import lightning_cam as lc
     from lightning_cam.demo.model import SmallCNN
 
     torch.manual_seed(0)
     network = SmallCNN(width=8).eval()
     images, labels = torch.rand(16, 3, 32, 32), torch.randint(4, (16,))
-    images[8:] = float("nan")
-    result = lc.audit(
-        network,
-        DataLoader(TensorDataset(images, labels), batch_size=8),
-        "gradcam",
-        progress=False,
-        bootstrap_samples=0,
+    images[[3, 9, 12]] = float("nan")
+    clean = torch.ones(16, dtype=torch.bool)
+    clean[[3, 9, 12]] = False
+    with pytest.warns(RuntimeWarning) as caught:
+        result = lc.audit(
+            network,
+            DataLoader(TensorDataset(images, labels), batch_size=8),
+            "gradcam",
+            progress=False,
+            bootstrap_samples=0,
+        )
+    said = [str(w.message) for w in caught if "NaN" in str(w.message) or "non-finite" in str(w.message)]
+    assert (
+        said == [said[0]] and "3 of 16 images give a NaN output" in said[0] and "indices 3, 9, 12)" in said[0]
     )
     with torch.no_grad():
-        by_hand = (network(images[:8]).argmax(dim=1) == labels[:8]).float().mean().item()
-    assert result.rows["predicted"][8:].eq(-1).all() and result.rows["correct"][8:].isnan().all()
-    assert result.rows["confidence"][8:].isnan().all()
-    assert result.figures["all"]["accuracy"].value == pytest.approx(by_hand)  # the clean half only
+        by_hand = (network(images[clean]).argmax(dim=1) == labels[clean]).float().mean().item()
+    assert result.rows["predicted"][~clean].eq(-1).all() and result.rows["correct"][~clean].isnan().all()
+    assert result.rows["confidence"][~clean].isnan().all()
+    assert result.figures["all"]["accuracy"].value == pytest.approx(by_hand)  # the clean images only
 
 
 def test_labels_outside_the_classifier_are_named_by_the_audit_and_the_monitor(tmp_path: Path) -> None:

@@ -148,6 +148,7 @@ def audit(
             lambda: _explain_all(model, loader, batches, kept, settings, read, device, group_names, progress),
         )
         result, small = _gathered(pass_result, settings.methods, class_names, bootstrap_samples, seed)
+        _warn_nan_outputs(result.rows)
         if small is not None:
             fetch, name = _fetcher(loader, read, device), _namer(class_names)
             result = replace(
@@ -157,6 +158,22 @@ def audit(
         group_key = (keys or {}).get("group", "group")
         warnings.warn(missing_groups_message("audit", group_names, group_key), UserWarning, stacklevel=2)
     return result
+
+
+def _warn_nan_outputs(rows: dict[str, Tensor]) -> None:
+    """One warning naming, by dataset index, the images whose output is NaN (a NaN image, NaN weights):
+    they predict nothing and their maps are all zeros."""
+    nan = rows["confidence"].isnan() & rows["predicted"].eq(-1)
+    if bool(nan.any()):
+        indices = rows["index"][nan].tolist()
+        shown = ", ".join(map(str, indices[:20])) + (", ..." if len(indices) > 20 else "")
+        warnings.warn(
+            f"audit: {len(indices)} of {len(nan)} images give a NaN output (a NaN image or NaN weights; dataset "
+            f"indices {shown}): they predict nothing (left out of the accuracy) and their maps are all zeros "
+            "(left out of every mean as flat maps).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _reader(unpack: Callable[[Any], Unpacked] | None, keys: dict[str, str]) -> Callable[[Any], FixedBatch]:
@@ -207,7 +224,11 @@ def _explain_all(
             if collective:  # a sharded forward needs every rank: explain the padded copies, keep nothing
                 explain_audited(model, read(raw).to(device), settings)
             continue
-        explanation = explain_audited(model, batch, settings)
+        with (
+            warnings.catch_warnings()
+        ):  # said once by dataset index (_warn_nan_outputs), not by batch position
+            warnings.filterwarnings("ignore", "[^:]*: non-finite activations or gradients", RuntimeWarning)
+            explanation = explain_audited(model, batch, settings)
         result.layers = explanation.target_layers
         codes = _group_codes(batch, result.groups, group_names)
         columns = batch_columns(batch, explanation, torch.tensor(indices)[keep], codes)
