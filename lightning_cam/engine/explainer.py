@@ -311,7 +311,8 @@ def explain(
             mapped back through its transform's resize and padding to each original image.
         methods: a name or a sequence of names from :data:`METHODS`.
         target_layer: ``"auto"`` (CNNs: the last layer with a spatial output; transformers: the
-            first layer of the last block whose patch tokens carry the score's gradient; detectors:
+            residual stream at the last block: the norm reading its input, else its output, else the
+            layer reading its output; detectors:
             the deepest feature map of the backbone's feature extractor), a dotted
             module name such as ``"layer4"``, the module itself, or a list of these (the maps of the
             layers are normalised, averaged, and normalised again).
