@@ -392,3 +392,5 @@ def test_kth_smallest_is_the_lower_median_and_the_sorted_rank(count: int) -> Non
     assert torch.equal(kth_smallest(values, count // 2), values.sort(dim=0).values[count // 2])
     values[0, 0, 0, 0] = float("nan")  # ordered last, as torch.sort does
     assert torch.equal(kth_smallest(values, 1), values.sort(dim=0).values[1])
+    half = values.bfloat16()  # images of a bfloat16 model: numpy has no such type
+    assert torch.equal(kth_smallest(half, 1), half.sort(dim=0).values[1])
