@@ -509,10 +509,13 @@ def test_auto_refuses_a_window_partitioned_layer() -> None:
     windows, not the image's grid, and read it as a 1x49 strip (every column of the map constant)."""
     torch.manual_seed(0)
     model = torchvision.models.maxvit_t(num_classes=5).eval()
-    chosen = lc.explain_batch(model, torch.rand(2, 3, 224, 224), "gradcam")
+    images = torch.rand(2, 3, 224, 224)
+    chosen = lc.explain_batch(model, images, "gradcam")
     assert chosen.target_layers == ["blocks.3"]  # the last stage's [B, 512, 7, 7]
     maps = chosen.maps["gradcam"]
     assert float(maps.std(dim=1).mean()) > 0.05 and float(maps.std(dim=2).mean()) > 0.05
+    theirs = grad_cam_maps(model, model.blocks[3], images, chosen.targets.tolist(), None)
+    assert pearson(maps, theirs).min() >= 0.99  # the reference at the layer the README names
     wide = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3, stride=32, padding=1), torch.nn.Flatten(), torch.nn.LazyLinear(2)
     )
