@@ -38,6 +38,7 @@ from lightning_cam.batches import (
 from lightning_cam.engine import resolve_methods
 from lightning_cam.engine.capture import model_device_dtype, preserved_rng
 from lightning_cam.engine.detection import check_score_threshold
+from lightning_cam.engine.explainer import NON_FINITE
 from lightning_cam.engine.layers import TargetLayer
 from lightning_cam.engine.layouts import ReshapeTransform
 from lightning_cam.engine.logits import OutputKey
@@ -224,10 +225,9 @@ def _explain_all(
             if collective:  # a sharded forward needs every rank: explain the padded copies, keep nothing
                 explain_audited(model, read(raw).to(device), settings)
             continue
-        with (
-            warnings.catch_warnings()
-        ):  # said once by dataset index (_warn_nan_outputs), not by batch position
-            warnings.filterwarnings("ignore", "[^:]*: non-finite activations or gradients", RuntimeWarning)
+        # the engine names such images by batch position; _warn_nan_outputs names them by dataset index
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", f"[^:]*: {NON_FINITE}", RuntimeWarning)
             explanation = explain_audited(model, batch, settings)
         result.layers = explanation.target_layers
         codes = _group_codes(batch, result.groups, group_names)

@@ -131,9 +131,8 @@ def _seeds(points: np.ndarray, count: int, starts: int, generator: np.random.Gen
         cumulative = nearest.cumsum(axis=1)
         drawn = generator.random((starts, 2 + int(np.log(count)))) * cumulative[:, -1:]
         candidates = np.minimum((cumulative[:, None] <= drawn[..., None]).sum(axis=2), len(points) - 1)
-        distances = ((points[candidates][:, :, None] - points[None, None]) ** 2).sum(
-            axis=3
-        )  # [starts, trials, n]
+        # [starts, trials, n]: each candidate's squared distance to every point
+        distances = ((points[candidates][:, :, None] - points[None, None]) ** 2).sum(axis=3)
         potentials = np.minimum(nearest[:, None], distances)
         best = potentials.sum(axis=2).argmin(axis=1)
         centres.append(points[candidates[runs, best]])

@@ -35,6 +35,7 @@ from lightning_cam.engine.targets import Scorer, Targets, make_scorer
 
 __all__ = [
     "METHODS",
+    "NON_FINITE",
     "Explanation",
     "OutputKey",
     "Targets",
@@ -45,6 +46,8 @@ __all__ = [
     "normalize_maps",
     "resolve_options",
 ]
+
+NON_FINITE = "non-finite activations or gradients"  # the words of the warning naming such images
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 """Every method name :func:`explain` accepts."""
@@ -735,7 +738,7 @@ def _normalized(
     invalid = ~finite_rows(raw) if bad_images is None else bad_images | ~finite_rows(raw)
     if bool(invalid.any()):
         warnings.warn(
-            f"{method.name}: non-finite activations or gradients for image(s) "
+            f"{method.name}: {NON_FINITE} for image(s) "
             f"{invalid.nonzero().flatten().tolist()}; their maps are all zeros.",
             RuntimeWarning,
             stacklevel=4,

@@ -237,8 +237,8 @@ def partitioned(layout: Layout, size: tuple[int, ...] | None) -> bool:
     :data:`GRID_SLACK` cells or a tenth off), yet it has exactly as many cells as the image's grid at some
     stride (maxvit's ``[B, 64, 49, K]`` is the 56x56 grid at stride 4 in 7x7 windows). Most models with
     other strides per axis (video's time, a spectrogram's frequency) have no such count; one whose
-    strides multiply to a square on a square image does, and must name its layer. ``size`` ``None`` (a
-    detector's canvas): no check."""
+    strides multiply to a square on a square image does, and needs a ``reshape_transform``. ``size``
+    ``None`` (a detector's canvas in "auto"'s probe): no check."""
     if size is None or layout.kind not in ("grid", "channels_last") or len(layout.grid) != len(size):
         return False
     reference = max(range(len(size)), key=lambda i: layout.grid[i])
