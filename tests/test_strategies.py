@@ -24,6 +24,7 @@ from strategy_helpers import (
     planted_validation,
 )
 from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
@@ -304,6 +305,30 @@ def test_a_model_that_puts_every_image_in_one_class_cannot_tell_for_that_class()
         f"no shortcut suspect among the {count - len(unknown)} of {count} strategies"
     )
     assert result.scalars()["audit/strategies/cannot_tell"] == len(unknown)
+
+
+def test_the_strategies_fetch_images_in_batches_of_the_audits_size() -> None:
+    """The audit's loader has a batch sampler (its ``batch_size`` is None): the strategies' fetch still
+    collates the audit's batch size at a time, not one image per call."""
+    sizes: list[int] = []
+
+    def collate(samples: list) -> object:
+        sizes.append(len(samples))
+        return default_collate(samples)
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(64, 3, 16, 16), torch.arange(4).repeat_interleave(16)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=16, collate_fn=collate)
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    ).eval()
+    lc.audit(network, loader, "gradcam", progress=False, strategies=True, bootstrap_samples=0)
+    fetched = sizes[4:]  # after the audit's own 4 batches
+    assert fetched and max(fetched) == 16 and all(size <= 16 for size in fetched)
 
 
 def test_repeated_map_by_hand() -> None:

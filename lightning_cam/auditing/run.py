@@ -151,7 +151,10 @@ def audit(
         result, small = _gathered(pass_result, settings.methods, class_names, bootstrap_samples, seed)
         _warn_nan_outputs(result.rows)
         if small is not None:
-            fetch, name = _fetcher(loader, read, device), _namer(class_names)
+            fetch, name = (
+                _fetcher(loader, read, device, max(map(len, batches), default=1)),
+                _namer(class_names),
+            )
             result = replace(
                 result, strategies=find_strategies(model, result.rows, small, fetch, name, output_key)
             )
@@ -331,14 +334,15 @@ def _namer(class_names: Sequence[str] | None) -> Callable[[int], str]:
 
 
 def _fetcher(
-    loader: DataLoader, read: Callable[[Any], FixedBatch], device: torch.device
+    loader: DataLoader, read: Callable[[Any], FixedBatch], device: torch.device, batch_size: int
 ) -> Callable[[list[int]], Tensor]:
-    """Images by dataset index, read as the audit read them, on ``device`` (for the strategies' tests)."""
+    """Images by dataset index, read as the audit read them (collated ``batch_size`` at a time: the audit's
+    loader has a batch sampler, so its own ``batch_size`` is None), on ``device`` (for the strategies' tests)."""
 
     def fetch(indices: list[int]) -> Tensor:
         images = [
             read(loader.collate_fn([loader.dataset[i] for i in chunk])).images
-            for chunk in chunked(indices, loader.batch_size or 1)
+            for chunk in chunked(indices, batch_size)
         ]
         sizes = sorted({tuple(batch.shape[1:]) for batch in images})
         if len(sizes) > 1:
