@@ -33,9 +33,9 @@ from lightning_cam.auditing.patterns import (
     ON_PATTERN,
     dilated,
     kth_smallest,
+    pattern_near,
     pattern_region,
     repeated_map,
-    repeated_near,
     repetition,
 )
 from lightning_cam.auditing.spray import cluster_maps, kmeans, small_maps
@@ -385,8 +385,8 @@ def test_a_strategy_on_no_pattern_is_not_tested_and_reads_no() -> None:
     )
 
 
-@pytest.mark.parametrize("tag", ["none", "near", "in the box, far"])
-def test_repeated_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(tag: str) -> None:
+@pytest.mark.parametrize("tag", ["none", "near", "in the box, far", "a speck at the attention"])
+def test_pattern_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(tag: str) -> None:
     torch.manual_seed(0)
     members = (torch.arange(8) % 2).float().view(8, 1, 1, 1).repeat(1, 3, 32, 32)  # half black, half white
     others = torch.rand(32, 3, 32, 32)
@@ -394,20 +394,21 @@ def test_repeated_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(ta
         members[:, :, 20:24, 14:18] = 1.0
     if tag == "in the box, far":  # inside the box of two attention blocks, more than a cell from both
         members[:, :, 9:13, 26:30] = 1.0
+    if tag == "a speck at the attention":  # on the pattern, but fewer than MIN_PIXELS pixels: chance
+        members[:, :, 15, 10:12] = 1.0
     attention = torch.zeros(32, 32, dtype=torch.bool)
     attention[12:20, 8:14] = True
     if tag == "in the box, far":
         attention[24:28, 24:28] = True
     weights = torch.rand(32, 32) * attention
-    near, whole = repeated_near(members, others, dilated(attention, 4)), repeated_map(members, others)
-    assert bool((whole >= ON_PATTERN).any()) == (tag != "none")
-    assert repetition(near, weights, 4) == pytest.approx(repetition(whole, weights, 4), abs=1e-6)
     seeds = dilated(attention, 4)
-    assert torch.equal(pattern_region(near, seeds), pattern_region(whole, seeds))
-    assert bool(pattern_region(whole, seeds).any()) == (tag == "near")
-    assert torch.equal(near, whole) == (
-        tag == "near"
-    )  # the whole map only when a pattern is near the attention
+    (region, near), whole = pattern_near(members, others, seeds), repeated_map(members, others)
+    assert bool((whole >= ON_PATTERN).any()) == (tag != "none")
+    assert bool(((whole >= ON_PATTERN) & seeds).any()) == (tag in ("near", "a speck at the attention"))
+    assert repetition(near, weights, 4) == pytest.approx(repetition(whole, weights, 4), abs=1e-6)
+    assert torch.equal(region, pattern_region(whole, seeds))
+    assert bool(region.any()) == (tag == "near")
+    assert torch.equal(near, whole) == (tag == "near")  # the whole map only where a pattern is found
 
 
 @pytest.mark.parametrize("count", [7, 8, 32])

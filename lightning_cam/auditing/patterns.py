@@ -33,9 +33,9 @@ __all__ = [
     "dilated",
     "kth_smallest",
     "pattern_floor",
+    "pattern_near",
     "pattern_region",
     "repeated_map",
-    "repeated_near",
     "repetition",
 ]
 
@@ -101,22 +101,26 @@ def pattern_floor(others: Tensor) -> Tensor:
     return FLOOR * variance.sum(dim=0).mean().clamp(min=1e-6)
 
 
-def repeated_near(members: Tensor, others: Tensor, near: Tensor) -> Tensor:
-    """:func:`repeated_map` wherever :func:`pattern_region` and :func:`repetition` read it for the pixels
-    ``near`` ``[H, W]`` bool (the attention region grown by a cell, :func:`dilated`): on their bounding box
-    (the rest left 0) when none of them is on a pattern (no seed: no pattern to grow), else everywhere
-    (the pattern may grow anywhere). The same figures as the whole map, at the cost of the box."""
+def pattern_near(members: Tensor, others: Tensor, near: Tensor) -> tuple[Tensor, Tensor]:
+    """The pattern the attention sits on (:func:`pattern_region`) and :func:`repeated_map` wherever that
+    and :func:`repetition` read it, for the pixels ``near`` ``[H, W]`` bool (the attention region grown
+    by a cell, :func:`dilated`). The map is computed on their bounding box (the rest left 0) unless a
+    pattern could grow out of it: grown with every pixel outside the box taken as on a pattern (a
+    superset of any true pattern), none survives; only then the whole map. The same region and figures
+    as the whole map, at the cost of the box. Returns ``(region, repeated)``."""
     if not bool(near.any()):
-        return torch.zeros(near.shape, device=members.device)
+        return near, torch.zeros(near.shape, device=members.device)
     rows, columns = near.any(dim=1).nonzero().flatten(), near.any(dim=0).nonzero().flatten()
     box = (..., slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
     floor = pattern_floor(others)
-    found = repeated_map(members[box], others[box], floor)
-    if bool(((found >= ON_PATTERN) & near[box]).any()):
-        return repeated_map(members, others, floor)
-    repeated = torch.zeros(near.shape, device=members.device)
-    repeated[box] = found
-    return repeated
+    repeated = torch.ones(near.shape, device=members.device)  # unread: as if on a pattern
+    repeated[box] = repeated_map(members[box], others[box], floor)
+    if bool(pattern_region(repeated, near).any()):  # a pattern may be there, of any extent
+        repeated = repeated_map(members, others, floor)
+        return pattern_region(repeated, near), repeated
+    outside = torch.ones_like(near)
+    outside[box] = False
+    return torch.zeros_like(near), repeated.masked_fill(outside, 0.0)
 
 
 def dilated(region: Tensor, width: int) -> Tensor:

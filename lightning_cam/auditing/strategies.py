@@ -52,8 +52,7 @@ from lightning_cam.auditing.patterns import (
     ON_PATTERN,
     dilated,
     kth_smallest,
-    pattern_region,
-    repeated_near,
+    pattern_near,
     repetition,
 )
 from lightning_cam.auditing.shards import agreed, exchange, rank_and_world, sharded
@@ -346,8 +345,7 @@ def _pattern(tested: Tensor, data: _ClassData, small: Tensor, rest: Tensor) -> _
     weights = _at_size(_excess(small, rest), size, "bilinear").to(tested.device).clamp(min=0) * attention
     cell = max(1, round(2 * max(size) / SMALL_SIZE))  # two cells: the maps are coarser than the small grid
     near = dilated(attention, cell)
-    repeated = repeated_near(tested, data.others, near)
-    pattern = pattern_region(repeated, near)
+    pattern, repeated = pattern_near(tested, data.others, near)
     everywhere = repeated >= ON_PATTERN
     if bool(pattern.any()) and float(everywhere.float().mean()) > MAX_PATTERN_AREA:
         pattern = everywhere  # a difference over much of the image (a tint, a background): all of it
