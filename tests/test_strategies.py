@@ -385,7 +385,9 @@ def test_a_strategy_on_no_pattern_is_not_tested_and_reads_no() -> None:
     )
 
 
-@pytest.mark.parametrize("tag", ["none", "near", "in the box, far", "a speck at the attention"])
+@pytest.mark.parametrize(
+    "tag", ["none", "near", "in the box, far", "a speck at the attention", "a line out of the box"]
+)
 def test_pattern_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(tag: str) -> None:
     torch.manual_seed(0)
     members = (torch.arange(8) % 2).float().view(8, 1, 1, 1).repeat(1, 3, 32, 32)  # half black, half white
@@ -396,6 +398,8 @@ def test_pattern_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(tag
         members[:, :, 9:13, 26:30] = 1.0
     if tag == "a speck at the attention":  # on the pattern, but fewer than MIN_PIXELS pixels: chance
         members[:, :, 15, 10:12] = 1.0
+    if tag == "a line out of the box":  # two pixels in the box (a speck there), the rest beyond its side
+        members[:, :, 15, 16:30] = 1.0
     attention = torch.zeros(32, 32, dtype=torch.bool)
     attention[12:20, 8:14] = True
     if tag == "in the box, far":
@@ -404,11 +408,12 @@ def test_pattern_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(tag
     seeds = dilated(attention, 4)
     (region, near), whole = pattern_near(members, others, seeds), repeated_map(members, others)
     assert bool((whole >= ON_PATTERN).any()) == (tag != "none")
-    assert bool(((whole >= ON_PATTERN) & seeds).any()) == (tag in ("near", "a speck at the attention"))
+    found = tag in ("near", "a line out of the box")  # a pattern the attention sits on
+    assert bool(((whole >= ON_PATTERN) & seeds).any()) == (found or tag == "a speck at the attention")
     assert repetition(near, weights, 4) == pytest.approx(repetition(whole, weights, 4), abs=1e-6)
     assert torch.equal(region, pattern_region(whole, seeds))
-    assert bool(region.any()) == (tag == "near")
-    assert torch.equal(near, whole) == (tag == "near")  # the whole map only where a pattern is found
+    assert bool(region.any()) == found
+    assert torch.equal(near, whole) == found  # the whole map only where a pattern is found
 
 
 @pytest.mark.parametrize("count", [7, 8, 32])

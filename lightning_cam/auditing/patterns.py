@@ -104,23 +104,38 @@ def pattern_floor(others: Tensor) -> Tensor:
 def pattern_near(members: Tensor, others: Tensor, near: Tensor) -> tuple[Tensor, Tensor]:
     """The pattern the attention sits on (:func:`pattern_region`) and :func:`repeated_map` wherever that
     and :func:`repetition` read it, for the pixels ``near`` ``[H, W]`` bool (the attention region grown
-    by a cell, :func:`dilated`). The map is computed on their bounding box (the rest left 0) unless a
-    pattern could grow out of it: grown with every pixel outside the box taken as on a pattern (a
-    superset of any true pattern), none survives; only then the whole map. The same region and figures
-    as the whole map, at the cost of the box. Returns ``(region, repeated)``."""
+    by a cell, :func:`dilated`). The map is computed on their bounding box (the rest left 0); the whole
+    map only where a pattern is found or may be: its seeds grown inside the box survive as a pattern, or
+    come within two pixels of a side where the box cuts the image (beyond, the growth reads pixels the
+    box lacks). The same region and figures as the whole map, at the cost of the box. Returns
+    ``(region, repeated)``."""
     if not bool(near.any()):
         return near, torch.zeros(near.shape, device=members.device)
     rows, columns = near.any(dim=1).nonzero().flatten(), near.any(dim=0).nonzero().flatten()
-    box = (..., slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
     floor = pattern_floor(others)
-    repeated = torch.ones(near.shape, device=members.device)  # unread: as if on a pattern
-    repeated[box] = repeated_map(members[box], others[box], floor)
-    if bool(pattern_region(repeated, near).any()):  # a pattern may be there, of any extent
+    found = repeated_map(members[(..., *box)], others[(..., *box)], floor)
+    on = found >= ON_PATTERN
+    grown = _grown(on, near[box] & on, sum(near.shape))
+    if _near_a_cut(grown, box, near.shape) or bool(_without_specks(grown, on).any()):
         repeated = repeated_map(members, others, floor)
         return pattern_region(repeated, near), repeated
-    outside = torch.ones_like(near)
-    outside[box] = False
-    return torch.zeros_like(near), repeated.masked_fill(outside, 0.0)
+    repeated = torch.zeros(near.shape, device=members.device)
+    repeated[box] = found
+    return torch.zeros_like(near), repeated
+
+
+def _near_a_cut(region: Tensor, box: tuple[slice, slice], shape: torch.Size) -> bool:
+    """Whether ``region`` (a crop ``box`` of an image of ``shape``) comes within two pixels of a side where
+    the box cuts the image."""
+    inner = torch.zeros_like(region)
+    top, left = (2 if cut.start > 0 else 0 for cut in box)
+    bottom, right = (
+        length - (2 if cut.stop < whole else 0)
+        for cut, length, whole in zip(box, region.shape, shape, strict=True)
+    )
+    inner[top:bottom, left:right] = True
+    return bool((region & ~inner).any())
 
 
 def dilated(region: Tensor, width: int) -> Tensor:
@@ -148,18 +163,31 @@ def pattern_region(repeated: Tensor, near: Tensor) -> Tensor:
         16
     """
     on = repeated >= ON_PATTERN
-    region = near & on
-    if not bool(region.any()):
-        return region  # no seed: the attention sits on no pattern
-    allowed = dilated(on, 1)
-    for _ in range(sum(region.shape)):
+    return _without_specks(_grown(on, near & on, sum(on.shape)), on)
+
+
+def _grown(on: Tensor, seeds: Tensor, steps: int) -> Tensor:
+    """``seeds`` grown along the pixels ``on`` a pattern, a pixel at a time (at most ``steps`` times), to
+    pixels within one of a pixel on it: gaps of up to two pixels are bridged, with a one-pixel margin."""
+    if not bool(seeds.any()):
+        return seeds  # no seed: the attention sits on no pattern
+    allowed, region = dilated(on, 1), seeds
+    for _ in range(steps):
         grown = dilated(region, 1) & allowed
         if torch.equal(grown, region):
             break
         region = grown
+    return region
+
+
+def _without_specks(region: Tensor, on: Tensor) -> Tensor:
+    """``region`` without its pieces of fewer than :data:`MIN_PIXELS` pixels ``on`` the pattern: a speck
+    of a few pixels is chance, not a pattern."""
+    if not bool(region.any()):
+        return region
     labels = _components(region)
     pixels = torch.bincount(labels[on & region], minlength=region.numel() + 1)
-    return region & (pixels[labels] >= MIN_PIXELS)  # a speck of a few pixels is chance, not a pattern
+    return region & (pixels[labels] >= MIN_PIXELS)
 
 
 def _components(mask: Tensor) -> Tensor:
