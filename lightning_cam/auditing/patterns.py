@@ -139,10 +139,11 @@ def _near_a_cut(region: Tensor, box: tuple[slice, slice], shape: torch.Size) -> 
 
 
 def dilated(region: Tensor, width: int) -> Tensor:
-    """``region`` ``[H, W]`` bool grown by ``width`` pixels (a square neighbourhood)."""
+    """``region`` ``[..., H, W]`` bool grown by ``width`` pixels (a square neighbourhood)."""
     if width <= 0:
         return region
-    return F.max_pool2d(region[None, None].float(), 2 * width + 1, stride=1, padding=width)[0, 0] > 0
+    grid = region.reshape(1, -1, *region.shape[-2:]).float()
+    return (F.max_pool2d(grid, 2 * width + 1, stride=1, padding=width) > 0).view(region.shape)
 
 
 def pattern_region(repeated: Tensor, near: Tensor) -> Tensor:

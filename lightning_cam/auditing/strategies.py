@@ -208,11 +208,10 @@ def _excess(members: Tensor, rest: Tensor) -> Tensor:
     return members.mean(dim=0) - baseline
 
 
-def small_region(members: Tensor, rest: Tensor) -> Tensor:
+def small_region(excess: Tensor) -> Tensor:
     """``[SMALL_SIZE ** 2]`` bool, on the small maps' grid: where the members' mean small map exceeds the
-    rest's by at least half the largest excess, at most :data:`REGION_CELLS` of the cells (the largest
-    excesses first)."""
-    excess = _excess(members, rest)
+    rest's (``excess``, :func:`_excess`) by at least half the largest excess, at most
+    :data:`REGION_CELLS` of the cells (the largest excesses first)."""
     region = (excess > 0) & (excess >= 0.5 * excess.max())
     if int(region.sum()) > REGION_CELLS:
         region = excess >= excess.topk(REGION_CELLS).values[-1]
@@ -220,10 +219,37 @@ def small_region(members: Tensor, rest: Tensor) -> Tensor:
 
 
 def _at_size(cells: Tensor, size: tuple[int, int], mode: str = "nearest") -> Tensor:
-    """Values on the small grid ``[SMALL_SIZE ** 2]`` at the input's size ``[H, W]`` (float)."""
-    grid = cells.view(1, 1, SMALL_SIZE, SMALL_SIZE).float()
+    """Values on the small grid ``[..., SMALL_SIZE ** 2]`` at the input's size ``[..., H, W]`` (float)."""
+    grid = cells.reshape(-1, 1, SMALL_SIZE, SMALL_SIZE).float()
     options = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(grid, size=size, mode=mode, **options)[0, 0]
+    return F.interpolate(grid, size=size, mode=mode, **options).view(*cells.shape[:-1], *size)
+
+
+@dataclass(frozen=True)
+class _Look:
+    """Where a strategy looks, at the input's size: its ``attention`` region ``[H, W]`` bool, the attention's
+    ``weights`` (its excess there), the region grown by ``cell`` pixels (``near``: the maps' resolution)
+    and its ``mean_map`` (the members' mean small map, in ``[0, 1]``, on the CPU)."""
+
+    attention: Tensor
+    weights: Tensor
+    near: Tensor
+    cell: int
+    mean_map: Tensor
+
+
+def _looks(smalls: list[tuple[Tensor, Tensor]], size: tuple[int, int], device: torch.device) -> list[_Look]:
+    """:class:`_Look` of each strategy (its members' small maps and the rest of its class's), at ``size``:
+    the strategies of a part at once (one interpolation and one dilation for all)."""
+    excess = torch.stack([_excess(members, rest) for members, rest in smalls])
+    cells = torch.stack([small_region(values) for values in excess])
+    attention = _at_size(cells, size).to(device) > 0.5
+    weights = _at_size(excess, size, "bilinear").to(device).clamp(min=0) * attention
+    cell = max(1, round(2 * max(size) / SMALL_SIZE))  # two cells: the maps are coarser than the small grid
+    near = dilated(attention, cell)
+    means = _at_size(torch.stack([members.mean(dim=0) for members, _ in smalls]), size, "bilinear")
+    means = (means / means.flatten(1).max(dim=1).values.clamp(min=1e-12).view(-1, 1, 1)).cpu()
+    return [_Look(*parts, cell, mean) for *parts, mean in zip(attention, weights, near, means, strict=True)]
 
 
 def _probability_and_prediction(output: Tensor, class_index: int) -> tuple[Tensor, Tensor]:
@@ -311,7 +337,7 @@ def _merged(clusters: Tensor, data: _ClassData) -> list[Tensor]:
     groups = [clusters == number for number in range(int(clusters.max()) + 1)]
     if len(groups) < 2:
         return groups  # nothing to merge
-    regions = [small_region(data.small[g], data.small[~g & data.usable]) for g in groups]
+    regions = [small_region(_excess(data.small[g], data.small[~g & data.usable])) for g in groups]
     owner = list(range(len(groups)))
     for later in range(len(groups)):
         for earlier in range(later):
@@ -334,23 +360,20 @@ class _Pattern:
     unknown: str
 
 
-def _pattern(tested: Tensor, data: _ClassData, small: Tensor, rest: Tensor) -> _Pattern:
-    """Where the strategy looks (its attention region at the input's size, weighted by its excess), how
-    much of that attention lies on a pattern repeated in its images, and the whole pattern it sits on."""
-    size = (tested.shape[-2], tested.shape[-1])
-    attention = _at_size(small_region(small, rest), size).to(tested.device) > 0.5
+def _pattern(tested: Tensor, data: _ClassData, look: _Look) -> _Pattern:
+    """How much of the strategy's attention (``look``) lies on a pattern repeated in its images, and the
+    whole pattern it sits on."""
     if len(tested) < MIN_MEMBERS or not len(data.others):
         why = f"fewer than {MIN_MEMBERS} images" if len(tested) < MIN_MEMBERS else "no image of another class"
-        return _Pattern(attention, False, float("nan"), f"repetition: {why}")
-    weights = _at_size(_excess(small, rest), size, "bilinear").to(tested.device).clamp(min=0) * attention
-    cell = max(1, round(2 * max(size) / SMALL_SIZE))  # two cells: the maps are coarser than the small grid
-    near = dilated(attention, cell)
-    pattern, repeated = pattern_near(tested, data.others, near)
+        return _Pattern(look.attention, False, float("nan"), f"repetition: {why}")
+    pattern, repeated = pattern_near(tested, data.others, look.near)
     everywhere = repeated >= ON_PATTERN
     if bool(pattern.any()) and float(everywhere.float().mean()) > MAX_PATTERN_AREA:
         pattern = everywhere  # a difference over much of the image (a tint, a background): all of it
     found = bool(pattern.any())
-    return _Pattern(pattern if found else attention, found, repetition(repeated, weights, cell), "")
+    return _Pattern(
+        pattern if found else look.attention, found, repetition(repeated, look.weights, look.cell), ""
+    )
 
 
 def _reliance(drop: float, gain: float) -> tuple[float, str]:
@@ -386,19 +409,21 @@ def _members(data: _ClassData, members: Tensor) -> tuple[Tensor, list[int]]:
 
 
 def _strategy(
-    model: _Model, data: _ClassData, members: Tensor, number: int, chosen: tuple[Tensor, list[int], Tensor]
+    model: _Model,
+    data: _ClassData,
+    members: Tensor,
+    number: int,
+    chosen: tuple[Tensor, list[int], Tensor],
+    look: _Look,
 ) -> Strategy:
     """The strategy of the class's images ``members`` (bool over the class); ``chosen``: their
-    :func:`_members` and the tested ones' images."""
+    :func:`_members` and the tested ones' images; ``look``: where it looks."""
     indices, chosen_indices, tested = chosen
-    small = data.small[members]
-    centre = small.mean(dim=0)
-    pattern = _pattern(tested, data, small, data.small[~members & data.usable])
+    pattern = _pattern(tested, data, look)
     testable = pattern.on_pattern and pattern.repetition >= LEAN_THRESHOLD  # else evidence < LEAN_THRESHOLD
     drop, gain, flip, reliance, why_not = _tested(model, data, tested, pattern.region, testable)
     evidence = pattern.repetition * reliance
     area = float(pattern.region.float().mean())
-    mean = _at_size(centre, (tested.shape[-2], tested.shape[-1]), "bilinear")
     return Strategy(
         class_index=data.class_index,
         class_name=data.class_name,
@@ -408,7 +433,7 @@ def _strategy(
         share=float(members.float().mean()),
         accuracy=float(data.correct[members].nanmean()),
         confidence=float(data.confidence[members].mean()),
-        mean_map=(mean / mean.max().clamp(min=1e-12)).cpu(),
+        mean_map=look.mean_map,
         region=pattern.region.cpu(),
         region_area=area,
         on_pattern=pattern.on_pattern,
@@ -493,10 +518,13 @@ def _tested_part(model: _Model, groups: list[tuple[_ClassData, int, Tensor]], fe
     """The strategies of ``groups`` (each a class's data, the strategy's number and its members), their
     tested images fetched in one call."""
     chosen = [_members(data, members) for data, _, members in groups]
-    images = fetch([index for _, tested in chosen for index in tested]).split([len(t) for _, t in chosen])
+    fetched = fetch([index for _, tested in chosen for index in tested])
+    images = fetched.split([len(t) for _, t in chosen])
+    smalls = [(data.small[members], data.small[~members & data.usable]) for data, _, members in groups]
+    looks = _looks(smalls, (fetched.shape[-2], fetched.shape[-1]), fetched.device)
     return [
-        _strategy(model, data, members, number, (*picked, tested))
-        for (data, number, members), picked, tested in zip(groups, chosen, images, strict=True)
+        _strategy(model, data, members, number, (*picked, tested), look)
+        for (data, number, members), picked, tested, look in zip(groups, chosen, images, looks, strict=True)
     ]
 
 
