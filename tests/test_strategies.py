@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 import lightning_cam as lc
 from lightning_cam import CAMMonitor
+from lightning_cam.auditing import spray
 from lightning_cam.auditing.patterns import (
     FLOOR,
     ON_PATTERN,
@@ -38,7 +39,7 @@ from lightning_cam.auditing.patterns import (
     repeated_map,
     repetition,
 )
-from lightning_cam.auditing.spray import cluster_maps, kmeans, small_maps
+from lightning_cam.auditing.spray import cluster_classes, cluster_maps, kmeans, small_maps
 from lightning_cam.auditing.strategies import (
     TAGGED_STRATEGIES,
     Strategy,
@@ -69,6 +70,29 @@ def test_two_spots_make_two_clusters_and_noise_makes_one() -> None:
     labels = cluster_maps(maps)
     assert labels[7] == -1 and labels[:7].eq(0).all() and labels[8:30].eq(0).all() and labels[30:].eq(1).all()
     assert cluster_maps(torch.rand(120, 64)).eq(0).all()  # no gap in the spectrum: one strategy
+
+
+def test_classes_clustered_together_get_the_labels_of_each_graphs_full_decomposition() -> None:
+    """The eigenvectors are computed only where the eigenvalues show a gap: the labels are those of the
+    full decomposition of every graph, whatever the number of blobs (1 to 4) and their spread."""
+    generator = torch.Generator().manual_seed(0)
+    classes = [torch.zeros(30, 256) for _ in range(32)]
+    for number, noise in enumerate(classes):  # noise in a few dimensions: near ties in the spectrum
+        noise[:, : 1 + number % 4] = torch.rand(30, 1 + number % 4, generator=generator)
+    for number in range(32):
+        centres = torch.rand(1 + number % 4, 256, generator=generator)
+        spread = 3 * float(torch.rand(1, generator=generator)) / 16
+        classes.append(
+            centres[torch.arange(30) % len(centres)] + spread * torch.rand(30, 256, generator=generator)
+        )
+    points = torch.stack(classes).double()
+    adjacency, count = spray._adjacencies(points), spray.MAX_CLUSTERS + 1
+    values, vectors = torch.linalg.eigh(adjacency)
+    laplacians, vectors = (1.0 - values.flip(-1)[:, :count]).numpy(), vectors.flip(-1)[:, :, :count].numpy()
+    full = [spray._labels(value, vector) for value, vector in zip(laplacians, vectors, strict=True)]
+    found = cluster_classes(classes)
+    assert all(np.array_equal(f.numpy(), e) for f, e in zip(found, full, strict=True))
+    assert 16 <= sum(int(f.max()) > 0 for f in found) < 48  # both kinds: one cluster and several
 
 
 @pytest.mark.parametrize("shift", range(0, 40, 7))

@@ -71,11 +71,10 @@ def _spectrum(affinity: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
     return 1.0 - values[order], vectors[:, order]
 
 
-def _dense_spectra(points: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`_spectrum` of the k-nearest-neighbour graphs of ``G`` classes of ``n`` points each
-    (``[G, n, d]``, float64), built and decomposed densely in one batched call: ``[G, count]`` eigenvalues
-    and ``[G, n, count]`` eigenvectors."""
-    count, n = min(MAX_CLUSTERS + 1, points.shape[1] - 1), points.shape[1]
+def _adjacencies(points: Tensor) -> Tensor:
+    """``[G, n, n]``: the normalised adjacency ``D^-1/2 W D^-1/2`` of the symmetric k-nearest-neighbour
+    graph of each of ``G`` classes of ``n`` points (``[G, n, d]``, float64), built densely in one call."""
+    n = points.shape[1]
     norms = points.pow(2).sum(dim=2)
     distances = norms[:, :, None] + norms[:, None] - 2 * points @ points.transpose(1, 2)  # squared, float64
     distances.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # no point is its own neighbour
@@ -83,8 +82,31 @@ def _dense_spectra(points: Tensor) -> tuple[Tensor, Tensor]:
     graph = torch.zeros_like(distances).scatter_(2, nearest, 1.0)
     affinity = 0.5 * (graph + graph.transpose(1, 2))
     scale = affinity.sum(dim=2).clamp(min=1e-12).rsqrt()
-    values, vectors = torch.linalg.eigh(scale[:, :, None] * affinity * scale[:, None, :])
-    return 1.0 - values.flip(-1)[:, :count], vectors.flip(-1)[:, :, :count]
+    return scale[:, :, None] * affinity * scale[:, None, :]
+
+
+def _dense_labels(points: Tensor) -> list[np.ndarray]:
+    """:func:`_labels` of ``G`` classes of ``n`` points each (``[G, n, d]``, float64) from their
+    :func:`_adjacencies`, decomposed in batched calls (:func:`_spectrum`'s figures): the eigenvalues alone
+    first (3x cheaper than with the eigenvectors), the eigenvectors only of the graphs that may have several
+    clusters (the largest eigengap, at least :data:`MIN_EIGENGAP`, after the first eigenvalue; the
+    others are one)."""
+    adjacency, count = _adjacencies(points), min(MAX_CLUSTERS + 1, points.shape[1] - 1)
+    gaps = (1.0 - torch.linalg.eigvalsh(adjacency).flip(-1)[:, :count]).diff(dim=1)
+    largest, later = gaps.max(dim=1).values, gaps[:, 1:].max(dim=1).values
+    # several clusters: the largest gap reaches MIN_EIGENGAP after the first eigenvalue (the margins: eigh's
+    # eigenvalues may differ from eigvalsh's in their last bits)
+    several = ((largest >= MIN_EIGENGAP - 1e-9) & (later >= gaps[:, 0] - 1e-9)).nonzero().flatten()
+    found = [np.zeros(points.shape[1], dtype=np.int64) for _ in range(len(points))]  # one cluster
+    if len(several):
+        values, vectors = torch.linalg.eigh(adjacency[several])
+        laplacian, vectors = (
+            (1.0 - values.flip(-1)[:, :count]).numpy(),
+            vectors.flip(-1)[:, :, :count].numpy(),
+        )
+        for i, value, vector in zip(several.tolist(), laplacian, vectors, strict=True):
+            found[i] = _labels(value, vector)
+    return found
 
 
 def _labels(eigenvalues: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -195,9 +217,8 @@ def cluster_classes(classes: list[Tensor]) -> list[Tensor]:
             found[i] = _sparse_labels(p.numpy())
     for members in sizes.values():
         for chunk in chunked(members, BATCHED):
-            values, vectors = _dense_spectra(torch.stack([points[i] for i in chunk]))
-            for i, value, vector in zip(chunk, values.numpy(), vectors.numpy(), strict=True):
-                found[i] = _labels(value, vector)
+            for i, labels in zip(chunk, _dense_labels(torch.stack([points[i] for i in chunk])), strict=True):
+                found[i] = labels
     labels = [torch.full((len(maps),), -1, dtype=torch.long) for maps in classes]
     for label, rows, clusters in zip(labels, usable, found, strict=True):
         label[rows] = torch.from_numpy(clusters)
