@@ -321,13 +321,20 @@ class _ClassData:
     small: Tensor  # their small maps
     correct: Tensor
     confidence: Tensor
-    others: Tensor  # images of the other classes (at most MAX_OTHERS), on the device
-    recipient: Tensor  # [len(others)] bool: the model does not put that image in the class
+    pool_images: Tensor  # images spread over the set, on the device, shared by every class
+    outside: Tensor  # the positions in the pool of the class's others (other classes, at most MAX_OTHERS)
+    recipient: Tensor  # [len(outside)] bool: the model does not put that image in the class
 
     @property
     def usable(self) -> Tensor:
         """The class's images whose map is not flat."""
         return ~self.small.isnan().any(dim=1)
+
+    @property
+    def others(self) -> Tensor:
+        """The images of the other classes: a copy made when asked (a thousand classes' copies kept at
+        once would take 32 x 1,000 images)."""
+        return self.pool_images[self.outside]
 
 
 def _merged(clusters: Tensor, data: _ClassData) -> list[Tensor]:
@@ -360,13 +367,13 @@ class _Pattern:
     unknown: str
 
 
-def _pattern(tested: Tensor, data: _ClassData, look: _Look) -> _Pattern:
-    """How much of the strategy's attention (``look``) lies on a pattern repeated in its images, and the
-    whole pattern it sits on."""
-    if len(tested) < MIN_MEMBERS or not len(data.others):
+def _pattern(tested: Tensor, others: Tensor, look: _Look) -> _Pattern:
+    """How much of the strategy's attention (``look``) lies on a pattern repeated in its images (against
+    the ``others``, images of other classes), and the whole pattern it sits on."""
+    if len(tested) < MIN_MEMBERS or not len(others):
         why = f"fewer than {MIN_MEMBERS} images" if len(tested) < MIN_MEMBERS else "no image of another class"
         return _Pattern(look.attention, False, float("nan"), f"repetition: {why}")
-    pattern, repeated = pattern_near(tested, data.others, look.near)
+    pattern, repeated = pattern_near(tested, others, look.near)
     everywhere = repeated >= ON_PATTERN
     if bool(pattern.any()) and float(everywhere.float().mean()) > MAX_PATTERN_AREA:
         pattern = everywhere  # a difference over much of the image (a tint, a background): all of it
@@ -386,15 +393,16 @@ def _reliance(drop: float, gain: float) -> tuple[float, str]:
 
 
 def _tested(
-    model: _Model, data: _ClassData, tested: Tensor, region: Tensor, testable: bool
+    model: _Model, data: _ClassData, others: Tensor, tested: Tensor, region: Tensor, testable: bool
 ) -> tuple[float, float, float, float, str]:
-    """The tests on the model: occlusion drop, transplant gain, flip rate, reliance and why it cannot
-    tell; all NaN (and nothing said) when the strategy is not ``testable``."""
+    """The tests on the model (``others``: the class's :attr:`_ClassData.others`): occlusion drop,
+    transplant gain, flip rate, reliance and why it cannot tell; all NaN (and nothing said) when the
+    strategy is not ``testable``."""
     nan = float("nan")
     if not testable:
         return nan, nan, nan, nan, ""
-    drop = _occlusion_drop(model, tested, region, data.class_index, data.others)
-    recipients = data.others[data.recipient] if len(data.others) else data.others
+    drop = _occlusion_drop(model, tested, region, data.class_index, others)
+    recipients = others[data.recipient] if len(others) else others
     gain, flip = _transplant(model, tested, recipients, region, data.class_index).tolist()
     return (drop, gain, flip, *_reliance(drop, gain))
 
@@ -419,9 +427,10 @@ def _strategy(
     """The strategy of the class's images ``members`` (bool over the class); ``chosen``: their
     :func:`_members` and the tested ones' images; ``look``: where it looks."""
     indices, chosen_indices, tested = chosen
-    pattern = _pattern(tested, data, look)
+    others = data.others
+    pattern = _pattern(tested, others, look)
     testable = pattern.on_pattern and pattern.repetition >= LEAN_THRESHOLD  # else evidence < LEAN_THRESHOLD
-    drop, gain, flip, reliance, why_not = _tested(model, data, tested, pattern.region, testable)
+    drop, gain, flip, reliance, why_not = _tested(model, data, others, tested, pattern.region, testable)
     evidence = pattern.repetition * reliance
     area = float(pattern.region.float().mean())
     return Strategy(
@@ -553,7 +562,6 @@ def _class_data(
     are at most :data:`MAX_OTHERS` of the ``pool``'s images (rows ``pool``, images ``pool_images``) of
     another class (``other``, bool over the pool), spread over it."""
     outside = torch.tensor(_spread(other.nonzero().flatten(), MAX_OTHERS), dtype=torch.long)
-    chosen, others = pool[outside], pool_images[outside]
     return _ClassData(
         value,
         name,
@@ -561,8 +569,9 @@ def _class_data(
         small[inside],
         rows["correct"][inside],
         rows["confidence"][inside],
-        others,
-        (rows["predicted"][chosen] != value).to(others.device),  # the audit's predictions: no forward needed
+        pool_images,
+        outside.to(pool_images.device),
+        (rows["predicted"][pool[outside]] != value).to(pool_images.device),  # the audit's: no forward needed
     )
 
 
