@@ -42,7 +42,7 @@ why: "cannot tell", never "no suspect".
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -52,6 +52,7 @@ from lightning_cam.auditing.patterns import (
     ON_PATTERN,
     dilated,
     kth_smallest,
+    pattern_floor,
     pattern_near,
     repetition,
 )
@@ -314,6 +315,23 @@ def _spread(indices: Tensor, count: int) -> list[int]:
 
 
 @dataclass(frozen=True)
+class _Pool:
+    """Images spread over the whole set, fetched once: every class takes its others from them."""
+
+    rows: Tensor  # their rows
+    images: Tensor  # on the device
+    floors: dict[tuple[int, ...], Tensor] = field(default_factory=dict)
+
+    def floor(self, outside: Tensor) -> Tensor:
+        """:func:`.patterns.pattern_floor` of the images at the positions ``outside``, computed once for the
+        classes that take the same others."""
+        key = tuple(outside.tolist())
+        if key not in self.floors:
+            self.floors[key] = pattern_floor(self.images[outside])
+        return self.floors[key]
+
+
+@dataclass(frozen=True)
 class _ClassData:
     class_index: int
     class_name: str
@@ -321,7 +339,7 @@ class _ClassData:
     small: Tensor  # their small maps
     correct: Tensor
     confidence: Tensor
-    pool_images: Tensor  # images spread over the set, on the device, shared by every class
+    pool: _Pool  # shared by every class
     outside: Tensor  # the positions in the pool of the class's others (other classes, at most MAX_OTHERS)
     recipient: Tensor  # [len(outside)] bool: the model does not put that image in the class
 
@@ -334,7 +352,12 @@ class _ClassData:
     def others(self) -> Tensor:
         """The images of the other classes: a copy made when asked (a thousand classes' copies kept at
         once would take 32 x 1,000 images)."""
-        return self.pool_images[self.outside]
+        return self.pool.images[self.outside]
+
+    @property
+    def floor(self) -> Tensor:
+        """:func:`.patterns.pattern_floor` of the others."""
+        return self.pool.floor(self.outside)
 
 
 def _merged(clusters: Tensor, data: _ClassData) -> list[Tensor]:
@@ -367,13 +390,13 @@ class _Pattern:
     unknown: str
 
 
-def _pattern(tested: Tensor, others: Tensor, look: _Look) -> _Pattern:
+def _pattern(tested: Tensor, others: Tensor, floor: Tensor, look: _Look) -> _Pattern:
     """How much of the strategy's attention (``look``) lies on a pattern repeated in its images (against
-    the ``others``, images of other classes), and the whole pattern it sits on."""
+    the ``others``, images of other classes, and their ``floor``), and the whole pattern it sits on."""
     if len(tested) < MIN_MEMBERS or not len(others):
         why = f"fewer than {MIN_MEMBERS} images" if len(tested) < MIN_MEMBERS else "no image of another class"
         return _Pattern(look.attention, False, float("nan"), f"repetition: {why}")
-    pattern, repeated = pattern_near(tested, others, look.near)
+    pattern, repeated = pattern_near(tested, others, look.near, floor)
     everywhere = repeated >= ON_PATTERN
     if bool(pattern.any()) and float(everywhere.float().mean()) > MAX_PATTERN_AREA:
         pattern = everywhere  # a difference over much of the image (a tint, a background): all of it
@@ -428,7 +451,7 @@ def _strategy(
     :func:`_members` and the tested ones' images; ``look``: where it looks."""
     indices, chosen_indices, tested = chosen
     others = data.others
-    pattern = _pattern(tested, others, look)
+    pattern = _pattern(tested, others, data.floor, look)
     testable = pattern.on_pattern and pattern.repetition >= LEAN_THRESHOLD  # else evidence < LEAN_THRESHOLD
     drop, gain, flip, reliance, why_not = _tested(model, data, others, tested, pattern.region, testable)
     evidence = pattern.repetition * reliance
@@ -502,12 +525,10 @@ def _strategies_of(
     model = _Model(network, output_key)
     device_type = next((p.device.type for p in network.parameters()), "cpu")
     with preserved_state(network, device_type), torch.inference_mode():
-        pool = torch.tensor(_spread(torch.arange(len(classes)), OTHERS_POOL), dtype=torch.long)
-        pool_images = fetch(rows["index"][pool].tolist())  # once: every class takes its others from them
+        spread = torch.tensor(_spread(torch.arange(len(classes)), OTHERS_POOL), dtype=torch.long)
+        pool = _Pool(spread, fetch(rows["index"][spread].tolist()))
         prepared = [
-            _class_data(
-                rows, small, inside, value, class_name(value), pool, pool_images, classes[pool] != value
-            )
+            _class_data(rows, small, inside, value, class_name(value), pool, classes[spread] != value)
             for value, inside in zip(values, _class_rows(classes, values), strict=True)
         ]
         clusters = cluster_classes([data.small for data in prepared])  # batched over classes
@@ -554,13 +575,12 @@ def _class_data(
     inside: Tensor,
     value: int,
     name: str,
-    pool: Tensor,
-    pool_images: Tensor,
+    pool: _Pool,
     other: Tensor,
 ) -> _ClassData:
     """What the strategies of class ``value`` (its rows: ``inside``) are found and tested with; its others
-    are at most :data:`MAX_OTHERS` of the ``pool``'s images (rows ``pool``, images ``pool_images``) of
-    another class (``other``, bool over the pool), spread over it."""
+    are at most :data:`MAX_OTHERS` of the ``pool``'s images of another class (``other``, bool over the
+    pool), spread over it."""
     outside = torch.tensor(_spread(other.nonzero().flatten(), MAX_OTHERS), dtype=torch.long)
     return _ClassData(
         value,
@@ -569,9 +589,9 @@ def _class_data(
         small[inside],
         rows["correct"][inside],
         rows["confidence"][inside],
-        pool_images,
-        outside.to(pool_images.device),
-        (rows["predicted"][pool[outside]] != value).to(pool_images.device),  # the audit's: no forward needed
+        pool,
+        outside.to(pool.images.device),
+        (rows["predicted"][pool.rows[outside]] != value).to(pool.images.device),  # the audit's: no forward
     )
 
 
