@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 from lit_helpers import read_tensorboard_images, read_tensorboard_scalars, trainer
 from strategy_helpers import (
     CONTROLS,
@@ -34,6 +35,7 @@ from lightning_cam.auditing.patterns import (
     ON_PATTERN,
     dilated,
     kth_smallest,
+    max_filter,
     pattern_near,
     pattern_region,
     repeated_map,
@@ -438,6 +440,19 @@ def test_pattern_near_reads_as_the_whole_map_where_the_pattern_tests_read_it(tag
     assert torch.equal(region, pattern_region(whole, seeds))
     assert bool(region.any()) == found
     assert torch.equal(near, whole) == found  # the whole map only where a pattern is found
+
+
+@pytest.mark.parametrize(
+    ("size", "width"), [((32, 32), 1), ((32, 32), 4), ((7, 90), 3), ((224, 224), 28), ((50, 3), 40)]
+)
+def test_max_filter_is_max_pool_whatever_the_width(size: tuple[int, int], width: int) -> None:
+    """Both ways (max_pool2d along each axis for small windows, running maxima for large ones) give
+    max_pool2d's square window exactly, on values and on a bool region."""
+    values = torch.rand(3, *size, generator=torch.Generator().manual_seed(width))
+    for grid in (values, (values > 0.97).float()):
+        expected = F.max_pool2d(grid[None], 2 * width + 1, stride=1, padding=width)[0]
+        assert torch.equal(max_filter(grid, width), expected)
+    assert torch.equal(dilated(values[0] > 0.97, width), expected[0] > 0)
 
 
 @pytest.mark.parametrize("count", [7, 8, 32])

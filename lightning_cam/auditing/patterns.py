@@ -32,6 +32,7 @@ __all__ = [
     "ON_PATTERN",
     "dilated",
     "kth_smallest",
+    "max_filter",
     "pattern_floor",
     "pattern_near",
     "pattern_region",
@@ -42,6 +43,7 @@ __all__ = [
 FLOOR = 0.05
 ON_PATTERN = 0.8
 MIN_PIXELS = 4
+POOLED_WORK = 32_768  # window x pixels up to which max_pool2d along each axis is faster (measured on a CPU)
 
 
 def repeated_map(members: Tensor, others: Tensor, floor: Tensor | None = None) -> Tensor:
@@ -144,8 +146,41 @@ def dilated(region: Tensor, width: int) -> Tensor:
     """``region`` ``[..., H, W]`` bool grown by ``width`` pixels (a square neighbourhood)."""
     if width <= 0:
         return region
-    grid = region.reshape(1, -1, *region.shape[-2:]).float()
-    return (F.max_pool2d(grid, 2 * width + 1, stride=1, padding=width) > 0).view(region.shape)
+    return max_filter(region.float(), width) > 0
+
+
+def max_filter(values: Tensor, width: int) -> Tensor:
+    """Each value of ``values`` ``[..., H, W]`` replaced by the largest within ``width`` pixels (a square
+    of side ``2 * width + 1``; pixels beyond the edges ignored): ``max_pool2d(values, 2 * width + 1,
+    stride=1, padding=width)`` one axis after the other: a large window by van Herk / Gil-Werman running
+    maxima, whose cost does not grow with the width (at 224 px and a width of 28, 1.6 ms instead of
+    max_pool2d's 200 ms), a small one (:data:`POOLED_WORK`) by max_pool2d along each axis.
+
+    Example::
+
+        >>> max_filter(torch.tensor([[0.0, 0.0, 0.0, 0.0, 5.0]]), 1).tolist()
+        [[0.0, 0.0, 0.0, 5.0, 5.0]]
+    """
+    window = 2 * width + 1
+    if window <= 3 or window * values.shape[-2] * values.shape[-1] <= POOLED_WORK:
+        grid = values.reshape(1, -1, *values.shape[-2:])
+        rows = F.max_pool2d(grid, (1, window), stride=1, padding=(0, width))
+        return F.max_pool2d(rows, (window, 1), stride=1, padding=(width, 0)).view(values.shape)
+    return _running_max(_running_max(values, width, -1), width, -2)
+
+
+def _running_max(values: Tensor, width: int, dim: int) -> Tensor:
+    """The largest of ``values`` within ``width`` positions along ``dim`` (edges ignored): blocks of the
+    window's length, each position the larger of the maximum from it to its block's end and the maximum
+    from the next block's start to its window's end."""
+    line = values.movedim(dim, -1)
+    length, window = line.shape[-1], 2 * width + 1
+    blocks = -(-(length + 2 * width) // window)
+    padded = F.pad(line, (width, blocks * window - length - width), value=float("-inf"))
+    pieces = padded.unflatten(-1, (blocks, window))
+    ahead = pieces.cummax(dim=-1).values.flatten(-2)  # from each block's start
+    behind = pieces.flip(-1).cummax(dim=-1).values.flip(-1).flatten(-2)  # to each block's end
+    return torch.maximum(behind[..., :length], ahead[..., window - 1 : window - 1 + length]).movedim(-1, dim)
 
 
 def pattern_region(repeated: Tensor, near: Tensor) -> Tensor:
@@ -220,6 +255,6 @@ def repetition(repeated: Tensor, weights: Tensor, cell: int) -> float:
         >>> repetition(repeated, weights, 1)
         0.75
     """
-    near = F.max_pool2d(repeated[None, None].float(), 2 * cell + 1, stride=1, padding=cell)[0, 0]
+    near = max_filter(repeated.float(), cell)
     total = weights.sum()
     return float((weights * near).sum() / total) if float(total) > 0 else float("nan")
