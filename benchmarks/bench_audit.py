@@ -8,9 +8,11 @@ class alone.
     python benchmarks/bench_audit.py                # single process, the strategies, then DDP
     python benchmarks/bench_audit.py --strategies   # the strategies' own cost only
     python benchmarks/bench_audit.py --classes 20 100 1000 --per-class 50   # the strategies at scale
+    python benchmarks/bench_audit.py --classes 10 --per-class 50 --size 224  # at ImageNet's size
 
-At scale: a CNN of three conv layers with random weights on random 32 px images, ``per_class`` images of
-each class, Grad-CAM, 100 bootstrap resamples; the audit with and without strategies, timed in turn.
+At scale: a CNN of three conv layers with random weights on random 32 px images (``--size``),
+``per_class`` images of each class, Grad-CAM, 100 bootstrap resamples; the audit with and without
+strategies, timed in turn.
 """
 
 from __future__ import annotations
@@ -118,18 +120,18 @@ def three_convs(classes: int) -> torch.nn.Module:
     return torch.nn.Sequential(*layers, *head).eval()
 
 
-def scale_cost(class_counts: list[int], per_class: int, repeats: int) -> None:
-    """The strategies' share of the audit as the classes grow, ``per_class`` images each."""
+def scale_cost(class_counts: list[int], per_class: int, repeats: int, size: int) -> None:
+    """The strategies' share of the audit as the classes grow, ``per_class`` images each of ``size`` px."""
     for classes in class_counts:
-        scale_once(classes, per_class, repeats)
+        scale_once(classes, per_class, repeats, size)
 
 
-def scale_once(classes: int, per_class: int, repeats: int) -> None:
+def scale_once(classes: int, per_class: int, repeats: int, size: int) -> None:
     """One line of :func:`scale_cost`: the audit alone and with the strategies, timed in turn; the
     strategies' cost as the median of the pairs' differences, and the time spent finding them
     (``find_strategies`` alone: the difference less the small maps kept during the pass)."""
     generator = torch.Generator().manual_seed(classes)
-    images = torch.rand(classes * per_class, 3, 32, 32, generator=generator)
+    images = torch.rand(classes * per_class, 3, size, size, generator=generator)
     labels = torch.arange(classes).repeat_interleave(per_class)
     loader = DataLoader(TensorDataset(images, labels), batch_size=BATCH)
     model = three_convs(classes)
@@ -156,7 +158,7 @@ def scale_once(classes: int, per_class: int, repeats: int) -> None:
     extra = statistics.median(both - alone for alone, both in times)
     own = statistics.median(finding[1:])
     print(
-        f"{classes} classes x {per_class}: audit {audit:.2f} s, strategies +{extra:.2f} s "
+        f"{classes} classes x {per_class} at {size} px: audit {audit:.2f} s, strategies +{extra:.2f} s "
         f"({extra / audit:.0%} of the audit; finding them {own:.2f} s, {own / audit:.0%}; {found} strategies, "
         f"{1000 * own / max(found, 1):.1f} ms each)",
         flush=True,
@@ -211,13 +213,14 @@ if __name__ == "__main__":
     parser.add_argument("--strategies", action="store_true", help="only the strategies' cost")
     parser.add_argument("--classes", type=int, nargs="+", help="the strategies' cost at these class counts")
     parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--size", type=int, default=32, help="the images' side at scale (px)")
     parser.add_argument("--repeats", type=int, default=3)
     arguments = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     if arguments.rank:
         ddp_rank()
     elif arguments.classes:
-        scale_cost(arguments.classes, arguments.per_class, arguments.repeats)
+        scale_cost(arguments.classes, arguments.per_class, arguments.repeats, arguments.size)
     elif arguments.strategies:
         strategies_cost()
     else:
