@@ -76,7 +76,7 @@ def repeated_map(members: Tensor, others: Tensor, floor: Tensor | None = None) -
 def kth_smallest(values: Tensor, k: int) -> Tensor:
     """The ``k``-th smallest (from 0) of ``values`` ``[n, ...]`` along the first dimension, NaN ordered
     last (as ``torch.sort``); ``k = (n - 1) // 2``: the lower median (``torch.median``'s, NaN aside). On the
-    CPU numpy's partition of the transposed rows (float32 and float64), 4x faster there than
+    CPU numpy's partition along the first axis (float32 and float64), 4x faster there than
     ``torch.median`` or ``kthvalue`` along a dimension (0.15 ms vs 0.67 ms for 1,024 medians of 32);
     elsewhere a sort.
 
@@ -91,8 +91,7 @@ def kth_smallest(values: Tensor, k: int) -> Tensor:
         or values.dtype not in (torch.float32, torch.float64)
     ):
         return values.sort(dim=0).values[k]  # numpy has no bfloat16
-    rows = np.ascontiguousarray(values.reshape(len(values), -1).numpy().T)
-    return torch.from_numpy(np.partition(rows, k, axis=1)[:, k]).view(values.shape[1:])
+    return torch.from_numpy(np.partition(values.numpy(), k, axis=0)[k])
 
 
 def pattern_floor(others: Tensor) -> Tensor:
