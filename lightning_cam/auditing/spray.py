@@ -14,6 +14,7 @@ without its per-call set-up)."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import numpy as np
@@ -46,14 +47,23 @@ def small_maps(maps: Tensor) -> Tensor:
     return torch.where(mass > 0, pooled / mass.clamp(min=1e-12), torch.full_like(pooled, float("nan")))
 
 
+SKLEARN_MISSING = (
+    "strategies=True clusters maps with scikit-learn; install it: pip install lightning-cam[strategies]"
+)
+
+
+def _require_sklearn() -> None:
+    """``ImportError`` saying what to install when scikit-learn is missing; looked up, not imported (its
+    import takes ~0.4 s, and only classes of more than :data:`DENSE_UP_TO` maps use it)."""
+    if importlib.util.find_spec("sklearn") is None:
+        raise ImportError(SKLEARN_MISSING)
+
+
 def _sklearn() -> Any:
     try:
-        import sklearn.cluster
         import sklearn.neighbors
     except ImportError as error:
-        raise ImportError(
-            "strategies=True clusters maps with scikit-learn; install it: pip install lightning-cam[strategies]"
-        ) from error
+        raise ImportError(SKLEARN_MISSING) from error
     return sklearn
 
 
@@ -208,7 +218,7 @@ def cluster_classes(classes: list[Tensor]) -> list[Tensor]:
     points = [maps[rows].double().cpu() for maps, rows in zip(classes, usable, strict=True)]
     found = [np.zeros(len(p), dtype=np.int64) for p in points]  # fewer than 4 maps: one cluster
     if any(len(p) >= 4 for p in points):
-        _sklearn()  # the extra is needed (large classes' graphs): say so before any work, whatever the sizes
+        _require_sklearn()  # the extra is needed (large classes' graphs): say so before any work, whatever the sizes
     sizes: dict[int, list[int]] = {}
     for i, p in enumerate(points):
         if 4 <= len(p) <= DENSE_UP_TO:
