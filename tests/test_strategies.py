@@ -25,9 +25,10 @@ from strategy_helpers import (
     planted_validation,
 )
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 import lightning_cam as lc
+import lightning_cam.auditing.run as audit_run
 from lightning_cam import CAMMonitor
 from lightning_cam.auditing import spray
 from lightning_cam.auditing.patterns import (
@@ -43,6 +44,7 @@ from lightning_cam.auditing.patterns import (
 )
 from lightning_cam.auditing.spray import cluster_classes, cluster_maps, kmeans, small_maps
 from lightning_cam.auditing.strategies import (
+    MAX_TESTED,
     TAGGED_STRATEGIES,
     Strategy,
     strategy_rank,
@@ -333,6 +335,17 @@ def test_a_model_that_puts_every_image_in_one_class_cannot_tell_for_that_class()
     assert result.scalars()["audit/strategies/cannot_tell"] == len(unknown)
 
 
+def _four_class_network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    ).eval()
+
+
 def test_the_strategies_fetch_images_in_batches_of_the_audits_size() -> None:
     """The audit's loader has a batch sampler (its ``batch_size`` is None): the strategies' fetch still
     collates the audit's batch size at a time, not one image per call."""
@@ -342,19 +355,41 @@ def test_the_strategies_fetch_images_in_batches_of_the_audits_size() -> None:
         sizes.append(len(samples))
         return default_collate(samples)
 
-    torch.manual_seed(0)
+    network = _four_class_network()
     images, labels = torch.rand(64, 3, 16, 16), torch.arange(4).repeat_interleave(16)
     loader = DataLoader(TensorDataset(images, labels), batch_size=16, collate_fn=collate)
-    network = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8, 4),
-    ).eval()
     lc.audit(network, loader, "gradcam", progress=False, strategies=True, bootstrap_samples=0)
     fetched = sizes[4:]  # after the audit's own 4 batches
     assert fetched and max(fetched) == 16 and all(size <= 16 for size in fetched)
+
+
+class _CountedReads(Dataset):
+    """Random images of 4 classes; counts the items read in this process (a worker counts in its copy)."""
+
+    def __init__(self) -> None:
+        self.images, self.labels = torch.rand(64, 3, 16, 16), torch.arange(4).repeat_interleave(16)
+        self.read_here = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        self.read_here += 1
+        return self.images[index], self.labels[index]
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_the_strategies_images_go_through_the_loaders_workers_where_reading_them_here_is_slow(
+    slow: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool (the first part) is read here, and times the reading; the tested members through the
+    loader's workers where reading them here would take longer than WORKERS_WORTH_S, else here."""
+    monkeypatch.setattr(audit_run, "WORKERS_WORTH_S", 0.0 if slow else float("inf"))
+    network, dataset = _four_class_network(), _CountedReads()
+    loader = DataLoader(dataset, batch_size=16, num_workers=1)
+    result = lc.audit(network, loader, "gradcam", progress=False, strategies=True, bootstrap_samples=0)
+    tested = sum(min(len(s.indices), MAX_TESTED) for s in result.strategies)
+    assert result.strategies and dataset.read_here == 64 + (0 if slow else tested)  # the pool: all 64
 
 
 def test_repeated_map_by_hand() -> None:

@@ -3,9 +3,11 @@ once, figures per class and group with bootstrap intervals, and mean maps. No Li
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +23,7 @@ from lightning_cam.auditing.shards import (
     exchange,
     index_batches,
     kept_positions,
+    loader_of,
     rank_and_world,
     sharded,
 )
@@ -45,6 +48,8 @@ from lightning_cam.engine.logits import OutputKey
 from lightning_cam.report.tables import Report
 
 __all__ = ["AuditResult", "audit"]
+
+WORKERS_WORTH_S = 1.0  # the strategies' images read here for longer: through the loader's workers
 
 
 @dataclass(frozen=True)
@@ -335,25 +340,50 @@ def _namer(class_names: Sequence[str] | None) -> Callable[[int], str]:
 
 def _fetcher(
     loader: DataLoader, read: Callable[[Any], FixedBatch], device: torch.device, batch_size: int
-) -> Callable[[list[int]], Tensor]:
-    """Images by dataset index, read as the audit read them (collated ``batch_size`` at a time: the audit's
-    loader has a batch sampler, so its own ``batch_size`` is None), on ``device`` (for the strategies' tests)."""
+) -> Callable[[list[list[int]]], Iterator[Tensor]]:
+    """Images by dataset index for the strategies' tests: each part's, in turn, on ``device``, read as
+    the audit read them, the audit's ``batch_size`` at a time (the audit's loader has a batch sampler, so
+    its own is None). The first part is read here; the rest through one pass of a loader like the
+    audit's, whose workers decode them, where reading them here would take more than
+    :data:`WORKERS_WORTH_S` (estimated from the first part: starting workers costs a fraction of a
+    second, a thousand classes of JPEGs read here tens of seconds)."""
 
-    def fetch(indices: list[int]) -> Tensor:
-        images = [
-            read(loader.collate_fn([loader.dataset[i] for i in chunk])).images
-            for chunk in chunked(indices, batch_size)
-        ]
-        sizes = sorted({tuple(batch.shape[1:]) for batch in images})
-        if len(sizes) > 1:
-            raise ValueError(
-                f"strategies=True compares images pixel by pixel, and this dataset's images come in several sizes "
-                f"({', '.join('x'.join(map(str, size)) for size in sizes)}): resize them to one size in the "
-                "dataset's transform, or audit with strategies=False (the rest of the audit takes mixed sizes)."
-            )
-        return torch.cat(images).to(device) if images else torch.empty(0, device=device)
+    def fetch(parts: list[list[int]]) -> Iterator[Tensor]:
+        start = time.perf_counter()
+        first = [read_here(chunk) for chunk in chunked(parts[0], batch_size)]
+        per_image = (time.perf_counter() - start) / max(len(parts[0]), 1)
+        rest = [index for part in parts[1:] for index in part]
+        if loader.num_workers and per_image * len(rest) > WORKERS_WORTH_S:
+            later = (read(raw).images for raw in loader_of(loader, chunked(rest, batch_size)))
+        else:
+            later = (read_here(chunk) for chunk in chunked(rest, batch_size))
+        return _regrouped(itertools.chain(first, later), [len(part) for part in parts], device)
+
+    def read_here(indices: Sequence[int]) -> Tensor:
+        return read(loader.collate_fn([loader.dataset[index] for index in indices])).images
 
     return fetch
+
+
+def _regrouped(batches: Iterator[Tensor], sizes: list[int], device: torch.device) -> Iterator[Tensor]:
+    """The images of ``batches`` regrouped in parts of ``sizes``, on ``device``; ``ValueError`` where they
+    come in several sizes (any batch unlike the first)."""
+    held: list[Tensor] = []
+    seen: set[tuple[int, ...]] = set()
+    for size in sizes:
+        while sum(map(len, held)) < size:
+            held.append(next(batches).to(device))
+            seen.add(tuple(held[-1].shape[1:]))
+            if len(seen) > 1:
+                raise ValueError(
+                    "strategies=True compares images pixel by pixel, and this dataset's images come in several "
+                    f"sizes ({', '.join('x'.join(map(str, shape)) for shape in sorted(seen))}): resize them to "
+                    "one size in the dataset's transform, or audit with strategies=False (the rest of the "
+                    "audit takes mixed sizes)."
+                )
+        joined = torch.cat(held) if held else torch.empty(0, device=device)
+        held = [joined[size:]]
+        yield joined[:size]
 
 
 def _result(

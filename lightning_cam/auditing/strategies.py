@@ -41,7 +41,7 @@ why: "cannot tell", never "no suspect".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -90,7 +90,7 @@ PROTOTYPES = 4
 FETCHED_STRATEGIES = 32  # strategies whose tested images are fetched together (256 images at most)
 TAGGED_STRATEGIES = 5  # per-strategy tags: the flagged ones and this many more, by evidence
 
-Fetch = Callable[[list[int]], Tensor]  # dataset indices -> their images, on the model's device
+Fetch = Callable[[list[list[int]]], Iterator[Tensor]]  # parts of dataset indices -> their images, in turn
 
 
 @dataclass(frozen=True)
@@ -318,16 +318,20 @@ def _spread(indices: Tensor, count: int) -> list[int]:
 class _Pool:
     """Images spread over the whole set, fetched once: every class takes its others from them."""
 
-    rows: Tensor  # their rows
     images: Tensor  # on the device
     floors: dict[tuple[int, ...], Tensor] = field(default_factory=dict)
+
+    def others(self, outside: Tensor) -> Tensor:
+        """The images at the positions ``outside``: a copy made when asked (a thousand classes' copies kept
+        at once would take 32 x 1,000 images)."""
+        return self.images[outside.to(self.images.device)]
 
     def floor(self, outside: Tensor) -> Tensor:
         """:func:`.patterns.pattern_floor` of the images at the positions ``outside``, computed once for the
         classes that take the same others."""
         key = tuple(outside.tolist())
         if key not in self.floors:
-            self.floors[key] = pattern_floor(self.images[outside])
+            self.floors[key] = pattern_floor(self.others(outside))
         return self.floors[key]
 
 
@@ -339,7 +343,6 @@ class _ClassData:
     small: Tensor  # their small maps
     correct: Tensor
     confidence: Tensor
-    pool: _Pool  # shared by every class
     outside: Tensor  # the positions in the pool of the class's others (other classes, at most MAX_OTHERS)
     recipient: Tensor  # [len(outside)] bool: the model does not put that image in the class
 
@@ -347,17 +350,6 @@ class _ClassData:
     def usable(self) -> Tensor:
         """The class's images whose map is not flat."""
         return ~self.small.isnan().any(dim=1)
-
-    @property
-    def others(self) -> Tensor:
-        """The images of the other classes: a copy made when asked (a thousand classes' copies kept at
-        once would take 32 x 1,000 images)."""
-        return self.pool.images[self.outside]
-
-    @property
-    def floor(self) -> Tensor:
-        """:func:`.patterns.pattern_floor` of the others."""
-        return self.pool.floor(self.outside)
 
 
 def _merged(clusters: Tensor, data: _ClassData) -> list[Tensor]:
@@ -418,14 +410,14 @@ def _reliance(drop: float, gain: float) -> tuple[float, str]:
 def _tested(
     model: _Model, data: _ClassData, others: Tensor, tested: Tensor, region: Tensor, testable: bool
 ) -> tuple[float, float, float, float, str]:
-    """The tests on the model (``others``: the class's :attr:`_ClassData.others`): occlusion drop,
+    """The tests on the model (``others``: the class's others, :meth:`_Pool.others`): occlusion drop,
     transplant gain, flip rate, reliance and why it cannot tell; all NaN (and nothing said) when the
     strategy is not ``testable``."""
     nan = float("nan")
     if not testable:
         return nan, nan, nan, nan, ""
     drop = _occlusion_drop(model, tested, region, data.class_index, others)
-    recipients = others[data.recipient] if len(others) else others
+    recipients = others[data.recipient.to(others.device)] if len(others) else others
     gain, flip = _transplant(model, tested, recipients, region, data.class_index).tolist()
     return (drop, gain, flip, *_reliance(drop, gain))
 
@@ -441,6 +433,7 @@ def _members(data: _ClassData, members: Tensor) -> tuple[Tensor, list[int]]:
 
 def _strategy(
     model: _Model,
+    pool: _Pool,
     data: _ClassData,
     members: Tensor,
     number: int,
@@ -448,10 +441,11 @@ def _strategy(
     look: _Look,
 ) -> Strategy:
     """The strategy of the class's images ``members`` (bool over the class); ``chosen``: their
-    :func:`_members` and the tested ones' images; ``look``: where it looks."""
+    :func:`_members` and the tested ones' images; ``look``: where it looks; ``pool``: where the class's
+    others are."""
     indices, chosen_indices, tested = chosen
-    others = data.others
-    pattern = _pattern(tested, others, data.floor, look)
+    others = pool.others(data.outside)
+    pattern = _pattern(tested, others, pool.floor(data.outside), look)
     testable = pattern.on_pattern and pattern.repetition >= LEAN_THRESHOLD  # else evidence < LEAN_THRESHOLD
     drop, gain, flip, reliance, why_not = _tested(model, data, others, tested, pattern.region, testable)
     evidence = pattern.repetition * reliance
@@ -526,9 +520,8 @@ def _strategies_of(
     device_type = next((p.device.type for p in network.parameters()), "cpu")
     with preserved_state(network, device_type), torch.inference_mode():
         spread = torch.tensor(_spread(torch.arange(len(classes)), OTHERS_POOL), dtype=torch.long)
-        pool = _Pool(spread, fetch(rows["index"][spread].tolist()))
         prepared = [
-            _class_data(rows, small, inside, value, class_name(value), pool, classes[spread] != value)
+            _class_data(rows, small, inside, value, class_name(value), spread, classes[spread] != value)
             for value, inside in zip(values, _class_rows(classes, values), strict=True)
         ]
         clusters = cluster_classes([data.small for data in prepared])  # batched over classes
@@ -537,23 +530,34 @@ def _strategies_of(
             for data, labels in zip(prepared, clusters, strict=True)
             for number, members in enumerate(_merged(labels, data))
         ]
+        parts = chunked(groups, FETCHED_STRATEGIES)
+        chosen = [[_members(data, members) for data, _, members in part] for part in parts]
+        # one pass of a loader like the audit's (its workers): the pool, then each part's tested members
+        images = fetch(
+            [rows["index"][spread].tolist()] + [[i for _, t in picked for i in t] for picked in chosen]
+        )
+        pool = _Pool(next(images))
         return [
             strategy
-            for part in chunked(groups, FETCHED_STRATEGIES)
-            for strategy in _tested_part(model, part, fetch)
+            for part, picked, fetched in zip(parts, chosen, images, strict=True)
+            for strategy in _tested_part(model, pool, part, picked, fetched)
         ]
 
 
-def _tested_part(model: _Model, groups: list[tuple[_ClassData, int, Tensor]], fetch: Fetch) -> list[Strategy]:
-    """The strategies of ``groups`` (each a class's data, the strategy's number and its members), their
-    tested images fetched in one call."""
-    chosen = [_members(data, members) for data, _, members in groups]
-    fetched = fetch([index for _, tested in chosen for index in tested])
+def _tested_part(
+    model: _Model,
+    pool: _Pool,
+    groups: list[tuple[_ClassData, int, Tensor]],
+    chosen: list[tuple[Tensor, list[int]]],
+    fetched: Tensor,
+) -> list[Strategy]:
+    """The strategies of ``groups`` (each a class's data, the strategy's number and its members), whose
+    :func:`_members` are ``chosen`` and the tested ones' images ``fetched``, one strategy after another."""
     images = fetched.split([len(t) for _, t in chosen])
     smalls = [(data.small[members], data.small[~members & data.usable]) for data, _, members in groups]
     looks = _looks(smalls, (fetched.shape[-2], fetched.shape[-1]), fetched.device)
     return [
-        _strategy(model, data, members, number, (*picked, tested), look)
+        _strategy(model, pool, data, members, number, (*picked, tested), look)
         for (data, number, members), picked, tested, look in zip(groups, chosen, images, looks, strict=True)
     ]
 
@@ -575,12 +579,12 @@ def _class_data(
     inside: Tensor,
     value: int,
     name: str,
-    pool: _Pool,
+    pool: Tensor,
     other: Tensor,
 ) -> _ClassData:
     """What the strategies of class ``value`` (its rows: ``inside``) are found and tested with; its others
-    are at most :data:`MAX_OTHERS` of the ``pool``'s images of another class (``other``, bool over the
-    pool), spread over it."""
+    are at most :data:`MAX_OTHERS` of the images of the ``pool`` (rows) of another class (``other``, bool
+    over the pool), spread over it."""
     outside = torch.tensor(_spread(other.nonzero().flatten(), MAX_OTHERS), dtype=torch.long)
     return _ClassData(
         value,
@@ -589,9 +593,8 @@ def _class_data(
         small[inside],
         rows["correct"][inside],
         rows["confidence"][inside],
-        pool,
-        outside.to(pool.images.device),
-        (rows["predicted"][pool.rows[outside]] != value).to(pool.images.device),  # the audit's: no forward
+        outside,
+        rows["predicted"][pool[outside]].cpu() != value,  # the audit's predictions: no forward needed
     )
 
 
