@@ -532,7 +532,7 @@ def _strategies_of(
         ]
         parts = chunked(groups, FETCHED_STRATEGIES)
         chosen = [[_members(data, members) for data, _, members in part] for part in parts]
-        # one pass of a loader like the audit's (its workers): the pool, then each part's tested members
+        # one fetch: the pool, then each part's tested members (through the loader's workers where slow)
         images = fetch(
             [rows["index"][spread].tolist()] + [[i for _, t in picked for i in t] for picked in chosen]
         )
