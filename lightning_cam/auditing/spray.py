@@ -95,6 +95,12 @@ def _adjacencies(points: Tensor) -> Tensor:
     return scale[:, :, None] * affinity * scale[:, None, :]
 
 
+def _laplacian(adjacency_values: Tensor, count: int) -> Tensor:
+    """The ``count`` smallest eigenvalues of the normalised Laplacian (ascending), from the normalised
+    adjacency's ascending eigenvalues ``[..., n]``: one minus its largest."""
+    return 1.0 - adjacency_values.flip(-1)[..., :count]
+
+
 def _dense_labels(points: Tensor) -> list[np.ndarray]:
     """:func:`_labels` of ``G`` classes of ``n`` points each (``[G, n, d]``, float64) from their
     :func:`_adjacencies`, decomposed in batched calls (:func:`_spectrum`'s figures): the eigenvalues alone
@@ -102,7 +108,7 @@ def _dense_labels(points: Tensor) -> list[np.ndarray]:
     clusters (the largest eigengap, at least :data:`MIN_EIGENGAP`, after the first eigenvalue; the
     others are one)."""
     adjacency, count = _adjacencies(points), min(MAX_CLUSTERS + 1, points.shape[1] - 1)
-    gaps = (1.0 - torch.linalg.eigvalsh(adjacency).flip(-1)[:, :count]).diff(dim=1)
+    gaps = _laplacian(torch.linalg.eigvalsh(adjacency), count).diff(dim=1)
     largest, later = gaps.max(dim=1).values, gaps[:, 1:].max(dim=1).values
     # several clusters: the largest gap reaches MIN_EIGENGAP after the first eigenvalue (the margins: eigh's
     # eigenvalues may differ from eigvalsh's in their last bits)
@@ -110,10 +116,7 @@ def _dense_labels(points: Tensor) -> list[np.ndarray]:
     found = [np.zeros(points.shape[1], dtype=np.int64) for _ in range(len(points))]  # one cluster
     if len(several):
         values, vectors = torch.linalg.eigh(adjacency[several])
-        laplacian, vectors = (
-            (1.0 - values.flip(-1)[:, :count]).numpy(),
-            vectors.flip(-1)[:, :, :count].numpy(),
-        )
+        laplacian, vectors = _laplacian(values, count).numpy(), vectors.flip(-1)[:, :, :count].numpy()
         for i, value, vector in zip(several.tolist(), laplacian, vectors, strict=True):
             found[i] = _labels(value, vector)
     return found

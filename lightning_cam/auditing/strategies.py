@@ -326,12 +326,12 @@ class _Pool:
         at once would take 32 x 1,000 images)."""
         return self.images[outside.to(self.images.device)]
 
-    def floor(self, outside: Tensor) -> Tensor:
-        """:func:`.patterns.pattern_floor` of the images at the positions ``outside``, computed once for the
-        classes that take the same others."""
+    def floor(self, outside: Tensor, others: Tensor) -> Tensor:
+        """:func:`.patterns.pattern_floor` of ``others``, the images at the positions ``outside``, computed
+        once for the classes that take the same others."""
         key = tuple(outside.tolist())
         if key not in self.floors:
-            self.floors[key] = pattern_floor(self.others(outside))
+            self.floors[key] = pattern_floor(others)
         return self.floors[key]
 
 
@@ -445,7 +445,7 @@ def _strategy(
     others are."""
     indices, chosen_indices, tested = chosen
     others = pool.others(data.outside)
-    pattern = _pattern(tested, others, pool.floor(data.outside), look)
+    pattern = _pattern(tested, others, pool.floor(data.outside, others), look)
     testable = pattern.on_pattern and pattern.repetition >= LEAN_THRESHOLD  # else evidence < LEAN_THRESHOLD
     drop, gain, flip, reliance, why_not = _tested(model, data, others, tested, pattern.region, testable)
     evidence = pattern.repetition * reliance
